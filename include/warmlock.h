@@ -1,0 +1,172 @@
+/*
+ * warmlock: cross-process single-flight warm-up through one shared-memory segment.
+ *
+ * Many processes that start at once call wl_ensure() on the same key; exactly one of them
+ * (the leader) runs the warm-up function, the others sleep on a futex until the leader
+ * publishes READY or a failure. A leader that dies is replaced (robust mutex). Once READY,
+ * wl_ensure() is a lookup and a few atomic loads: no syscall, no lock.
+ *
+ * Conventions: functions return 0 (or a count) on success and a negative errno on failure;
+ * human detail goes into struct wl_result.error, or, for wl_open()/wl_unlink(), into the
+ * calling thread's wl_last_error().
+ *
+ * Caveats
+ * - A struct wl_segment belongs to the process that opened it. A child created by fork()
+ *   may read through an inherited handle (the ready path works), but a leader that forks
+ *   does not hand its leadership to the child: only the process that holds the slot's
+ *   mutex may publish, and a child's publish is refused (-ECHILD).
+ * - The segment stays mapped until the process exits, even after wl_close(): unmapping
+ *   memory that holds robust mutexes is unsafe (glibc bug 14485). Opening the same segment
+ *   again reuses the mapping.
+ * - Leader pids shown in messages and status are those of the creator's PID namespace;
+ *   liveness never depends on them (the kernel's robust-mutex cleanup does).
+ * - A leader that is alive but stuck (SIGSTOP, a hung warm-up) keeps its slot: callers get
+ *   -ETIMEDOUT at their deadline with the leader's pid in the message.
+ * - systemd-logind's RemoveIPC=yes deletes a user's POSIX shared memory at their last
+ *   logout: long-lived holders should call wl_check() and reopen (or run the service under
+ *   a system user, for which RemoveIPC does not apply).
+ */
+#ifndef WARMLOCK_H
+#define WARMLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WL_VERSION_MAJOR 0
+#define WL_VERSION_MINOR 1
+#define WL_VERSION_PATCH 0
+#define WL_VERSION_STRING "0.1.0"
+
+#if defined(WL_BUILDING_LIBRARY)
+#define WL_EXPORT __attribute__((visibility("default")))
+#else
+#define WL_EXPORT
+#endif
+
+/* Limits. */
+#define WL_NAME_MAX 200      /* segment name, bytes, including the leading '/' */
+#define WL_KEY_MAX 400       /* key text kept for display (longer keys are truncated there) */
+#define WL_DEFAULT_SLOTS 64  /* slots in a new segment when opts->slots is 0 */
+#define WL_MAX_SLOTS 4096
+
+struct wl_segment; /* opaque handle to the mapped segment */
+
+struct wl_open_opts {
+    mode_t mode;    /* permission bits of a new segment; 0 means 0600 */
+    unsigned slots; /* slots of a new segment; 0 means WL_DEFAULT_SLOTS, or whatever an
+                     * existing segment has. A non-zero value must match an existing one. */
+    uint32_t init_timeout_ms; /* (extension) how long to wait for another process that is
+                               * initialising the segment; 0 means 5000 */
+};
+
+/* Open the segment `name` (NULL: $WARMLOCK_SHM, then "/warmlock.<uid>"), creating and
+ * initialising it if it does not exist. Race-free with any number of concurrent openers.
+ * May block briefly (bounded by init_timeout_ms, 5 s) while another process initialises the segment.
+ * Errors: -EINVAL bad name or options, -EPROTO incompatible segment, -EPERM owned by
+ * another user or unsafe mode, -ETIMEDOUT initialisation by another process never finished,
+ * others from shm_open/mmap. The reason is in wl_last_error(). */
+WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
+                      struct wl_segment **out);
+/* Release the handle. The mapping stays for the life of the process (see Caveats). */
+WL_EXPORT void wl_close(struct wl_segment *seg);
+/* Remove the segment's name (NULL: the default name). Processes that have it open keep
+ * using it; the next wl_open() creates a new one. -ENOENT if there is none. */
+WL_EXPORT int wl_unlink(const char *name);
+/* Does the handle's name still resolve to the object it mapped? 0 yes, -ENOENT the name
+ * is gone (e.g. RemoveIPC), -ESTALE it now names another object. Makes two syscalls. */
+WL_EXPORT int wl_check(struct wl_segment *seg);
+/* The segment's name (the resolved default when wl_open() was given NULL). */
+WL_EXPORT const char *wl_name(const struct wl_segment *seg);
+/* The default segment name for this process ($WARMLOCK_SHM, then "/warmlock.<uid>"),
+ * written into buf; returns its length or -ENAMETOOLONG / -EINVAL. */
+WL_EXPORT int wl_default_name(char *buf, size_t len);
+
+enum wl_role { WL_FOLLOWER = 0, WL_LEADER = 1 };
+
+struct wl_result {
+    enum wl_role role;  /* what this caller was in the call */
+    uint64_t epoch;     /* the readiness epoch observed (pass it to wl_invalidate) */
+    uint64_t waited_ns; /* time spent in the call */
+    unsigned attempts;  /* attempts the leader's engine made (leader only) */
+    char sqlstate[6];   /* of the last failure, "" if none */
+    char error[256];    /* set whenever the call returns < 0 */
+};
+
+struct wl_wait_opts {
+    uint32_t timeout_ms;  /* whole-call deadline, default 30000 */
+    uint32_t fail_ttl_ms; /* how long a published failure is served to callers, default 1000 */
+};
+
+/* A warm-up: return 0, or a negative errno with res->error (and res->sqlstate) set. */
+typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);
+
+/* Single-flight across processes: exactly one caller per epoch runs warm(); the others
+ * wait (futex) until it publishes. Returns 0 when `key` is READY (res->epoch says which
+ * epoch), the leader's published error (same code and message for every follower; served
+ * without a new warm-up for fail_ttl_ms), or -ETIMEDOUT at the deadline. Blocks unless
+ * the key is READY. Errors of its own: -EINVAL (empty key), -ENOSPC (segment full),
+ * -ECHILD (a leader forked and the child tried to publish), -ECANCELED (slot reset while
+ * warming). `res` may be NULL. */
+WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm,
+                        void *arg, const struct wl_wait_opts *opts, struct wl_result *res);
+
+/* Mark `key` stale if it is still READY at `epoch`; an older epoch is ignored. Returns 1
+ * if this call made it stale, 0 if nothing changed, -ENOENT for an unknown key. Never
+ * blocks. */
+WL_EXPORT int wl_invalidate(struct wl_segment *seg, const char *key, uint64_t epoch);
+
+enum wl_state { WL_COLD = 0, WL_WARMING = 1, WL_READY = 2, WL_STALE = 3, WL_FAILED = 4 };
+
+/* Wait-time histogram bucket upper bounds in ms; the last bucket is +Inf. */
+#define WL_HIST_BUCKETS 12
+#define WL_HIST_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000}
+
+struct wl_slot_info {
+    char key[WL_KEY_MAX + 1];
+    enum wl_state state;
+    uint64_t epoch;            /* epoch of the last READY */
+    pid_t leader_pid;          /* current or last leader, 0 if none yet */
+    int leader_alive;          /* 1 while WARMING with a live leader, 0 otherwise */
+    uint32_t waiters;          /* callers waiting now (approximate after a caller is killed) */
+    uint64_t warmups;          /* warm-ups started */
+    uint64_t takeovers;        /* warm-ups taken over from a dead leader */
+    uint64_t attempts;         /* engine attempts, summed over warm-ups */
+    uint64_t failures;         /* failed warm-ups */
+    uint64_t invalidations;    /* READY -> STALE transitions */
+    int last_code;             /* negative errno of the last failure, 0 if none */
+    char last_error[256];      /* message of the last failure, "" if none */
+    char sqlstate[6];          /* SQLSTATE of the last failure, "" if none */
+    int64_t ready_age_ms;      /* ms since the last READY, -1 if never */
+    int64_t time_to_ready_ms;  /* duration of the last successful warm-up, -1 if never */
+    uint64_t wait_hist[WL_HIST_BUCKETS]; /* callers' wait times (slow path only) */
+    uint64_t wait_count;       /* callers that went through the slow path */
+    uint64_t wait_sum_ns;      /* their total wait */
+};
+
+/* Copy up to `max` slots' state and counters; returns how many slots are in use (which may
+ * exceed max), without blocking. */
+WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size_t max);
+
+/* Return every slot to COLD and clear its counters. Refused with -EBUSY while a warm-up
+ * is in flight unless `force` is set (then the running leader's publish is refused with
+ * -ECANCELED). */
+WL_EXPORT int wl_reset(struct wl_segment *seg, int force);
+
+/* A static name for a code this library returns ("ETIMEDOUT: deadline passed"). */
+WL_EXPORT const char *wl_strerror(int code);
+/* The calling thread's message for the last failed wl_open()/wl_unlink(). */
+WL_EXPORT const char *wl_last_error(void);
+/* The library's version string, e.g. "0.1.0". */
+WL_EXPORT const char *wl_version(void);
+/* "cold", "warming", "ready", "stale", "failed". */
+WL_EXPORT const char *wl_state_name(enum wl_state state);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* WARMLOCK_H */

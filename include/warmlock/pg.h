@@ -1,0 +1,62 @@
+/*
+ * warmlock's libpq engine: the leader of an epoch connects, runs warm_sql, runs verify_sql
+ * and publishes READY; every other process waits for that. Retries are driven without
+ * blocking (io_uring, or poll(2) where io_uring is unavailable).
+ *
+ * Caveats
+ * - A host *name* in the conninfo is resolved synchronously by libpq inside the leader's
+ *   PQconnectPoll; followers never resolve. Use hostaddr= or a socket directory to keep the
+ *   leader's loop fully non-blocking.
+ * - gssencmode defaults to "disable" unless the conninfo sets it (GSS negotiation can
+ *   block on a KDC).
+ * - Verification is always a real query: PQping() says OK for a wrong password.
+ */
+#ifndef WARMLOCK_PG_H
+#define WARMLOCK_PG_H
+
+#include <libpq-fe.h>
+
+#include "../warmlock.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The leader's retry policy. Zero fields take the defaults. */
+struct wl_backoff {
+    uint32_t initial_ms;   /* first delay, default 10 */
+    uint32_t max_ms;       /* cap of one delay, default 250 */
+    uint32_t max_attempts; /* default 0 = unlimited within the deadline */
+    uint32_t deadline_ms;  /* the leader's whole warm-up, default = wait.timeout_ms */
+    int jitter;            /* 0 default (full), 1 full, 2 decorrelated, -1 none */
+};
+
+struct wl_pg_opts {
+    const char *warm_sql;        /* run once per epoch by the leader, may hold several statements */
+    const char *verify_sql;      /* default "SELECT 1" */
+    uint32_t attempt_timeout_ms; /* per connect/query attempt, default 2000 */
+    struct wl_backoff backoff;   /* the leader's retry policy */
+    struct wl_wait_opts wait;
+};
+
+/* Ensure the server of `conninfo` is warm and verified in this epoch; blocks until READY,
+ * a published failure, or the deadline. Errors: -ETIMEDOUT, -EACCES (SQLSTATE class 28),
+ * -ENOENT (3D000, missing role), -ECONNREFUSED (unreachable when attempts ran out), -EINVAL
+ * (bad conninfo: libpq's message), -EIO (warm_sql or verify_sql failed: the server's
+ * message and SQLSTATE), plus wl_ensure()'s. */
+WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
+                           const struct wl_pg_opts *opts, struct wl_result *res);
+/* wl_pg_ensure(), then open the caller's own connection (blocking, like PQconnectdb).
+ * If that connection fails with a connection-class error the epoch is invalidated, so one
+ * process re-verifies for all, and it tries again within the deadline. NULL on failure,
+ * with res->error set. */
+WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
+                                const struct wl_pg_opts *opts, struct wl_result *res);
+/* The canonical key of a conninfo (what selects the server and session; never the
+ * password) into buf. Returns its length, or -EINVAL with libpq's message in buf. */
+WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,477 @@
+/*
+ * The segment: create, open, validate and map the POSIX shared-memory object; the robust
+ * mutex helper; the process's registry of mappings.
+ *
+ * Initialisation is race-free without a designated creator: whoever holds flock(LOCK_EX) on
+ * an object whose magic is not yet written initialises it, and writes the magic last. The
+ * kernel drops a flock when its holder dies, so a creator killed half-way leaves an object
+ * that the next opener finishes initialising instead of one that wedges everyone.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define INIT_WAIT_MS 5000u /* default bound on waiting for another initialiser */
+
+/* Mappings of this process, never unmapped (see warmlock.h, Caveats). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct wl__map *registry;
+
+uint64_t wl__pidns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+void wl__mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+int wl__lock(pthread_mutex_t *m, uint64_t deadline_ns, void (*repair)(void *), void *arg)
+{
+    struct timespec ts;
+    int r;
+
+    if (deadline_ns == 0) {
+        r = pthread_mutex_trylock(m);
+    } else {
+        wl__ns_to_timespec(deadline_ns, &ts);
+        do
+            r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        while (r == EINTR);
+    }
+    if (r == EOWNERDEAD) {
+        /* The owner died holding it. Repair what it guarded, then mark it consistent:
+         * unlocking without pthread_mutex_consistent() would make it ENOTRECOVERABLE. */
+        if (repair)
+            repair(arg);
+        pthread_mutex_consistent(m);
+        return 1;
+    }
+    return -r;
+}
+
+void wl__unlock(pthread_mutex_t *m)
+{
+    pthread_mutex_unlock(m);
+}
+
+WL_EXPORT int wl_default_name(char *buf, size_t len)
+{
+    const char *env = getenv("WARMLOCK_SHM");
+    int n;
+
+    if (env && *env)
+        n = snprintf(buf, len, "%s", env);
+    else
+        n = snprintf(buf, len, "/warmlock.%u", (unsigned)geteuid());
+    if (n < 0)
+        return -EINVAL;
+    if ((size_t)n >= len)
+        return -ENAMETOOLONG;
+    return n;
+}
+
+/* Resolve NULL to the default and check the form: a leading '/', no other '/', at most
+ * WL_NAME_MAX bytes, printable, not "/." or "/..". */
+static int resolve_name(const char *name, char *out, size_t len)
+{
+    size_t n;
+    const char *p;
+
+    if (!name) {
+        int r = wl_default_name(out, len);
+        if (r < 0)
+            return wl__set_error(-EINVAL, "segment name from $WARMLOCK_SHM is too long "
+                                          "(max %d bytes)", WL_NAME_MAX);
+        name = out;
+    }
+    n = strlen(name);
+    if (n < 2 || name[0] != '/')
+        return wl__set_error(-EINVAL, "segment name '%.64s' must start with '/' and have a "
+                                      "name after it, e.g. /warmlock.app", name);
+    if (n > WL_NAME_MAX)
+        return wl__set_error(-EINVAL, "segment name is %zu bytes; at most %d are allowed", n,
+                             WL_NAME_MAX);
+    if (strchr(name + 1, '/'))
+        return wl__set_error(-EINVAL, "segment name '%.64s' may not contain '/' after the "
+                                      "first character", name);
+    if (!strcmp(name, "/.") || !strcmp(name, "/.."))
+        return wl__set_error(-EINVAL, "segment name '%s' is not allowed", name);
+    for (p = name; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return wl__set_error(-EINVAL, "segment name contains a control character");
+    if (name != out)
+        memcpy(out, name, n + 1);
+    return 0;
+}
+
+static size_t layout_size(uint32_t nslots)
+{
+    return sizeof(struct wl__header) + (size_t)nslots * sizeof(struct wl__slot);
+}
+
+/* Is the object safe to use? Regular, ours (or a group we are in, when the object is
+ * group-shared), not writable by others. */
+static int check_owner(const char *name, const struct stat *st)
+{
+    if (!S_ISREG(st->st_mode))
+        return wl__set_error(-EPERM, "segment %s is not a regular shared-memory object; "
+                                     "remove it with: rm /dev/shm%s", name, name);
+    if (st->st_mode & S_IWOTH)
+        return wl__set_error(-EPERM, "segment %s is world-writable (mode %04o), so any user "
+                                     "could steer it; remove it with: rm /dev/shm%s",
+                             name, (unsigned)(st->st_mode & 07777), name);
+    if (st->st_uid != geteuid()) {
+        int shared = (st->st_mode & S_IWGRP) && (st->st_gid == getegid() ||
+                                                 group_member(st->st_gid));
+        if (!shared)
+            return wl__set_error(-EPERM, "segment %s is owned by uid %u, not by this "
+                                         "process's uid %u; use another name (--shm, "
+                                         "$WARMLOCK_SHM) or have its owner remove it",
+                                 name, (unsigned)st->st_uid, (unsigned)geteuid());
+    }
+    return 0;
+}
+
+/* Validate an initialised header against the object's size and this build's layout. */
+static int check_header(const char *name, const struct wl__header *h, size_t size)
+{
+    const char *what = NULL;
+    char detail[160];
+
+    if (h->layout_version != WL__LAYOUT_VERSION) {
+        wl__fmt(detail, sizeof(detail), "layout version %u, this library speaks %u",
+                h->layout_version, WL__LAYOUT_VERSION);
+        what = detail;
+    } else if (h->libc != WL__LIBC || h->mutex_size != sizeof(pthread_mutex_t)) {
+        wl__fmt(detail, sizeof(detail), "it was made by another C library (libc %u, mutex "
+                "%u bytes; here libc %u, %zu bytes)", h->libc, h->mutex_size, WL__LIBC,
+                sizeof(pthread_mutex_t));
+        what = detail;
+    } else if (h->header_size != sizeof(struct wl__header) ||
+               h->slot_size != sizeof(struct wl__slot)) {
+        wl__fmt(detail, sizeof(detail), "header/slot sizes %u/%u, expected %zu/%zu",
+                h->header_size, h->slot_size, sizeof(struct wl__header),
+                sizeof(struct wl__slot));
+        what = detail;
+    } else if (h->nslots == 0 || h->nslots > WL_MAX_SLOTS) {
+        wl__fmt(detail, sizeof(detail), "slot count %u out of range", h->nslots);
+        what = detail;
+    } else if (h->total_size != layout_size(h->nslots) || h->total_size != size) {
+        wl__fmt(detail, sizeof(detail), "size %zu bytes, its header says %llu, %u slots need "
+                "%zu", size, (unsigned long long)h->total_size, h->nslots,
+                layout_size(h->nslots));
+        what = detail;
+    }
+    if (what)
+        return wl__set_error(-EPROTO, "segment %s is incompatible: %s; if no process uses "
+                                      "it, remove it with: warmlock reset --shm %s (or rm "
+                                      "/dev/shm%s)", name, what, name, name);
+    return 0;
+}
+
+static int check_mapped(const char *name, const struct wl__header *h, size_t size,
+                        uint32_t want_slots)
+{
+    int r = check_header(name, h, size);
+    if (r == 0 && want_slots && h->nslots != want_slots)
+        r = wl__set_error(-EPROTO, "segment %s has %u slots, %u were asked for; open it with "
+                                   "slots=0, or remove it with: warmlock reset --shm %s",
+                          name, h->nslots, want_slots, name);
+    return r;
+}
+
+static void init_segment(struct wl__header *h, uint32_t nslots)
+{
+    struct wl__slot *slots = (struct wl__slot *)(h + 1);
+    uint32_t i;
+
+    /* ftruncate() zero-filled the object; a previous initialiser that died may have left
+     * a partial header, so clear it again. */
+    memset(h, 0, layout_size(nslots));
+    h->layout_version = WL__LAYOUT_VERSION;
+    h->header_size = sizeof(struct wl__header);
+    h->total_size = layout_size(nslots);
+    h->nslots = nslots;
+    h->slot_size = sizeof(struct wl__slot);
+    h->mutex_size = sizeof(pthread_mutex_t);
+    h->libc = WL__LIBC;
+    h->creator_uid = (uint32_t)geteuid();
+    h->creator_pid = (int32_t)getpid();
+    h->creator_pidns = wl__pidns();
+    h->created_ms = wl__realtime_ms();
+    wl__mutex_init(&h->lock);
+    for (i = 0; i < nslots; i++) {
+        wl__mutex_init(&slots[i].mutex);
+        wl__mutex_init(&slots[i].watch);
+        atomic_init(&slots[i].time_to_ready_ns, -1);
+    }
+    /* release: a reader that sees the magic sees the initialised header and slots */
+    atomic_store_explicit(&h->magic, WL__MAGIC, memory_order_release);
+}
+
+static struct wl__map *registry_find(dev_t dev, ino_t ino)
+{
+    struct wl__map *m;
+    for (m = registry; m; m = m->next)
+        if (m->dev == dev && m->ino == ino)
+            return m;
+    return NULL;
+}
+
+/* Map size bytes of fd; the caller checked the size with fstat (mapping past the end of
+ * the object would raise SIGBUS). */
+static int map_fd(int fd, size_t size, void **out)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    *out = p;
+    return 0;
+}
+
+/*
+ * Bring fd's object to an initialised, validated state and map it. Loops because another
+ * process may be initialising it: wait (bounded) for its flock, or take over its job.
+ */
+static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mode,
+                       uint32_t wait_ms, struct wl__map **out)
+{
+    uint64_t deadline = wl__now_ns() + (uint64_t)wait_ms * 1000000u, pause_ns = 50000;
+    uint32_t nslots = want_slots ? want_slots : WL_DEFAULT_SLOTS;
+    struct stat st;
+    void *p = NULL;
+    int r;
+
+    for (;;) {
+        struct wl__header *h;
+        int locked = 0;
+
+        if (fstat(fd, &st) < 0)
+            return wl__set_error(-errno, "cannot stat segment %s: %s", name, strerror(errno));
+        if ((r = check_owner(name, &st)) < 0)
+            return r;
+
+        pthread_mutex_lock(&registry_lock);
+        *out = registry_find(st.st_dev, st.st_ino);
+        pthread_mutex_unlock(&registry_lock);
+        if (*out) /* mapped already (it stays mapped): validate it as it is now */
+            return check_mapped(name, (*out)->hdr, (size_t)st.st_size, want_slots);
+
+        if ((size_t)st.st_size >= sizeof(struct wl__header)) {
+            if ((r = map_fd(fd, (size_t)st.st_size, &p)) < 0)
+                return wl__set_error(r, "cannot map segment %s: %s", name, strerror(-r));
+            h = p;
+            /* acquire: pairs with the initialiser's release store of the magic */
+            uint64_t magic = atomic_load_explicit(&h->magic, memory_order_acquire);
+            if (magic == WL__MAGIC) {
+                if ((r = check_mapped(name, h, (size_t)st.st_size, want_slots)) < 0) {
+                    munmap(p, (size_t)st.st_size); /* never locked through: safe */
+                    return r;
+                }
+                break; /* validated; keep the mapping p */
+            }
+            munmap(p, (size_t)st.st_size);
+            if (magic != 0)
+                return wl__set_error(-EPROTO, "%s is not a warmlock segment (bad magic "
+                                              "%#llx); remove it with: rm /dev/shm%s", name,
+                                     (unsigned long long)magic, name);
+        }
+
+        /* Not initialised (too small, or no magic yet). Whoever holds LOCK_EX does it. */
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            locked = 1;
+        } else if (errno != EWOULDBLOCK) {
+            return wl__set_error(-errno, "cannot lock segment %s: %s", name, strerror(errno));
+        }
+        if (!locked) {
+            if (wl__now_ns() >= deadline)
+                return wl__set_error(-ETIMEDOUT, "segment %s is being initialised by a "
+                                                 "process that did not finish within %u ms; "
+                                                 "if it is stopped, resume or kill it",
+                                     name, wait_ms);
+            wl__backoff_pause(pause_ns);
+            if (pause_ns < 5000000)
+                pause_ns *= 2;
+            continue;
+        }
+        /* Holding LOCK_EX: look again, since an initialiser may have finished just now. */
+        if (fstat(fd, &st) < 0) {
+            r = -errno;
+            flock(fd, LOCK_UN);
+            return wl__set_error(r, "cannot stat segment %s: %s", name, strerror(-r));
+        }
+        if ((size_t)st.st_size >= sizeof(*h)) {
+            if ((r = map_fd(fd, (size_t)st.st_size, &p)) < 0) {
+                flock(fd, LOCK_UN);
+                return wl__set_error(r, "cannot map segment %s: %s", name, strerror(-r));
+            }
+            uint64_t magic = atomic_load_explicit(&((struct wl__header *)p)->magic,
+                                                  memory_order_acquire);
+            munmap(p, (size_t)st.st_size);
+            if (magic != 0) {
+                flock(fd, LOCK_UN);
+                continue; /* initialised meanwhile (or foreign): validate from the top */
+            }
+        }
+        /* shm_open applied the umask: set the mode we were asked for. */
+        if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)layout_size(nslots)) < 0) {
+            r = -errno;
+            flock(fd, LOCK_UN);
+            return wl__set_error(r, "cannot initialise segment %s: %s", name, strerror(-r));
+        }
+        if ((r = map_fd(fd, layout_size(nslots), &p)) < 0) {
+            flock(fd, LOCK_UN);
+            return wl__set_error(r, "cannot map segment %s: %s", name, strerror(-r));
+        }
+        init_segment(p, nslots);
+        munmap(p, layout_size(nslots)); /* no lock was taken through it yet: safe */
+        flock(fd, LOCK_UN);
+    }
+
+    /* Validated and mapped at p. */
+    {
+        struct wl__map *m = calloc(1, sizeof(*m));
+        if (!m) {
+            munmap(p, (size_t)st.st_size);
+            return wl__set_error(-ENOMEM, "out of memory");
+        }
+        m->dev = st.st_dev;
+        m->ino = st.st_ino;
+        m->size = (size_t)st.st_size;
+        m->hdr = p;
+        m->slots = (struct wl__slot *)(m->hdr + 1);
+        pthread_mutex_lock(&registry_lock);
+        struct wl__map *other = registry_find(st.st_dev, st.st_ino);
+        if (other) { /* another thread mapped it meanwhile: keep one mapping */
+            pthread_mutex_unlock(&registry_lock);
+            munmap(p, m->size);
+            free(m);
+            *out = other;
+            return 0;
+        }
+        m->next = registry;
+        registry = m;
+        pthread_mutex_unlock(&registry_lock);
+        *out = m;
+    }
+    return 0;
+}
+
+WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
+                      struct wl_segment **out)
+{
+    char nm[WL_NAME_MAX + 1];
+    mode_t mode = opts && opts->mode ? opts->mode : 0600;
+    unsigned slots = opts ? opts->slots : 0;
+    struct wl_segment *seg;
+    struct wl__map *map = NULL;
+    int fd, r;
+
+    if (!out)
+        return wl__set_error(-EINVAL, "wl_open: out is NULL");
+    *out = NULL;
+    if ((r = resolve_name(name, nm, sizeof(nm))) < 0)
+        return r;
+    if (mode & ~0777u)
+        return wl__set_error(-EINVAL, "mode %04o has bits beyond 0777; use e.g. 0600 or 0660",
+                             (unsigned)mode);
+    if ((mode & 0600) != 0600)
+        return wl__set_error(-EINVAL, "mode %04o must let the owner read and write (0600)",
+                             (unsigned)mode);
+    if (mode & 0002)
+        return wl__set_error(-EINVAL, "mode %04o is world-writable, which would let any user "
+                                      "steer warm-ups; use 0600 or 0660", (unsigned)mode);
+    if (slots > WL_MAX_SLOTS)
+        return wl__set_error(-EINVAL, "%u slots asked for; at most %d", slots, WL_MAX_SLOTS);
+
+    /* glibc's shm_open adds O_NOFOLLOW and O_CLOEXEC: a symlink in the name's place fails
+     * with ELOOP instead of being followed. */
+    fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL, mode);
+    if (fd < 0 && errno == EEXIST)
+        fd = shm_open(nm, O_RDWR, 0);
+    if (fd < 0) {
+        r = -errno;
+        if (r == -ELOOP)
+            return wl__set_error(-EPERM, "segment %s is a symbolic link; refusing to follow "
+                                         "it; remove it with: rm /dev/shm%s", nm, nm);
+        if (r == -EACCES)
+            return wl__set_error(-EPERM, "segment %s exists and is not accessible to uid %u; "
+                                         "use another name (--shm, $WARMLOCK_SHM)", nm,
+                                 (unsigned)geteuid());
+        return wl__set_error(r, "cannot open segment %s: %s", nm, strerror(-r));
+    }
+    r = open_object(nm, fd, slots, mode,
+                    opts && opts->init_timeout_ms ? opts->init_timeout_ms : INIT_WAIT_MS, &map);
+    close(fd);
+    if (r < 0)
+        return r;
+
+    seg = calloc(1, sizeof(*seg));
+    if (!seg)
+        return wl__set_error(-ENOMEM, "out of memory");
+    seg->map = map;
+    seg->hdr = map->hdr;
+    seg->slots = map->slots;
+    seg->nslots = map->hdr->nslots;
+    seg->pidns = wl__pidns();
+    memcpy(seg->name, nm, strlen(nm) + 1);
+    *out = seg;
+    return 0;
+}
+
+WL_EXPORT void wl_close(struct wl_segment *seg)
+{
+    /* The mapping stays in the registry for the life of the process. */
+    free(seg);
+}
+
+WL_EXPORT int wl_unlink(const char *name)
+{
+    char nm[WL_NAME_MAX + 1];
+    int r;
+
+    if ((r = resolve_name(name, nm, sizeof(nm))) < 0)
+        return r;
+    if (shm_unlink(nm) < 0) {
+        r = -errno;
+        if (r == -ENOENT)
+            return wl__set_error(r, "segment %s does not exist", nm);
+        return wl__set_error(r, "cannot remove segment %s: %s", nm, strerror(-r));
+    }
+    return 0;
+}
+
+WL_EXPORT const char *wl_name(const struct wl_segment *seg)
+{
+    return seg->name;
+}
+
+WL_EXPORT int wl_check(struct wl_segment *seg)
+{
+    struct stat st;
+    int fd = shm_open(seg->name, O_RDONLY, 0), r;
+
+    if (fd < 0)
+        return errno == ENOENT ? -ENOENT : -errno;
+    r = fstat(fd, &st) < 0 ? -errno : 0;
+    close(fd);
+    if (r < 0)
+        return r;
+    return st.st_dev == seg->map->dev && st.st_ino == seg->map->ino ? 0 : -ESTALE;
+}

@@ -1,0 +1,74 @@
+/* Snapshots of the slots' state and counters, read without locks. */
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void copy_slot(struct wl__slot *sl, struct wl_slot_info *o, uint64_t now)
+{
+    uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
+    uint64_t ready = atomic_load_explicit(&sl->ready_ns, memory_order_relaxed);
+    unsigned b, tries;
+
+    memset(o, 0, sizeof(*o));
+    memcpy(o->key, sl->key, sizeof(o->key));
+    o->key[WL_KEY_MAX] = '\0';
+    o->state = WL__ST(s);
+    o->epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed);
+    o->leader_pid = atomic_load_explicit(&sl->leader_pid, memory_order_relaxed);
+    o->leader_alive = o->state == WL_WARMING ? wl__slot_leader_alive(sl) : 0;
+    if (o->state == WL_WARMING && !o->leader_alive)
+        o->state = WL__ST(atomic_load_explicit(&sl->state, memory_order_acquire));
+    o->waiters = atomic_load_explicit(&sl->waiters, memory_order_relaxed);
+    o->warmups = atomic_load_explicit(&sl->warmups, memory_order_relaxed);
+    o->takeovers = atomic_load_explicit(&sl->takeovers, memory_order_relaxed);
+    o->attempts = atomic_load_explicit(&sl->attempts, memory_order_relaxed);
+    o->failures = atomic_load_explicit(&sl->failures, memory_order_relaxed);
+    o->invalidations = atomic_load_explicit(&sl->invalidations, memory_order_relaxed);
+    o->ready_age_ms = ready ? (int64_t)((now - ready) / 1000000u) : -1;
+    int64_t ttr = atomic_load_explicit(&sl->time_to_ready_ns, memory_order_relaxed);
+    o->time_to_ready_ms = ttr < 0 ? -1 : ttr / 1000000;
+    for (b = 0; b < WL_HIST_BUCKETS; b++)
+        o->wait_hist[b] = atomic_load_explicit(&sl->hist[b], memory_order_relaxed);
+    o->wait_count = atomic_load_explicit(&sl->wait_count, memory_order_relaxed);
+    o->wait_sum_ns = atomic_load_explicit(&sl->wait_sum_ns, memory_order_relaxed);
+
+    /* The failure text sits behind a seqcount; give up on it (empty) if a writer keeps
+     * changing it. */
+    for (tries = 0; tries < 100; tries++) {
+        uint32_t q = atomic_load_explicit(&sl->info_seq, memory_order_acquire);
+        if (q & 1u)
+            continue;
+        o->last_code = sl->fail_code;
+        memcpy(o->last_error, sl->fail_error, sizeof(o->last_error));
+        memcpy(o->sqlstate, sl->fail_sqlstate, sizeof(o->sqlstate));
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&sl->info_seq, memory_order_relaxed) == q)
+            break;
+    }
+    if (tries == 100) {
+        o->last_code = 0;
+        o->last_error[0] = o->sqlstate[0] = '\0';
+    }
+    o->last_error[sizeof(o->last_error) - 1] = '\0';
+    o->sqlstate[sizeof(o->sqlstate) - 1] = '\0';
+}
+
+WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size_t max)
+{
+    uint64_t now = wl__now_ns();
+    uint32_t i;
+    size_t n = 0;
+
+    if (!seg || (max && !out))
+        return -EINVAL;
+    for (i = 0; i < seg->nslots; i++) {
+        struct wl__slot *sl = &seg->slots[i];
+        if (atomic_load_explicit(&sl->key_hash, memory_order_acquire) == 0)
+            continue;
+        if (n < max)
+            copy_slot(sl, &out[n], now);
+        n++;
+    }
+    return (int)n;
+}

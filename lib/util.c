@@ -1,0 +1,105 @@
+/* Clocks, messages and the names of codes. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+static _Thread_local char last_error[512];
+
+uint64_t wl__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t wl__realtime_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void wl__ns_to_timespec(uint64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / 1000000000u);
+    ts->tv_nsec = (long)(ns % 1000000000u);
+}
+
+void wl__fmt(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    if (len == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+void wl__copy(char *dst, size_t len, const char *src)
+{
+    size_t n;
+    if (len == 0)
+        return;
+    n = strnlen(src, len - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+int wl__set_error(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+WL_EXPORT const char *wl_last_error(void)
+{
+    return last_error;
+}
+
+WL_EXPORT const char *wl_version(void)
+{
+    return WL_VERSION_STRING;
+}
+
+WL_EXPORT const char *wl_state_name(enum wl_state state)
+{
+    switch (state) {
+    case WL_COLD: return "cold";
+    case WL_WARMING: return "warming";
+    case WL_READY: return "ready";
+    case WL_STALE: return "stale";
+    case WL_FAILED: return "failed";
+    }
+    return "unknown";
+}
+
+WL_EXPORT const char *wl_strerror(int code)
+{
+    switch (code < 0 ? -code : code) {
+    case 0: return "success";
+    case ETIMEDOUT: return "ETIMEDOUT: deadline passed before the key became ready";
+    case EACCES: return "EACCES: authentication refused (SQLSTATE class 28)";
+    case ENOENT: return "ENOENT: database, role or segment does not exist";
+    case ECONNREFUSED: return "ECONNREFUSED: server not reachable when attempts ran out";
+    case EINVAL: return "EINVAL: invalid argument, name, key or conninfo";
+    case EPROTO: return "EPROTO: incompatible or corrupt segment";
+    case EPERM: return "EPERM: segment owned by another user or unsafe mode";
+    case EIO: return "EIO: the warm-up or verification query failed";
+    case ENOSPC: return "ENOSPC: every slot of the segment is in use";
+    case ECHILD: return "ECHILD: a forked child of the leader may not publish";
+    case ECANCELED: return "ECANCELED: the slot was reset while warming";
+    case EBUSY: return "EBUSY: a warm-up is in flight";
+    case ESTALE: return "ESTALE: the segment's name now refers to another object";
+    case ENAMETOOLONG: return "ENAMETOOLONG: name too long";
+    case ENOMEM: return "ENOMEM: out of memory";
+    case ENOSYS: return "ENOSYS: not supported by this kernel";
+    default: return strerror(code < 0 ? -code : code);
+    }
+}

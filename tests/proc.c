@@ -1,0 +1,125 @@
+#include "proc.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+void *wlt_shared(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        abort();
+    }
+    return p;
+}
+
+const char *wlt_segname(void)
+{
+    static char buf[64];
+    static unsigned n;
+    snprintf(buf, sizeof(buf), "/wltest.%d.%u", (int)getpid(), n++);
+    return buf;
+}
+
+uint64_t wlt_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void wlt_sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+pid_t wlt_spawn(int (*fn)(void *arg, int index), void *arg, int index)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        abort();
+    }
+    if (pid == 0)
+        _exit(fn(arg, index) & 0xff);
+    return pid;
+}
+
+int wlt_wait(pid_t pid, unsigned timeout_ms)
+{
+    uint64_t end = wlt_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    int st;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            break;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (wlt_now_ns() >= end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        wlt_sleep_ms(1);
+    }
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    return 128 + WTERMSIG(st);
+}
+
+static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timespec *ts)
+{
+    return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
+}
+
+void wlt_barrier_wait(struct wlt_barrier *b, uint32_t n)
+{
+    if (atomic_fetch_add(&b->arrived, 1) + 1 == n) {
+        atomic_store(&b->go, 1);
+        futex(&b->go, FUTEX_WAKE, INT_MAX, NULL);
+        return;
+    }
+    while (atomic_load(&b->go) == 0)
+        futex(&b->go, FUTEX_WAIT, 0, NULL);
+}
+
+int wlt_wait_change(_Atomic uint32_t *word, uint32_t value, unsigned timeout_ms)
+{
+    uint64_t end = wlt_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    while (atomic_load(word) == value) {
+        uint64_t now = wlt_now_ns();
+        if (now >= end)
+            return -1;
+        struct timespec ts = {(time_t)((end - now) / 1000000000u),
+                              (long)((end - now) % 1000000000u)};
+        futex(word, FUTEX_WAIT, value, &ts);
+    }
+    return 0;
+}
+
+void wlt_wake(_Atomic uint32_t *word)
+{
+    futex(word, FUTEX_WAKE, INT_MAX, NULL);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+void wlt_sort_u64(uint64_t *v, size_t n)
+{
+    qsort(v, n, sizeof(*v), cmp_u64);
+}

@@ -1,0 +1,36 @@
+/* Test helpers: real child processes, shared memory between them, and timing. */
+#ifndef WL_TEST_PROC_H
+#define WL_TEST_PROC_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Anonymous memory shared with children forked later (zeroed). */
+void *wlt_shared(size_t size);
+/* A unique segment name for this test process: "/wltest.<pid>.<n>". */
+const char *wlt_segname(void);
+uint64_t wlt_now_ns(void);
+void wlt_sleep_ms(unsigned ms);
+
+/* Fork a child running fn(arg, index); its return value is the exit status. */
+pid_t wlt_spawn(int (*fn)(void *arg, int index), void *arg, int index);
+/* Wait for pid up to timeout_ms; returns its exit status (0..255), 128+signal if killed by
+ * a signal, or -1 if it did not end in time (it is then SIGKILLed and reaped). */
+int wlt_wait(pid_t pid, unsigned timeout_ms);
+
+/* A start line for n processes: each calls wlt_barrier_wait; all leave together. */
+struct wlt_barrier {
+    _Atomic uint32_t arrived;
+    _Atomic uint32_t go;
+};
+void wlt_barrier_wait(struct wlt_barrier *b, uint32_t n);
+/* Wait (futex) until *word != value or timeout_ms passes; 0 or -1 on timeout. */
+int wlt_wait_change(_Atomic uint32_t *word, uint32_t value, unsigned timeout_ms);
+void wlt_wake(_Atomic uint32_t *word);
+
+/* Sort helpers for latency figures. */
+void wlt_sort_u64(uint64_t *v, size_t n);
+
+#endif

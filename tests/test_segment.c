@@ -1,0 +1,463 @@
+/* The segment: names, modes, creation races, hostile and broken objects. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/internal.h"
+#include "proc.h"
+#include "warmlock.h"
+
+static char name[64];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(name, sizeof(name), "%s", wlt_segname());
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    shm_unlink(name);
+    return 0;
+}
+
+static void expect_open(int want, const char *needle)
+{
+    struct wl_segment *seg = NULL;
+    int r = wl_open(name, NULL, &seg);
+    if (r != want)
+        fail_msg("wl_open(%s) = %d (%s), expected %d", name, r, wl_last_error(), want);
+    if (needle && !strstr(wl_last_error(), needle))
+        fail_msg("message '%s' lacks '%s'", wl_last_error(), needle);
+    if (seg)
+        wl_close(seg);
+}
+
+static void read_object(unsigned char *buf, size_t len, size_t *got)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    ssize_t n = read(fd, buf, len);
+    assert_true(n >= 0);
+    *got = (size_t)n;
+    close(fd);
+}
+
+static void test_open_rejects_bad_names(void **state)
+{
+    struct wl_segment *seg;
+    char longname[WL_NAME_MAX + 8];
+    (void)state;
+    const char *bad[] = {"", "/", "noslash", "/a/b", "/.", "/..", "/tab\there"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(wl_open(bad[i], NULL, &seg), -EINVAL);
+        assert_true(strlen(wl_last_error()) > 10);
+        assert_null(strchr(wl_last_error(), '\n'));
+    }
+    memset(longname, 'x', sizeof(longname));
+    longname[0] = '/';
+    longname[WL_NAME_MAX + 1] = '\0';
+    assert_int_equal(wl_open(longname, NULL, &seg), -EINVAL);
+    assert_non_null(strstr(wl_last_error(), "at most"));
+    assert_int_equal(wl_unlink("bad"), -EINVAL);
+}
+
+static void test_open_default_name_uses_env_then_uid(void **state)
+{
+    char buf[WL_NAME_MAX + 1], want[64];
+    (void)state;
+    setenv("WARMLOCK_SHM", name, 1);
+    assert_true(wl_default_name(buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, name);
+    struct wl_segment *seg;
+    assert_int_equal(wl_open(NULL, NULL, &seg), 0);
+    assert_string_equal(wl_name(seg), name);
+    wl_close(seg);
+    unsetenv("WARMLOCK_SHM");
+    snprintf(want, sizeof(want), "/warmlock.%u", (unsigned)geteuid());
+    assert_true(wl_default_name(buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, want);
+}
+
+static void test_open_rejects_unsafe_modes(void **state)
+{
+    struct wl_segment *seg;
+    struct wl_open_opts o = {.mode = 0666};
+    (void)state;
+    assert_int_equal(wl_open(name, &o, &seg), -EINVAL);
+    assert_non_null(strstr(wl_last_error(), "world-writable"));
+    o.mode = 0400;
+    assert_int_equal(wl_open(name, &o, &seg), -EINVAL);
+    o.mode = 01600;
+    assert_int_equal(wl_open(name, &o, &seg), -EINVAL);
+    o.mode = 0;
+    o.slots = WL_MAX_SLOTS + 1;
+    assert_int_equal(wl_open(name, &o, &seg), -EINVAL);
+}
+
+/* Pitfall 7: shm_open applies the umask; the mode asked for is what the object gets. */
+static void test_open_mode_ignores_umask(void **state)
+{
+    struct wl_segment *seg;
+    struct stat st;
+    char path[128];
+    (void)state;
+    mode_t masks[] = {0, 077, 022};
+    mode_t modes[] = {0600, 0660};
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    for (size_t m = 0; m < 3; m++)
+        for (size_t k = 0; k < 2; k++) {
+            struct wl_open_opts o = {.mode = modes[k]};
+            mode_t old = umask(masks[m]);
+            assert_int_equal(wl_open(name, &o, &seg), 0);
+            umask(old);
+            assert_int_equal(stat(path, &st), 0);
+            assert_int_equal(st.st_mode & 0777, modes[k]);
+            wl_close(seg);
+            assert_int_equal(wl_unlink(name), 0);
+        }
+}
+
+static void test_open_records_layout_in_header(void **state)
+{
+    struct wl_segment *seg;
+    struct wl_open_opts o = {.slots = 8};
+    (void)state;
+    assert_int_equal(wl_open(name, &o, &seg), 0);
+    assert_int_equal(seg->hdr->magic, WL__MAGIC);
+    assert_int_equal(seg->hdr->layout_version, WL__LAYOUT_VERSION);
+    assert_int_equal(seg->hdr->mutex_size, sizeof(pthread_mutex_t));
+    assert_int_equal(seg->hdr->libc, WL__LIBC);
+    assert_int_equal(seg->hdr->nslots, 8);
+    assert_int_equal(seg->hdr->creator_pid, getpid());
+    assert_int_equal(seg->hdr->creator_uid, geteuid());
+    assert_int_equal(seg->hdr->creator_pidns, wl__pidns());
+    assert_int_equal((uintptr_t)&seg->slots[0].state % 64, 0);
+    assert_int_equal((uintptr_t)&seg->slots[0].mutex % 64, 0);
+    /* Pitfall 4: reopening reuses the mapping; closing never unmaps. */
+    struct wl_segment *again;
+    assert_int_equal(wl_open(name, NULL, &again), 0);
+    assert_ptr_equal(again->hdr, seg->hdr);
+    wl_close(again);
+    o.slots = 16; /* a different explicit slot count is refused */
+    assert_int_equal(wl_open(name, &o, &again), -EPROTO);
+    wl_close(seg);
+}
+
+static int open_child(void *arg, int idx)
+{
+    struct wl_segment *seg;
+    struct wlt_barrier *b = arg;
+    (void)idx;
+    wlt_barrier_wait(b, 200);
+    if (wl_open(name, NULL, &seg) != 0)
+        return 1;
+    if (seg->hdr->nslots != WL_DEFAULT_SLOTS)
+        return 2;
+    return wl_ensure(seg, "k", NULL, NULL, NULL, NULL) == 0 ? 0 : 3;
+}
+
+/* Hundreds of processes open a new name at once: all succeed on one object. */
+static void test_open_race_free_with_200_processes(void **state)
+{
+    struct wlt_barrier *b = wlt_shared(sizeof(*b));
+    pid_t pids[200];
+    (void)state;
+    for (int i = 0; i < 200; i++)
+        pids[i] = wlt_spawn(open_child, b, i);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(wlt_wait(pids[i], 20000), 0);
+    struct wl_segment *seg;
+    struct wl_slot_info info;
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    assert_int_equal(wl_snapshot(seg, &info, 1), 1);
+    assert_int_equal(info.warmups, 1);
+    wl_close(seg);
+}
+
+/* A creator killed during initialisation (object made, flock held, size set, no magic)
+ * does not wedge later openers: the next one initialises it. */
+static int dying_creator(void *arg, int idx)
+{
+    (void)arg;
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0)
+        return 1;
+    flock(fd, LOCK_EX);
+    if (idx == 1 && ftruncate(fd, 4096) != 0)
+        return 2;
+    if (idx == 2) { /* hang holding the lock */
+        raise(SIGSTOP);
+        return 0;
+    }
+    raise(SIGKILL);
+    return 3;
+}
+
+static void test_open_survives_creator_killed_mid_init(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 2; variant++) { /* 0 bytes, and a partial size */
+        pid_t p = wlt_spawn(dying_creator, NULL, variant);
+        assert_int_equal(wlt_wait(p, 5000), 128 + SIGKILL);
+        uint64_t t0 = wlt_now_ns();
+        expect_open(0, NULL);
+        assert_true(wlt_now_ns() - t0 < 1000000000ull);
+        struct wl_segment *seg;
+        assert_int_equal(wl_open(name, NULL, &seg), 0);
+        assert_int_equal(wl_ensure(seg, "k", NULL, NULL, NULL, NULL), 0);
+        wl_close(seg);
+        shm_unlink(name);
+    }
+}
+
+static void test_open_times_out_on_hung_initialiser(void **state)
+{
+    (void)state;
+    pid_t p = wlt_spawn(dying_creator, NULL, 2);
+    struct stat st;
+    char path[128];
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    for (int i = 0; i < 200 && stat(path, &st) != 0; i++)
+        wlt_sleep_ms(5);
+    wlt_sleep_ms(50); /* it holds the flock now, and is stopped */
+    struct wl_segment *seg;
+    struct wl_open_opts o = {.init_timeout_ms = 300};
+    uint64_t t0 = wlt_now_ns();
+    assert_int_equal(wl_open(name, &o, &seg), -ETIMEDOUT);
+    uint64_t took = wlt_now_ns() - t0;
+    assert_true(took >= 290000000ull && took < 1000000000ull);
+    assert_non_null(strstr(wl_last_error(), "did not finish"));
+    kill(p, SIGKILL);
+    wlt_wait(p, 2000);
+    assert_int_equal(wl_open(name, &o, &seg), 0); /* its death released the lock */
+    wl_close(seg);
+}
+
+/* Broken objects are refused with -EPROTO, a message saying how to remove them, and are
+ * not written to. */
+static void make_object(const void *data, size_t len, mode_t mode)
+{
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, mode);
+    assert_true(fd >= 0);
+    fchmod(fd, mode);
+    if (len)
+        assert_int_equal(write(fd, data, len), (ssize_t)len);
+    close(fd);
+}
+
+static void expect_refused_untouched(int want, const char *needle)
+{
+    unsigned char before[65536], after[65536];
+    size_t n1, n2;
+    read_object(before, sizeof(before), &n1);
+    expect_open(want, needle);
+    read_object(after, sizeof(after), &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(before, after, n1);
+}
+
+static void test_open_refuses_bad_magic(void **state)
+{
+    unsigned char junk[8192];
+    (void)state;
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (unsigned char)(i * 131 + 7);
+    make_object(junk, sizeof(junk), 0600);
+    expect_refused_untouched(-EPROTO, "not a warmlock segment");
+    expect_open(-EPROTO, "rm /dev/shm");
+}
+
+static void tamper(size_t off, const void *val, size_t len)
+{
+    struct wl_segment *seg;
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    size_t size = seg->map->size;
+    wl_close(seg);
+    /* Write through a separate mapping: the registry's mapping stays as it is. */
+    int fd = shm_open(name, O_RDWR, 0);
+    unsigned char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(p != MAP_FAILED);
+    memcpy(p + off, val, len);
+    munmap(p, size);
+    close(fd);
+}
+
+static void test_open_refuses_other_version(void **state)
+{
+    uint32_t v = WL__LAYOUT_VERSION + 1;
+    (void)state;
+    tamper(offsetof(struct wl__header, layout_version), &v, sizeof(v));
+    /* The process's registry keeps the earlier mapping (by design); a fresh process sees
+     * the tampered header. */
+    pid_t p = fork();
+    if (p == 0) {
+        struct wl_segment *seg;
+        int r = wl_open(name, NULL, &seg);
+        _exit(r == -EPROTO && strstr(wl_last_error(), "layout version") &&
+              strstr(wl_last_error(), "warmlock reset") ? 0 : 1);
+    }
+    assert_int_equal(wlt_wait(p, 5000), 0);
+}
+
+static void test_open_refuses_wrong_size(void **state)
+{
+    (void)state;
+    struct wl_segment *seg;
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    size_t size = seg->map->size;
+    wl_close(seg);
+    for (int k = 0; k < 2; k++) {
+        int fd = shm_open(name, O_RDWR, 0);
+        assert_int_equal(ftruncate(fd, k == 0 ? (off_t)(size - 100) : (off_t)(size + 4096)), 0);
+        close(fd);
+        pid_t p = fork();
+        if (p == 0) {
+            int r = wl_open(name, NULL, &seg);
+            _exit(r == -EPROTO && strstr(wl_last_error(), "size") ? 0 : 1);
+        }
+        assert_int_equal(wlt_wait(p, 5000), 0);
+    }
+}
+
+static void test_open_refuses_world_writable_and_symlink(void **state)
+{
+    unsigned char z[64] = {0};
+    char path[128], target[128];
+    (void)state;
+    make_object(z, sizeof(z), 0666);
+    expect_refused_untouched(-EPERM, "world-writable");
+    shm_unlink(name);
+
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    snprintf(target, sizeof(target), "/dev/shm%s.target", name);
+    int fd = open(target, O_CREAT | O_RDWR, 0600);
+    close(fd);
+    assert_int_equal(symlink(target, path), 0);
+    expect_open(-EPERM, "symbolic link");
+    struct stat st;
+    assert_int_equal(stat(target, &st), 0);
+    assert_int_equal(st.st_size, 0); /* the target was not initialised through the link */
+    unlink(target);
+}
+
+static void test_open_refuses_object_of_other_user(void **state)
+{
+    unsigned char z[64] = {0};
+    (void)state;
+    if (geteuid() != 0) {
+        printf("# skipped: needs root to chown an object to another user\n");
+        skip();
+    }
+    make_object(z, sizeof(z), 0600);
+    char path[128];
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    assert_int_equal(chown(path, 65534, 65534), 0);
+    expect_refused_untouched(-EPERM, "owned by uid 65534");
+}
+
+static void test_open_full_segment_gives_enospc(void **state)
+{
+    struct wl_segment *seg;
+    struct wl_open_opts o = {.slots = 4};
+    struct wl_result res;
+    char key[16];
+    (void)state;
+    assert_int_equal(wl_open(name, &o, &seg), 0);
+    for (int i = 0; i < 4; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        assert_int_equal(wl_ensure(seg, key, NULL, NULL, NULL, &res), 0);
+    }
+    assert_int_equal(wl_ensure(seg, "k4", NULL, NULL, NULL, &res), -ENOSPC);
+    assert_non_null(strstr(res.error, "slots"));
+    assert_int_equal(wl_ensure(seg, "k2", NULL, NULL, NULL, &res), 0); /* old keys fine */
+    assert_int_equal(wl_snapshot(seg, NULL, 0), 4);
+    wl_close(seg);
+}
+
+/* Pitfall 6: the name can disappear (RemoveIPC) or be replaced; wl_check tells. */
+static void test_check_detects_removed_or_replaced_name(void **state)
+{
+    struct wl_segment *seg, *other;
+    (void)state;
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    assert_int_equal(wl_check(seg), 0);
+    assert_int_equal(wl_unlink(name), 0);
+    assert_int_equal(wl_check(seg), -ENOENT);
+    assert_int_equal(wl_unlink(name), -ENOENT);
+    assert_int_equal(wl_open(name, NULL, &other), 0);
+    assert_int_equal(wl_check(seg), -ESTALE);
+    assert_int_equal(wl_check(other), 0);
+    wl_close(other);
+    wl_close(seg);
+}
+
+static void test_long_keys_are_distinct(void **state)
+{
+    struct wl_segment *seg;
+    struct wl_result res;
+    char a[WL_KEY_MAX + 50], b[WL_KEY_MAX + 50];
+    (void)state;
+    memset(a, 'k', sizeof(a));
+    a[sizeof(a) - 1] = '\0';
+    memcpy(b, a, sizeof(b));
+    b[sizeof(b) - 2] = 'z';
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    assert_int_equal(wl_ensure(seg, a, NULL, NULL, NULL, &res), 0);
+    assert_int_equal(wl_ensure(seg, b, NULL, NULL, NULL, &res), 0);
+    assert_int_equal(wl_snapshot(seg, NULL, 0), 2);
+    wl_close(seg);
+}
+
+static void test_strerror_names_every_code(void **state)
+{
+    int codes[] = {ETIMEDOUT, EACCES, ENOENT, ECONNREFUSED, EINVAL, EPROTO, EPERM, EIO,
+                   ENOSPC, ECHILD, ECANCELED, EBUSY, ESTALE};
+    (void)state;
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        assert_non_null(strchr(wl_strerror(-codes[i]), ':'));
+    assert_string_equal(wl_version(), WL_VERSION_STRING);
+    assert_string_equal(wl_state_name(WL_READY), "ready");
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_open_rejects_bad_names),
+        T(test_open_default_name_uses_env_then_uid),
+        T(test_open_rejects_unsafe_modes),
+        T(test_open_mode_ignores_umask),
+        T(test_open_records_layout_in_header),
+        T(test_open_race_free_with_200_processes),
+        T(test_open_survives_creator_killed_mid_init),
+        T(test_open_times_out_on_hung_initialiser),
+        T(test_open_refuses_bad_magic),
+        T(test_open_refuses_other_version),
+        T(test_open_refuses_wrong_size),
+        T(test_open_refuses_world_writable_and_symlink),
+        T(test_open_refuses_object_of_other_user),
+        T(test_open_full_segment_gives_enospc),
+        T(test_check_detects_removed_or_replaced_name),
+        T(test_long_keys_are_distinct),
+        T(test_strerror_names_every_code),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
