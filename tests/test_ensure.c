@@ -618,6 +618,37 @@ static void test_ensure_leader_in_other_pid_namespace(void **state)
     wl_close(seg);
 }
 
+/* Pitfall 8: fields larger than the state word are suspect after EOWNERDEAD. A leader killed
+ * while writing its failure text (seqcount odd) leaves a torn text; the takeover clears it. */
+static void test_ensure_torn_failure_text_is_cleared_on_takeover(void **state)
+{
+    pid_t pids[2];
+    struct wl_segment *seg;
+    struct wl__slot *sl;
+    struct wl_slot_info info;
+    (void)state;
+
+    S->warm_ms = 5000;
+    S->warm_ms_later = 10;
+    spawn_all(pids, 2);
+    assert_int_equal(wlt_wait_change(&S->started, 0, 5000), 0);
+    assert_int_equal(wl_open(S->name, NULL, &seg), 0);
+    assert_int_equal(wl__slot_find(seg, "db", 0, &sl), 0);
+    /* What a leader dying inside write_failure() leaves behind: */
+    atomic_fetch_add(&sl->info_seq, 1);
+    memcpy(sl->fail_error, "torn half-writ", 15);
+    kill(atomic_load(&S->warm_pid[0]), SIGKILL);
+    for (int i = 0; i < 2; i++)
+        wlt_wait(pids[i], 5000);
+    assert_int_equal(atomic_load(&S->calls), 2);
+    assert_int_equal(atomic_load(&sl->info_seq) & 1u, 0);
+    assert_int_equal(wl_snapshot(seg, &info, 1), 1);
+    assert_int_equal(info.state, WL_READY);
+    assert_string_equal(info.last_error, "");
+    assert_int_equal(info.takeovers, 1);
+    wl_close(seg);
+}
+
 static void test_ensure_rejects_bad_arguments(void **state)
 {
     struct wl_segment *seg;
@@ -656,6 +687,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_ensure_leader_in_other_pid_namespace, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_ensure_torn_failure_text_is_cleared_on_takeover,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_ensure_rejects_bad_arguments, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
