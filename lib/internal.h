@@ -155,4 +155,130 @@ void wl__backoff_pause(uint64_t ns);
 
 /* -- The libpq engine's internals (pg.c, ring.c, backoff.c) are declared below. -- */
 
+/* backoff.c: the leader's retry schedule (struct wl_backoff with its defaults filled). */
+struct wl_backoff;
+struct wl_pg_opts;
+#define WL__BACKOFF_INITIAL_MS 10u
+#define WL__BACKOFF_MAX_MS 250u
+#define WL__BACKOFF_DEADLINE_MS 30000u
+#define WL__JITTER_NONE (-1)
+#define WL__JITTER_FULL 1
+#define WL__JITTER_DECORRELATED 2
+struct wl__backoff_state {
+    uint64_t initial_ns, max_ns; /* first delay and cap of one delay */
+    uint32_t max_attempts;       /* 0: unlimited */
+    uint32_t failures;           /* attempts that failed so far */
+    uint64_t start_ns, deadline_ns; /* CLOCK_MONOTONIC */
+    uint64_t prev_ns;            /* the previous delay (decorrelated jitter) */
+    uint64_t rng;
+    int jitter;                  /* WL__JITTER_* */
+};
+/* Fill defaults from opts (may be NULL): deadline = opts->deadline_ms, else
+ * default_deadline_ms, else 30 s from now_ns. seed 0 picks one from the pid and clock. */
+void wl__backoff_init(struct wl__backoff_state *b, const struct wl_backoff *opts,
+                      uint32_t default_deadline_ms, uint64_t now_ns, uint64_t seed);
+/* Count one failed attempt and give the delay before the next one (never past the
+ * deadline). 0, -EAGAIN when max_attempts ran out, -ETIMEDOUT when the deadline passed. */
+int wl__backoff_next(struct wl__backoff_state *b, uint64_t now_ns, uint64_t *delay_ns);
+
+/* ring.c: the event loop. A task is a state machine with one step function that says what
+ * it waits for next; the loop turns the answer into an io_uring POLL_ADD with a linked
+ * LINK_TIMEOUT, an io_uring TIMEOUT, or a ppoll(2) entry, and calls step again when that
+ * happens. Both backends run the same step code. One loop drives any number of tasks;
+ * tasks may be added (and removed) from inside a step. A loop belongs to one thread. */
+enum wl__want {
+    WL__WANT_READ = 1,    /* wake when t->fd is readable, or at t->deadline_ns */
+    WL__WANT_WRITE = 2,   /* wake when t->fd is writable (may be or'ed with READ) */
+    WL__WANT_TIMER = 4,   /* wake at t->deadline_ns */
+    WL__WANT_DONE = 8,    /* finished: the loop drops the task */
+    WL__WANT_FAILED = 16, /* finished with a failure: the loop drops the task */
+};
+enum wl__event {
+    WL__EV_START = 0,   /* first call, from the loop after wl__loop_add */
+    WL__EV_IO = 1,      /* the fd is ready; revents has the poll(2) bits */
+    WL__EV_TIMEOUT = 2, /* READ/WRITE wait reached t->deadline_ns first */
+    WL__EV_TIMER = 3,   /* TIMER reached t->deadline_ns */
+};
+enum wl__io { WL__IO_AUTO = 0, WL__IO_URING = 1, WL__IO_POLL = 2 };
+struct wl__loop;
+struct wl__task;
+/* Returns a WL__WANT_* answer, having set t->fd (READ/WRITE) and t->deadline_ns. */
+typedef int (*wl__step_fn)(struct wl__task *t, int event, int revents);
+struct wl__task {
+    wl__step_fn step;
+    void *arg;            /* the owner's */
+    int fd;               /* set by step for READ/WRITE; may change between steps */
+    uint64_t deadline_ns; /* set by step: CLOCK_MONOTONIC; 0 = no timeout (READ/WRITE) */
+    int want;             /* the last answer of step */
+    /* The loop's: */
+    struct wl__loop *loop_;
+    uint32_t idx_, seq_;
+    int started_;
+    struct { int64_t sec, nsec; } ts_; /* a __kernel_timespec, alive until submitted */
+};
+/* backend WL__IO_AUTO: $WARMLOCK_IO (uring|poll) if set, else io_uring when
+ * io_uring_queue_init succeeds, else poll(2) (logged once per process on stderr). 0 or
+ * -errno with a message in err: a forced io_uring that cannot start gives its init error
+ * (-EPERM, -ENOSYS, -ENOMEM), a bad $WARMLOCK_IO -EINVAL. */
+int wl__loop_new(int backend, struct wl__loop **out, char *err, size_t errlen);
+/* Add a task (fill step, arg first); its first step runs inside the next run. 0, -ENOMEM. */
+int wl__loop_add(struct wl__loop *l, struct wl__task *t);
+/* Drop a task without calling it again (its in-flight requests are cancelled). */
+void wl__loop_remove(struct wl__loop *l, struct wl__task *t);
+/* Run until every task has finished (returns 0) or deadline_ns (CLOCK_MONOTONIC; 0 none)
+ * passed (returns how many tasks remain), or -errno. Blocks. */
+int wl__loop_run_until(struct wl__loop *l, uint64_t deadline_ns);
+/* Number of tasks in the loop. */
+int wl__loop_count(const struct wl__loop *l);
+/* "io_uring" or "poll". */
+const char *wl__loop_backend(const struct wl__loop *l);
+void wl__loop_free(struct wl__loop *l);
+
+/* pg.c: the probe (one leader's warm-up: connect, warm_sql, verify_sql, with retries), a
+ * ring task. wl__pg_probe runs one to completion on its own loop: 0 or -errno with
+ * res->error, res->sqlstate and res->attempts filled. deadline_ns: absolute monotonic
+ * bound (0: opts' own, default 30 s from now). */
+int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
+                 struct wl_result *res);
+/* Classify a libpq failure: its SQLSTATE ("" if none) and message. Returns 0 when worth a
+ * retry (with *refused = 1 for "connection refused" or a missing socket file), else the
+ * -errno to fail with. `connecting`: the error came while connecting (not from a query). */
+int wl__pg_classify(const char *sqlstate, const char *msg, int connecting, int *refused);
+/* The SQLSTATE of a libpq connection error message produced with PQERRORS_VERBOSE
+ * ("...FATAL:  57P03: the database system is starting up"), the last one if several
+ * hosts were tried; "" if none. */
+void wl__pg_sqlstate_of(const char *msg, char out[6]);
+
+/* format.c: rendering of snapshots and the programs' shared helpers (warmlock, warmlockd).
+ * Renderers return 0 or -EIO when the stream failed. */
+#include <sys/stat.h>
+/* wl_snapshot() into a malloc'd array (*out, free() it); returns the count or -errno. */
+int wl__snapshot_all(struct wl_segment *seg, struct wl_slot_info **out);
+/* Index of the slot whose key is `key`, or -ENOENT. */
+int wl__find_slot(const struct wl_slot_info *s, size_t n, const char *key);
+int wl__format_table(FILE *f, const struct wl_slot_info *s, size_t n);
+/* One object {"segment": ..., "slots": [...]}; always valid UTF-8. */
+int wl__format_json(FILE *f, const char *segname, const struct wl_slot_info *s, size_t n);
+/* Prometheus text exposition format 0.0.4: gauges, counters, a wait-time histogram. */
+int wl__format_prometheus(FILE *f, const char *segname, const struct wl_slot_info *s,
+                          size_t n);
+/* Collapse newlines, tabs and runs of spaces in place, trim the ends; returns s. */
+char *wl__oneline(char *s);
+/* "2", "0.5", "1.25s" -> ms within [min_ms, max_ms]; -EINVAL malformed, -ERANGE out of it. */
+int wl__parse_seconds(const char *s, uint32_t min_ms, uint32_t max_ms, uint32_t *ms);
+int wl__parse_uint(const char *s, unsigned long max, unsigned long *out);
+int wl__parse_mode(const char *s, mode_t *out); /* octal, at most 0777 */
+/* Whole file into a malloc'd NUL-terminated string; -errno with a message in err. */
+int wl__read_file(const char *path, char **out, char *err, size_t errlen);
+/* One conninfo per line; blank lines and lines starting with '#' are skipped. */
+int wl__read_targets(const char *path, char ***out, size_t *nout, char *err, size_t errlen);
+void wl__free_lines(char **lines, size_t n);
+/* One logfmt line: ts, level, target (if not NULL), msg, then (key, value) string pairs
+ * ending with NULL; a NULL value skips its pair. Values are quoted and escaped as needed. */
+void wl__logfmt(FILE *f, const char *level, const char *target, const char *msg, ...);
+/* sd_notify(3) without libsystemd: 0 sent, 1 $NOTIFY_SOCKET unset, or -errno. */
+int wl__sd_notify(const char *state);
+/* The s6 convention: write a newline to fd and close it. 0 or -errno. */
+int wl__notify_fd(int fd);
+
 #endif

@@ -1,0 +1,876 @@
+/*
+ * The libpq engine: the leader's warm-up of one PostgreSQL target, without blocking.
+ *
+ * A probe is a ring task (ring.c) whose one step function, probe_step(), drives
+ *
+ *   START -> CONNECT (PQconnectStartParams / PQconnectPoll) -> QUERY warm_sql -> QUERY
+ *   verify_sql -> DONE
+ *
+ * and on a retryable failure SLEEP (the backoff delay, a ring timer) -> CONNECT again,
+ * until the deadline or max_attempts. Every wait it asks for is bounded by the attempt's
+ * own timeout (PQconnectPoll does not apply connect_timeout) and by the deadline.
+ *
+ * libpq attaches no public SQLSTATE to a failed connection. The engine sets
+ * PQERRORS_VERBOSE right after PQconnectStartParams: PQconnectStart only opens the socket
+ * (and, over a Unix socket, sends the startup packet); the server's ErrorResponse is read
+ * by a later PQconnectPoll, which formats it with the connection's verbosity at that time,
+ * "...failed: FATAL:  57P03: the database system is starting up". wl__pg_sqlstate_of()
+ * reads it back from there.
+ *
+ * Host names are resolved synchronously by libpq (getaddrinfo inside PQconnectPoll): only
+ * the leader does it; hostaddr= or a socket directory keeps its loop non-blocking.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <poll.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "warmlock/pg.h"
+
+#define MS                         1000000ull
+#define DEFAULT_ATTEMPT_TIMEOUT_MS 2000u
+#define DEFAULT_VERIFY_SQL         "SELECT 1"
+#define DEFAULT_TIMEOUT_MS         30000u
+/* libpq's compiled-in DEFAULT_PGSOCKET_DIR on Debian (upstream's is /tmp). */
+#define DEFAULT_SOCKET_DIR "/var/run/postgresql"
+#define DEFAULT_PORT       "5432"
+/* wl_pg_connect re-verifies a stale epoch only with at least this much time left. */
+#define MIN_REVERIFY_NS (50 * MS)
+
+/* ---------------------------------------------------------------- classification */
+
+enum phase_mask { CONNECTING = 1, QUERYING = 2, ANY = 3 };
+
+/*
+ * Every failure goes through this one table; the first matching row decides. `state` is a
+ * SQLSTATE or a two-character class; NULL matches only a failure without a SQLSTATE (the
+ * transport's), "*" any. `errnum` (if set) must appear, as strerror() spells it, in libpq's
+ * message; `text` (if set) in the server's message. code 0 = retry after the backoff delay.
+ * An attempt that times out is retried (see attempt_failed), and an immediate failure of
+ * PQconnectStartParams that is not a connection error is bad conninfo: -EINVAL, no retry
+ * (see start_attempt).
+ */
+static const struct rule {
+    const char *state;
+    int errnum;
+    const char *text;
+    int phases;
+    int code;
+    int refused; /* the server was not there at all (for -ECONNREFUSED at the end) */
+} rules[] = {
+    {"57P03", 0, NULL, ANY, 0, 0},                   /* starting up, in recovery, shutting down */
+    {"57P01", 0, NULL, ANY, 0, 0},                   /* admin shutdown (fast stop, pg_terminate) */
+    {"57P02", 0, NULL, ANY, 0, 0},                   /* crash shutdown */
+    {"53300", 0, NULL, ANY, 0, 0},                   /* too many connections */
+    {"08", 0, NULL, ANY, 0, 0},                      /* connection exception */
+    {"28000", 0, "does not exist", ANY, -ENOENT, 0}, /* role "x" does not exist */
+    {"28", 0, NULL, ANY, -EACCES, 0},                /* authentication refused */
+    {"3D000", 0, NULL, ANY, -ENOENT, 0},             /* database does not exist */
+    {"42", 0, NULL, CONNECTING, -EINVAL, 0},         /* bad options=-c ... */
+    {"22", 0, NULL, CONNECTING, -EINVAL, 0},
+    {NULL, ECONNREFUSED, NULL, CONNECTING, 0, 1}, /* nobody listens on the port */
+    {NULL, ENOENT, NULL, CONNECTING, 0, 1},       /* no socket file (yet) */
+    {NULL, 0, NULL, ANY, 0, 0},                   /* other transport failures: reset, EOF, DNS */
+    {"*", 0, NULL, ANY, -EIO, 0},                 /* any other server error (warm_sql's, ...) */
+};
+
+static int state_matches(const char *pat, const char *sqlstate)
+{
+    if (!pat)
+        return !sqlstate[0];
+    if (!strcmp(pat, "*"))
+        return sqlstate[0] != '\0';
+    return sqlstate[0] && !strncmp(pat, sqlstate, strlen(pat));
+}
+
+int wl__pg_classify(const char *sqlstate, const char *msg, int connecting, int *refused)
+{
+    char buf[128];
+    size_t i;
+
+    *refused = 0;
+    if (!sqlstate)
+        sqlstate = "";
+    if (!msg)
+        msg = "";
+    for (i = 0; i < sizeof(rules) / sizeof(rules[0]); i++) {
+        const struct rule *r = &rules[i];
+        if (!(r->phases & (connecting ? CONNECTING : QUERYING)))
+            continue;
+        if (!state_matches(r->state, sqlstate))
+            continue;
+        if (r->errnum) {
+            /* strerror_r (GNU) may return a static string instead of filling buf */
+            const char *s = strerror_r(r->errnum, buf, sizeof(buf));
+            if (!strstr(msg, s))
+                continue;
+        }
+        if (r->text && !strstr(msg, r->text))
+            continue;
+        *refused = r->refused;
+        return r->code;
+    }
+    return -EIO;
+}
+
+/* "...FATAL:  57P03: text" (PQERRORS_VERBOSE); several hosts: the last one wins. */
+void wl__pg_sqlstate_of(const char *msg, char out[6])
+{
+    static const char *const sev[] = {"FATAL:  ", "ERROR:  ", "PANIC:  "};
+    const char *p;
+    size_t i;
+    int k;
+
+    out[0] = '\0';
+    for (p = msg; p && *p; p++) {
+        for (i = 0; i < sizeof(sev) / sizeof(sev[0]); i++) {
+            const char *c = p + 8;
+            if (strncmp(p, sev[i], 8) != 0)
+                continue;
+            for (k = 0; k < 5; k++)
+                if (!(isdigit((unsigned char)c[k]) || isupper((unsigned char)c[k])))
+                    break;
+            if (k == 5 && c[5] == ':') {
+                memcpy(out, c, 5); /* a later one overwrites: the last host's */
+                out[5] = '\0';
+            }
+        }
+    }
+}
+
+/* libpq's message as one line, without the LOCATION: lines verbose mode adds. */
+static void clean_message(char *dst, size_t len, const char *msg)
+{
+    char tmp[1024];
+    const char *p = msg ? msg : "";
+    size_t n = 0;
+
+    while (*p && n + 1 < sizeof(tmp)) {
+        const char *eol = strchr(p, '\n');
+        size_t l = eol ? (size_t)(eol - p) : strlen(p);
+        if (strncmp(p, "LOCATION:", 9) != 0) {
+            if (n && n + 1 < sizeof(tmp))
+                tmp[n++] = ' ';
+            if (l > sizeof(tmp) - 1 - n)
+                l = sizeof(tmp) - 1 - n;
+            memcpy(tmp + n, p, l);
+            n += l;
+        }
+        p = eol ? eol + 1 : p + l;
+    }
+    tmp[n] = '\0';
+    wl__oneline(tmp);
+    wl__copy(dst, len, tmp);
+}
+
+/* ---------------------------------------------------------------- conninfo */
+
+/* The keywords and values of conninfo, plus gssencmode=disable unless it sets one. The
+ * arrays point into *parsed. -EINVAL with libpq's message. */
+static int conn_params(const char *conninfo, PQconninfoOption **parsed, const char ***kw,
+                       const char ***val, char *err, size_t errlen)
+{
+    PQconninfoOption *o;
+    char *perr = NULL;
+    size_t n = 0, i = 0;
+    int have_gss = 0;
+
+    *kw = *val = NULL;
+    if (!(*parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
+        char m[256];
+        clean_message(m, sizeof(m), perr ? perr : "out of memory");
+        wl__fmt(err, errlen, "invalid conninfo: %s", m);
+        PQfreemem(perr);
+        return perr ? -EINVAL : -ENOMEM;
+    }
+    for (o = *parsed; o->keyword; o++)
+        n++;
+    *kw = calloc(n + 2, sizeof(char *));
+    *val = calloc(n + 2, sizeof(char *));
+    if (!*kw || !*val) {
+        free(*kw);
+        free(*val);
+        PQconninfoFree(*parsed);
+        *parsed = NULL;
+        wl__fmt(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (o = *parsed; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (!strcmp(o->keyword, "gssencmode"))
+            have_gss = 1;
+        (*kw)[i] = o->keyword;
+        (*val)[i++] = o->val;
+    }
+    if (!have_gss && !getenv("PGGSSENCMODE")) {
+        /* GSS encryption negotiation can block on a KDC (pitfall 9). */
+        (*kw)[i] = "gssencmode";
+        (*val)[i++] = "disable";
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the probe */
+
+enum phase { PH_START, PH_CONNECT, PH_QUERY, PH_SLEEP };
+
+struct probe {
+    struct wl__task task; /* first: the step gets it back as the probe */
+
+    /* configuration */
+    PQconninfoOption *parsed;
+    const char **kw, **val;
+    const char *sql[2];
+    const char *sql_name[2];
+    int nsql;
+    int keep; /* wl_pg_connect: hand over the connection after connecting, no queries */
+    uint64_t attempt_ns;
+    uint64_t deadline_ns, t0;
+    struct wl__backoff_state bo;
+
+    /* state */
+    enum phase phase;
+    PGconn *conn;
+    int qi; /* index of the query in flight */
+    uint64_t phase_deadline;
+    char qstate[6]; /* the first error of the query in flight */
+    char qerr[256];
+    int qfailed;
+
+    /* outcome */
+    unsigned attempts;
+    int rc;           /* 0 ok, or -errno */
+    int refused;      /* the last failure was "nobody there" */
+    char sqlstate[6]; /* of the last failure */
+    char error[256];  /* the last failure */
+};
+
+static void quiet_notices(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg; /* NOTICEs of warm_sql are not the engine's business */
+}
+
+static void drop_conn(struct probe *p)
+{
+    if (p->conn) {
+        PQfinish(p->conn);
+        p->conn = NULL;
+    }
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* The end: fail with code, no more attempts. */
+static int finish(struct probe *p, int code)
+{
+    p->rc = code;
+    if (code < 0 || !p->keep)
+        drop_conn(p);
+    return code < 0 ? WL__WANT_FAILED : WL__WANT_DONE;
+}
+
+/* Attempts ran out or the deadline passed: say what was tried and the last error. */
+static int give_up(struct probe *p, int attempts_ran_out)
+{
+    uint64_t ms = (wl__now_ns() - p->t0) / MS;
+    char last[200];
+    int code = attempts_ran_out && p->refused ? -ECONNREFUSED : -ETIMEDOUT;
+
+    wl__copy(last, sizeof(last), p->error[0] ? p->error : "none");
+    wl__fmt(p->error, sizeof(p->error), "%s after %u attempt%s over %llu ms; last error: %s",
+            attempts_ran_out ? "gave up (max_attempts)" : "deadline passed", p->attempts,
+            p->attempts == 1 ? "" : "s", (unsigned long long)ms, last);
+    return finish(p, code);
+}
+
+/* A retryable failure of this attempt has been recorded: sleep, or give up. */
+static int retry_later(struct probe *p)
+{
+    uint64_t now = wl__now_ns(), delay;
+    int r;
+
+    drop_conn(p);
+    r = wl__backoff_next(&p->bo, now, &delay);
+    if (r == -EAGAIN)
+        return give_up(p, 1);
+    if (r < 0 || now + delay >= p->deadline_ns) {
+        if (now >= p->deadline_ns) /* nothing left at all */
+            return give_up(p, 0);
+        /* Sleep to the deadline, then say so: the caller's budget was spent waiting. */
+        delay = p->deadline_ns - now;
+    }
+    p->phase = PH_SLEEP;
+    p->task.deadline_ns = now + delay;
+    return WL__WANT_TIMER;
+}
+
+/* Record a failure (sqlstate may be ""), classify it, retry or fail. */
+static int attempt_failed(struct probe *p, const char *sqlstate, const char *msg, int connecting)
+{
+    int refused, code;
+
+    code = wl__pg_classify(sqlstate, msg, connecting, &refused);
+    wl__copy(p->sqlstate, sizeof(p->sqlstate), sqlstate ? sqlstate : "");
+    wl__copy(p->error, sizeof(p->error), msg);
+    p->refused = refused;
+    if (code < 0)
+        return finish(p, code);
+    return retry_later(p);
+}
+
+static int connect_failed(struct probe *p)
+{
+    char st[6], msg[256];
+    const char *m = PQerrorMessage(p->conn);
+    wl__pg_sqlstate_of(m, st);
+    clean_message(msg, sizeof(msg), m);
+    return attempt_failed(p, st, msg, 1);
+}
+
+static int timed_out(struct probe *p, const char *doing)
+{
+    char msg[256];
+    wl__fmt(msg, sizeof(msg), "attempt timed out after %llu ms while %s",
+            (unsigned long long)(p->attempt_ns / MS), doing);
+    /* An attempt that times out is retried (it counts against the deadline anyway). */
+    wl__copy(p->sqlstate, sizeof(p->sqlstate), "");
+    wl__copy(p->error, sizeof(p->error), msg);
+    p->refused = 0;
+    return retry_later(p);
+}
+
+static int wait_socket(struct probe *p, int want)
+{
+    p->task.fd = PQsocket(p->conn); /* re-read every step: it can change */
+    p->task.deadline_ns = p->phase_deadline;
+    return want;
+}
+
+/* Is libpq's immediate failure a connection error (worth retrying) or bad conninfo? */
+static int is_connection_error(const char *msg)
+{
+    char b1[128], b2[128];
+    const char *s1 = strerror_r(ECONNREFUSED, b1, sizeof(b1));
+    const char *s2 = strerror_r(ENOENT, b2, sizeof(b2));
+    return strstr(msg, "connection to server") || strstr(msg, "could not translate host") ||
+           strstr(msg, s1) || strstr(msg, s2);
+}
+
+static int start_attempt(struct probe *p)
+{
+    uint64_t now = wl__now_ns();
+
+    if (now >= p->deadline_ns)
+        return give_up(p, 0);
+    p->attempts++;
+    p->conn = PQconnectStartParams(p->kw, p->val, 0);
+    if (!p->conn) {
+        wl__fmt(p->error, sizeof(p->error), "out of memory");
+        return finish(p, -ENOMEM);
+    }
+    /* Before any PQconnectPoll reads the server's answer: see the file's header. */
+    PQsetErrorVerbosity(p->conn, PQERRORS_VERBOSE);
+    if (!p->keep) /* the caller's own connection keeps libpq's notice processor */
+        PQsetNoticeProcessor(p->conn, quiet_notices, NULL);
+    p->phase = PH_CONNECT;
+    p->phase_deadline = min_u64(now + p->attempt_ns, p->deadline_ns);
+    if (PQstatus(p->conn) == CONNECTION_BAD) {
+        const char *m = PQerrorMessage(p->conn);
+        if (!is_connection_error(m)) {
+            /* Rejected by libpq before any server contact (invalid sslmode, ...). */
+            char msg[256];
+            clean_message(msg, sizeof(msg), m);
+            wl__fmt(p->error, sizeof(p->error), "invalid conninfo: %s", msg);
+            p->sqlstate[0] = '\0';
+            p->attempts--; /* not an attempt: the server was never contacted */
+            return finish(p, -EINVAL);
+        }
+        return connect_failed(p);
+    }
+    /* PQconnectStart succeeded: poll as if PQconnectPoll had said WRITING. */
+    return wait_socket(p, WL__WANT_WRITE);
+}
+
+static int send_query(struct probe *p)
+{
+    int f;
+
+    p->qfailed = 0;
+    p->qstate[0] = '\0';
+    p->qerr[0] = '\0';
+    p->phase = PH_QUERY;
+    p->phase_deadline = min_u64(wl__now_ns() + p->attempt_ns, p->deadline_ns);
+    if (!PQsendQuery(p->conn, p->sql[p->qi]))
+        return connect_failed(p); /* the connection broke: transport, retry */
+    f = PQflush(p->conn);
+    if (f < 0)
+        return connect_failed(p);
+    return wait_socket(p, f ? WL__WANT_READ | WL__WANT_WRITE : WL__WANT_READ);
+}
+
+/* The next query, or done. */
+static int next_query(struct probe *p)
+{
+    if (p->keep || p->qi >= p->nsql) {
+        p->sqlstate[0] = '\0';
+        p->error[0] = '\0';
+        return finish(p, 0);
+    }
+    return send_query(p);
+}
+
+static int step_connect(struct probe *p)
+{
+    switch (PQconnectPoll(p->conn)) {
+    case PGRES_POLLING_READING: return wait_socket(p, WL__WANT_READ);
+    case PGRES_POLLING_WRITING: return wait_socket(p, WL__WANT_WRITE);
+    case PGRES_POLLING_OK:
+        if (!p->keep && PQsetnonblocking(p->conn, 1) != 0)
+            return connect_failed(p);
+        p->qi = 0;
+        return next_query(p);
+    case PGRES_POLLING_FAILED:
+    default: return connect_failed(p);
+    }
+}
+
+static void record_query_error(struct probe *p, const PGresult *res)
+{
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    const char *prim = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+    if (p->qfailed)
+        return; /* keep the first: later ones are consequences */
+    p->qfailed = 1;
+    wl__copy(p->qstate, sizeof(p->qstate), st ? st : "");
+    if (prim)
+        wl__fmt(p->qerr, sizeof(p->qerr), "%s failed: %s:  %s%s%s%s", p->sql_name[p->qi],
+                sev ? sev : "ERROR", prim, st ? " (SQLSTATE " : "", st ? st : "", st ? ")" : "");
+    else
+        clean_message(p->qerr, sizeof(p->qerr), PQresultErrorMessage(res));
+}
+
+static int step_query(struct probe *p, int revents)
+{
+    PGresult *res;
+
+    if (revents & POLLOUT) {
+        int f = PQflush(p->conn);
+        if (f < 0)
+            return connect_failed(p);
+        if (f > 0)
+            return wait_socket(p, WL__WANT_READ | WL__WANT_WRITE);
+    }
+    if (!PQconsumeInput(p->conn))
+        return connect_failed(p);
+    while (!PQisBusy(p->conn)) {
+        if (!(res = PQgetResult(p->conn))) {
+            /* Every result of this query string is in. */
+            if (p->qfailed) {
+                char msg[256];
+                wl__copy(msg, sizeof(msg), p->qerr);
+                return attempt_failed(p, p->qstate, msg, 0);
+            }
+            p->qi++;
+            return next_query(p);
+        }
+        switch (PQresultStatus(res)) {
+        case PGRES_COMMAND_OK:
+        case PGRES_TUPLES_OK:
+        case PGRES_EMPTY_QUERY:
+        case PGRES_SINGLE_TUPLE: break;
+        case PGRES_COPY_IN:
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH:
+            PQclear(res);
+            wl__fmt(p->error, sizeof(p->error), "%s may not use COPY", p->sql_name[p->qi]);
+            p->sqlstate[0] = '\0';
+            return finish(p, -EINVAL);
+        default: record_query_error(p, res); break;
+        }
+        PQclear(res);
+        if (PQstatus(p->conn) == CONNECTION_BAD) {
+            if (p->qfailed) {
+                char msg[256];
+                wl__copy(msg, sizeof(msg), p->qerr);
+                return attempt_failed(p, p->qstate, msg, 0);
+            }
+            return connect_failed(p);
+        }
+    }
+    {
+        int f = PQflush(p->conn);
+        if (f < 0)
+            return connect_failed(p);
+        return wait_socket(p, f ? WL__WANT_READ | WL__WANT_WRITE : WL__WANT_READ);
+    }
+}
+
+/* The one step function: what happened, what to wait for next. */
+static int probe_step(struct wl__task *t, int event, int revents)
+{
+    struct probe *p = (struct probe *)t;
+
+    switch (p->phase) {
+    case PH_START:
+    case PH_SLEEP:
+        if (event == WL__EV_START || event == WL__EV_TIMER)
+            return start_attempt(p);
+        return WL__WANT_TIMER; /* spurious: keep sleeping */
+    case PH_CONNECT:
+        if (event == WL__EV_TIMEOUT || wl__now_ns() >= p->phase_deadline)
+            return timed_out(p, "connecting");
+        return step_connect(p);
+    case PH_QUERY:
+        if (event == WL__EV_TIMEOUT || wl__now_ns() >= p->phase_deadline)
+            return timed_out(p, p->qi == 0 && p->nsql == 2 ? "running warm_sql"
+                                                           : "running verify_sql");
+        return step_query(p, event == WL__EV_IO ? revents : 0);
+    }
+    return finish(p, -EINVAL);
+}
+
+static void probe_fini(struct probe *p)
+{
+    drop_conn(p);
+    free(p->kw);
+    free(p->val);
+    if (p->parsed)
+        PQconninfoFree(p->parsed);
+}
+
+static int probe_init(struct probe *p, const char *conninfo, const struct wl_pg_opts *opts,
+                      uint64_t deadline_ns, int keep)
+{
+    uint64_t now = wl__now_ns();
+    uint32_t timeout_ms;
+    int r;
+
+    memset(p, 0, sizeof(*p));
+    p->task.step = probe_step;
+    p->task.fd = -1;
+    p->t0 = now;
+    p->keep = keep;
+    if ((r = conn_params(conninfo, &p->parsed, &p->kw, &p->val, p->error, sizeof(p->error))))
+        return r;
+    if (opts && opts->warm_sql && *opts->warm_sql) {
+        p->sql[p->nsql] = opts->warm_sql;
+        p->sql_name[p->nsql++] = "warm_sql";
+    }
+    p->sql[p->nsql] =
+        opts && opts->verify_sql && *opts->verify_sql ? opts->verify_sql : DEFAULT_VERIFY_SQL;
+    p->sql_name[p->nsql++] = "verify_sql";
+    /* per attempt: the option, else the conninfo's connect_timeout (libpq's minimum of 2 s
+     * applies to it), else 2 s. PQconnectPoll applies none of its own. */
+    if (opts && opts->attempt_timeout_ms) {
+        p->attempt_ns = (uint64_t)opts->attempt_timeout_ms * MS;
+    } else {
+        const char *ct = NULL;
+        PQconninfoOption *o;
+        long secs;
+        for (o = p->parsed; o->keyword; o++)
+            if (!strcmp(o->keyword, "connect_timeout"))
+                ct = o->val;
+        if (!ct)
+            ct = getenv("PGCONNECT_TIMEOUT");
+        secs = ct ? strtol(ct, NULL, 10) : 0;
+        p->attempt_ns = secs > 0 ? (uint64_t)(secs < 2 ? 2 : secs) * 1000u * MS
+                                 : (uint64_t)DEFAULT_ATTEMPT_TIMEOUT_MS * MS;
+    }
+    timeout_ms = opts && opts->wait.timeout_ms ? opts->wait.timeout_ms : DEFAULT_TIMEOUT_MS;
+    wl__backoff_init(&p->bo, opts ? &opts->backoff : NULL, timeout_ms, now, 0);
+    p->deadline_ns = p->bo.deadline_ns;
+    if (deadline_ns && deadline_ns < p->deadline_ns)
+        p->deadline_ns = p->bo.deadline_ns = deadline_ns;
+    p->phase = PH_START;
+    return 0;
+}
+
+/* Run one probe to its end on a loop of its own. */
+static int probe_run(struct probe *p)
+{
+    struct wl__loop *l;
+    char err[200];
+    int r;
+
+    if ((r = wl__loop_new(WL__IO_AUTO, &l, err, sizeof(err))) < 0) {
+        wl__copy(p->error, sizeof(p->error), err);
+        return p->rc = r;
+    }
+    if ((r = wl__loop_add(l, &p->task)) == 0)
+        r = wl__loop_run_until(l, 0);
+    wl__loop_free(l);
+    if (r < 0) {
+        wl__fmt(p->error, sizeof(p->error), "event loop failed: %s", strerror(-r));
+        drop_conn(p);
+        return p->rc = r;
+    }
+    return p->rc;
+}
+
+static void fill_result(struct wl_result *res, const struct probe *p, int rc)
+{
+    if (!res)
+        return;
+    res->attempts = p->attempts;
+    wl__copy(res->sqlstate, sizeof(res->sqlstate), rc < 0 ? p->sqlstate : "");
+    if (rc < 0)
+        wl__copy(res->error, sizeof(res->error), p->error);
+    else
+        res->error[0] = '\0';
+}
+
+int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
+                 struct wl_result *res)
+{
+    struct probe p;
+    int r;
+
+    if ((r = probe_init(&p, conninfo, opts, deadline_ns, 0)) == 0)
+        r = probe_run(&p);
+    fill_result(res, &p, r);
+    probe_fini(&p);
+    return r;
+}
+
+/* ---------------------------------------------------------------- the key */
+
+/* Append s to the key, percent-encoding the separators in `special` (and '%'). */
+static void put(char *buf, size_t len, size_t *n, const char *s, const char *special)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '%' || c < 0x20 || c == 0x7f || strchr(special, c)) {
+            if (*n + 3 < len) {
+                buf[(*n)++] = '%';
+                buf[(*n)++] = hex[c >> 4];
+                buf[(*n)++] = hex[c & 15];
+            } else {
+                *n = len; /* overflow: reported by the caller */
+                return;
+            }
+        } else if (*n + 1 < len) {
+            buf[(*n)++] = (char)c;
+        } else {
+            *n = len;
+            return;
+        }
+    }
+}
+
+/* The value libpq would use: the conninfo's, else its environment variable's, else the
+ * compiled-in default (each option record of PQconninfoParse names both; this is what
+ * PQconndefaults does, without its cost). The user's fallback is the caller's. */
+static const char *eff(const PQconninfoOption *parsed, const char *kw)
+{
+    const PQconninfoOption *o;
+    const char *v;
+    for (o = parsed; o && o->keyword; o++) {
+        if (strcmp(o->keyword, kw) != 0)
+            continue;
+        if (o->val && o->val[0])
+            return o->val;
+        if (o->envvar && (v = getenv(o->envvar)) && v[0])
+            return v;
+        return o->compiled && o->compiled[0] ? o->compiled : NULL;
+    }
+    return NULL;
+}
+
+/* What selects the server and the session, besides user@host:port/dbname, in this order.
+ * A value equal to libpq's default is left out, so spelling the default changes nothing. */
+static const struct {
+    const char *kw, *dflt;
+} key_extras[] = {
+    {"hostaddr", NULL}, /* only when host is also given (else it is the host part) */
+    {"options", NULL},     {"target_session_attrs", "any"},
+    {"replication", NULL}, {"sslmode", "prefer"},
+    {"sslcert", NULL},     {"service", NULL},
+};
+
+WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len)
+{
+    PQconninfoOption *parsed;
+    const char *user, *db, *host, *haddr, *port;
+    char *perr = NULL, m[256], uname[256] = "";
+    size_t n = 0, i;
+    int extra = 0, haddr_extra, r;
+
+    if (!buf || len < 2)
+        return -EINVAL;
+    if (!(parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
+        clean_message(m, sizeof(m), perr ? perr : "out of memory");
+        wl__fmt(buf, len, "invalid conninfo: %s", m);
+        r = perr ? -EINVAL : -ENOMEM;
+        PQfreemem(perr);
+        return r;
+    }
+    user = eff(parsed, "user");
+    if (!user) {
+        struct passwd *pw = getpwuid(geteuid());
+        wl__copy(uname, sizeof(uname), pw ? pw->pw_name : "");
+        user = uname;
+    }
+    db = eff(parsed, "dbname");
+    if (!db)
+        db = user; /* libpq: dbname defaults to the user name */
+    host = eff(parsed, "host");
+    haddr = eff(parsed, "hostaddr");
+    /* The host part: host, else hostaddr, else libpq's default socket directory; hostaddr
+     * is an extra only when both are given (host then names it, e.g. for TLS). */
+    if (!host)
+        host = haddr ? haddr : DEFAULT_SOCKET_DIR, haddr_extra = 0;
+    else
+        haddr_extra = haddr && strcmp(host, haddr) != 0;
+    port = eff(parsed, "port");
+    if (!port)
+        port = DEFAULT_PORT;
+
+    put(buf, len, &n, user, "@:/?&=");
+    put(buf, len, &n, "@", "");
+    put(buf, len, &n, host, "@?&=:");
+    put(buf, len, &n, ":", "");
+    put(buf, len, &n, port, "/?&=");
+    put(buf, len, &n, "/", "");
+    put(buf, len, &n, db, "/?&=");
+    for (i = 0; i < sizeof(key_extras) / sizeof(key_extras[0]); i++) {
+        const char *v = eff(parsed, key_extras[i].kw);
+        if (!v)
+            continue;
+        if (!strcmp(key_extras[i].kw, "hostaddr") && !haddr_extra)
+            continue;
+        if (key_extras[i].dflt && !strcmp(v, key_extras[i].dflt))
+            continue;
+        put(buf, len, &n, extra++ ? "&" : "?", "");
+        put(buf, len, &n, key_extras[i].kw, "");
+        put(buf, len, &n, "=", "");
+        put(buf, len, &n, v, "&=?");
+    }
+    PQconninfoFree(parsed);
+    if (n >= len) {
+        wl__fmt(buf, len, "key too long");
+        return -ENAMETOOLONG;
+    }
+    buf[n] = '\0';
+    return (int)n;
+}
+
+/* ---------------------------------------------------------------- the public calls */
+
+struct warm_ctx {
+    const char *conninfo;
+    const struct wl_pg_opts *opts;
+    uint64_t deadline_ns; /* the caller's whole-call deadline */
+};
+
+static int pg_warm(void *arg, struct wl_result *res)
+{
+    const struct warm_ctx *c = arg;
+    return wl__pg_probe(c->conninfo, c->opts, c->deadline_ns, res);
+}
+
+static uint32_t call_timeout_ms(const struct wl_pg_opts *opts)
+{
+    return opts && opts->wait.timeout_ms ? opts->wait.timeout_ms : DEFAULT_TIMEOUT_MS;
+}
+
+static int ensure_key(struct wl_segment *seg, const char *conninfo, const char *key,
+                      const struct wl_pg_opts *opts, uint64_t deadline_ns, struct wl_result *res)
+{
+    struct warm_ctx ctx = {conninfo, opts, deadline_ns};
+    struct wl_wait_opts w = {0, 0};
+    uint64_t now = wl__now_ns();
+
+    if (opts)
+        w = opts->wait;
+    /* what remains of the caller's deadline (wl_pg_connect may call this twice) */
+    w.timeout_ms = deadline_ns > now ? (uint32_t)((deadline_ns - now + MS - 1) / MS) : 1;
+    return wl_ensure(seg, key, pg_warm, &ctx, &w, res);
+}
+
+WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
+                           const struct wl_pg_opts *opts, struct wl_result *res)
+{
+    struct wl_result scratch;
+    char key[WL_KEY_MAX * 2 + 1];
+    uint64_t deadline = wl__now_ns() + (uint64_t)call_timeout_ms(opts) * MS;
+    int r;
+
+    if (!res)
+        res = &scratch;
+    memset(res, 0, sizeof(*res));
+    if ((r = wl_pg_key(conninfo, key, sizeof(key))) < 0) {
+        wl__copy(res->error, sizeof(res->error), key);
+        return r;
+    }
+    return ensure_key(seg, conninfo, key, opts, deadline, res);
+}
+
+WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
+                                const struct wl_pg_opts *opts, struct wl_result *res)
+{
+    struct wl_result scratch;
+    char key[WL_KEY_MAX * 2 + 1];
+    uint64_t t0 = wl__now_ns(), deadline = t0 + (uint64_t)call_timeout_ms(opts) * MS;
+    int r;
+
+    if (!res)
+        res = &scratch;
+    memset(res, 0, sizeof(*res));
+    if ((r = wl_pg_key(conninfo, key, sizeof(key))) < 0) {
+        wl__copy(res->error, sizeof(res->error), key);
+        return NULL;
+    }
+    for (;;) {
+        struct wl_pg_opts one;
+        struct probe p;
+        uint64_t now;
+        unsigned attempted;
+
+        if ((r = ensure_key(seg, conninfo, key, opts, deadline, res)) < 0)
+            return NULL;
+        /* Our own connection: one attempt of the engine's connect, kept. */
+        if (opts)
+            one = *opts;
+        else
+            memset(&one, 0, sizeof(one));
+        one.backoff.max_attempts = 1;
+        if ((r = probe_init(&p, conninfo, &one, deadline, 1)) == 0)
+            r = probe_run(&p);
+        if (r == 0) {
+            PGconn *c = p.conn;
+            p.conn = NULL;
+            probe_fini(&p);
+            PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+            res->waited_ns = wl__now_ns() - t0;
+            return c;
+        }
+        wl__copy(res->sqlstate, sizeof(res->sqlstate), p.sqlstate);
+        wl__copy(res->error, sizeof(res->error), p.error);
+        attempted = p.attempts;
+        probe_fini(&p);
+        now = wl__now_ns();
+        /* The probe's give_up wraps a retryable last error into -ECONNREFUSED/-ETIMEDOUT
+         * (max_attempts is 1): the epoch the leader verified is gone for us too. */
+        if (r != -ECONNREFUSED && r != -ETIMEDOUT)
+            return NULL; /* class 28, 3D000, bad conninfo...: as is */
+        if (!attempted)
+            return NULL; /* our deadline was spent before we tried: nothing learnt */
+        wl_invalidate(seg, key, res->epoch);
+        /* Too little time left for a re-verification: do not lead one that can only fail
+         * (its failure would be published to everyone for fail_ttl_ms). */
+        if (now + MIN_REVERIFY_NS >= deadline)
+            return NULL;
+    }
+}
