@@ -275,7 +275,7 @@ static void bench_takeover(unsigned kills)
         char key[32];
         pid_t p[3];
         memset(t, 0, sizeof(*t));
-        snprintf(key, sizeof(key), "tk-%u", k);
+        snprintf(key, sizeof(key), "tk"); /* one slot, reset after each round */
         for (int i = 0; i < 3; i++) {
             p[i] = fork();
             if (p[i] == 0) {
@@ -297,6 +297,11 @@ static void bench_takeover(unsigned kills)
         lat[k] = atomic_load(&t->start2) - k0;
         for (int i = 0; i < 3; i++)
             waitpid(p[i], NULL, 0);
+        struct wl_segment *seg;
+        if (wl_open(segname, NULL, &seg) == 0) { /* back to COLD for the next round */
+            wl_reset(seg, 1);
+            wl_close(seg);
+        }
     }
     qsort(lat, kills, sizeof(*lat), cmp_u64);
     char nbuf[16];

@@ -130,6 +130,10 @@ uint64_t wl__key_hash(const char *key, size_t len);
 /* The slot of key, or NULL; allocate: create it if missing (-ENOSPC when full). */
 int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
                   struct wl__slot **out);
+/* Called by a warm-up in progress (the leader's engine) after a failed attempt: the text
+ * becomes the slot's last error, shown to followers that time out and in status. A no-op
+ * outside a warm-up. */
+void wl__warm_progress(const char *error, const char *sqlstate);
 /* Is a WARMING slot's leader alive (probes its mutex)? */
 int wl__slot_leader_alive(struct wl__slot *sl);
 

@@ -238,6 +238,7 @@ struct probe {
     PGconn *conn;
     int qi; /* index of the query in flight */
     uint64_t phase_deadline;
+    uint64_t phase_t0; /* when the phase (connect, or the query in flight) began */
     char qstate[6]; /* the first error of the query in flight */
     char qerr[256];
     int qfailed;
@@ -246,6 +247,7 @@ struct probe {
     unsigned attempts;
     int rc;           /* 0 ok, or -errno */
     int refused;      /* the last failure was "nobody there" */
+    int timed_out;    /* the last attempt ran out of its own time (a slow server, not a gone one) */
     char sqlstate[6]; /* of the last failure */
     char error[256];  /* the last failure */
 };
@@ -299,6 +301,8 @@ static int retry_later(struct probe *p)
     int r;
 
     drop_conn(p);
+    if (p->error[0]) /* followers and status see how the warm-up is going */
+        wl__warm_progress(p->error, p->sqlstate);
     r = wl__backoff_next(&p->bo, now, &delay);
     if (r == -EAGAIN)
         return give_up(p, 1);
@@ -339,8 +343,20 @@ static int connect_failed(struct probe *p)
 static int timed_out(struct probe *p, const char *doing)
 {
     char msg[256];
-    wl__fmt(msg, sizeof(msg), "attempt timed out after %llu ms while %s",
-            (unsigned long long)(p->attempt_ns / MS), doing);
+    p->timed_out = 1;
+    if (p->phase_deadline < p->phase_t0 + p->attempt_ns) { /* the call's deadline came first */
+        p->refused = 0;
+        /* A connection attempt cut short learnt nothing about the server: keep the previous
+         * attempt's error (and SQLSTATE) as the last one, if there was one. (A query cut
+         * short did learn something: the server let us in; say so.) */
+        if (p->error[0] && p->phase == PH_CONNECT)
+            return retry_later(p);
+        wl__fmt(msg, sizeof(msg), "cut off by the deadline after %llu ms while %s (attempt "
+                "timeout %llu ms)", (unsigned long long)((wl__now_ns() - p->phase_t0) / MS),
+                doing, (unsigned long long)(p->attempt_ns / MS));
+    } else
+        wl__fmt(msg, sizeof(msg), "attempt timed out after %llu ms while %s",
+                (unsigned long long)(p->attempt_ns / MS), doing);
     /* An attempt that times out is retried (it counts against the deadline anyway). */
     wl__copy(p->sqlstate, sizeof(p->sqlstate), "");
     wl__copy(p->error, sizeof(p->error), msg);
@@ -382,6 +398,8 @@ static int start_attempt(struct probe *p)
     if (!p->keep) /* the caller's own connection keeps libpq's notice processor */
         PQsetNoticeProcessor(p->conn, quiet_notices, NULL);
     p->phase = PH_CONNECT;
+    p->timed_out = 0;
+    p->phase_t0 = now;
     p->phase_deadline = min_u64(now + p->attempt_ns, p->deadline_ns);
     if (PQstatus(p->conn) == CONNECTION_BAD) {
         const char *m = PQerrorMessage(p->conn);
@@ -408,7 +426,8 @@ static int send_query(struct probe *p)
     p->qstate[0] = '\0';
     p->qerr[0] = '\0';
     p->phase = PH_QUERY;
-    p->phase_deadline = min_u64(wl__now_ns() + p->attempt_ns, p->deadline_ns);
+    p->phase_t0 = wl__now_ns();
+    p->phase_deadline = min_u64(p->phase_t0 + p->attempt_ns, p->deadline_ns);
     if (!PQsendQuery(p->conn, p->sql[p->qi]))
         return connect_failed(p); /* the connection broke: transport, retry */
     f = PQflush(p->conn);
@@ -837,6 +856,7 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
         struct probe p;
         uint64_t now;
         unsigned attempted;
+        int slow;
 
         if ((r = ensure_key(seg, conninfo, key, opts, deadline, res)) < 0)
             return NULL;
@@ -859,6 +879,7 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
         wl__copy(res->sqlstate, sizeof(res->sqlstate), p.sqlstate);
         wl__copy(res->error, sizeof(res->error), p.error);
         attempted = p.attempts;
+        slow = p.timed_out;
         probe_fini(&p);
         now = wl__now_ns();
         /* The probe's give_up wraps a retryable last error into -ECONNREFUSED/-ETIMEDOUT
@@ -867,6 +888,23 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
             return NULL; /* class 28, 3D000, bad conninfo...: as is */
         if (!attempted)
             return NULL; /* our deadline was spent before we tried: nothing learnt */
+        if (slow) {
+            /* Our attempt ran out of time: the server is slow (overloaded), not gone.
+             * Invalidating would send one more prober at it; just try again. */
+            if (now + MIN_REVERIFY_NS >= deadline)
+                return NULL;
+            continue;
+        }
+        if (!strncmp(res->sqlstate, "53", 2)) {
+            /* Class 53 (53300 too many connections): a full server is not a stale one.
+             * Keep the epoch (a re-verification would need one more connection of the
+             * full server) and try our own connection again after a short backoff. */
+            uint64_t pause = 20 * MS + (now & 0xfffff) % (30 * MS);
+            if (now + pause >= deadline)
+                return NULL;
+            wl__backoff_pause(pause);
+            continue;
+        }
         wl_invalidate(seg, key, res->epoch);
         /* Too little time left for a re-verification: do not lead one that can only fail
          * (its failure would be published to everyone for fail_ttl_ms). */

@@ -245,6 +245,21 @@ static int map_fd(int fd, size_t size, void **out)
     return 0;
 }
 
+/* Are the first size (< a header) bytes of fd all zero? An unreadable object counts as
+ * not zero (refused rather than overwritten). */
+static int all_zero(int fd, size_t size)
+{
+    unsigned char b[sizeof(struct wl__header)];
+    size_t i;
+
+    if (size > sizeof(b) || pread(fd, b, size, 0) != (ssize_t)size)
+        return 0;
+    for (i = 0; i < size; i++)
+        if (b[i])
+            return 0;
+    return 1;
+}
+
 /*
  * Bring fd's object to an initialised, validated state and map it. Loops because another
  * process may be initialising it: wait (bounded) for its flock, or take over its job.
@@ -328,6 +343,15 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
                 flock(fd, LOCK_UN);
                 continue; /* initialised meanwhile (or foreign): validate from the top */
             }
+        } else if (st.st_size > 0 && !all_zero(fd, (size_t)st.st_size)) {
+            /* An initialiser sets the full size in one ftruncate before it writes, so a
+             * shorter object holding data is someone else's (or a truncated segment that
+             * others may still map): never overwrite it. Found by fuzz/fuzz_segment.c. */
+            flock(fd, LOCK_UN);
+            return wl__set_error(-EPROTO, "%s is not a warmlock segment (%lld bytes, too "
+                                          "small for its header, not empty); remove it "
+                                          "with: rm /dev/shm%s", name,
+                                 (long long)st.st_size, name);
         }
         /* shm_open applied the umask: set the mode we were asked for. */
         if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)layout_size(nslots)) < 0) {

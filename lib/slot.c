@@ -24,6 +24,8 @@
 
 #define WATCH_PROBE_NS (50ull * 1000000ull)
 #define MAX_PROBE_NS (1000ull * 1000000ull)
+#define MIN_CLAIM_NS (50ull * 1000000ull) /* too little time left to start a warm-up */
+#define DEADLINE_SLACK_NS (20ull * 1000000ull) /* a timeout this close to it is the deadline's */
 #define DEFAULT_TIMEOUT_MS 30000u
 #define DEFAULT_FAIL_TTL_MS 1000u
 
@@ -174,16 +176,51 @@ static int read_failure(struct wl__slot *sl, uint32_t s, struct wl_result *res, 
     return 0;
 }
 
-static void write_failure(struct wl__slot *sl, int code, const struct wl_result *res)
+/* A consistent copy of the failure text, whatever the state (0, or -EAGAIN if a writer
+ * kept changing it). */
+static int read_info(struct wl__slot *sl, struct wl_result *out)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t q = atomic_load_explicit(&sl->info_seq, memory_order_acquire);
+        if (q & 1u)
+            continue;
+        memcpy(out->error, sl->fail_error, sizeof(out->error));
+        memcpy(out->sqlstate, sl->fail_sqlstate, sizeof(out->sqlstate));
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&sl->info_seq, memory_order_relaxed) == q) {
+            out->error[sizeof(out->error) - 1] = '\0';
+            out->sqlstate[sizeof(out->sqlstate) - 1] = '\0';
+            return 0;
+        }
+    }
+    return -EAGAIN;
+}
+
+static void write_text(struct wl__slot *sl, int code, const char *error, const char *sqlstate)
 {
     uint32_t q = atomic_load_explicit(&sl->info_seq, memory_order_relaxed);
     atomic_store_explicit(&sl->info_seq, q + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release); /* odd seq is seen before the text changes */
     sl->fail_code = code;
-    wl__copy(sl->fail_error, sizeof(sl->fail_error), res->error);
-    wl__copy(sl->fail_sqlstate, sizeof(sl->fail_sqlstate), res->sqlstate);
+    wl__copy(sl->fail_error, sizeof(sl->fail_error), error);
+    wl__copy(sl->fail_sqlstate, sizeof(sl->fail_sqlstate), sqlstate);
     /* release: the text is complete before the even sequence is seen */
     atomic_store_explicit(&sl->info_seq, q + 2, memory_order_release);
+}
+
+/* The slot this thread is warming (set by lead() around warm()), for wl__warm_progress. */
+static _Thread_local struct wl__slot *warming;
+
+void wl__warm_progress(const char *error, const char *sqlstate)
+{
+    /* We hold its mutex, so we are the only writer; a child forked inside warm() is not. */
+    if (warming && atomic_load_explicit(&warming->leader_pid, memory_order_relaxed) == getpid())
+        write_text(warming, warming->fail_code, error, sqlstate ? sqlstate : "");
+}
+
+static void write_failure(struct wl__slot *sl, int code, const struct wl_result *res)
+{
+    write_text(sl, code, res->error, res->sqlstate);
 }
 
 static const char *pidns_note(struct wl_segment *seg, struct wl__slot *sl)
@@ -192,23 +229,46 @@ static const char *pidns_note(struct wl_segment *seg, struct wl__slot *sl)
     return ns && seg->pidns && ns != seg->pidns ? " (in another PID namespace)" : "";
 }
 
+static int read_failure(struct wl__slot *sl, uint32_t s, struct wl_result *res, int *code);
+
+/*
+ * The caller's deadline passed. A failure the leader published is passed on as it is; else
+ * the message names the stuck leader, or the last leader's error when its own deadline cut
+ * its warm-up short.
+ */
 static int fail_timeout(struct wl_segment *seg, struct wl__slot *sl, uint32_t timeout_ms,
-                        struct wl_result *res)
+                        uint64_t ttl_ns, struct wl_result *res)
 {
     uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
-    int pid = atomic_load_explicit(&sl->leader_pid, memory_order_relaxed);
+    int pid = atomic_load_explicit(&sl->leader_pid, memory_order_relaxed), code;
     uint64_t claimed = atomic_load_explicit(&sl->claimed_ns, memory_order_relaxed);
+    uint64_t failed = atomic_load_explicit(&sl->failed_ns, memory_order_relaxed);
     uint64_t now = wl__now_ns();
+    struct wl_result last;
 
-    if (WL__ST(s) == WL_WARMING)
-        wl__fmt(res->error, sizeof(res->error), "timed out after %u ms waiting for '%.80s': "
-                "leader pid %d%s has been warming for %llu ms and has not published",
-                timeout_ms, sl->key, pid, pidns_note(seg, sl),
-                (unsigned long long)(now > claimed ? (now - claimed) / 1000000u : 0));
-    else
+    if (WL__ST(s) == WL_FAILED && now - failed < ttl_ns && read_failure(sl, s, res, &code) == 0)
+        return code;
+    if (WL__ST(s) == WL_WARMING) {
+        int n = snprintf(res->error, sizeof(res->error), "timed out after %u ms waiting for "
+                         "'%.80s': leader pid %d%s has been warming for %llu ms", timeout_ms,
+                         sl->key, pid, pidns_note(seg, sl),
+                         (unsigned long long)(now > claimed ? (now - claimed) / 1000000u : 0));
+        if (read_info(sl, &last) == 0 && last.error[0] && n > 0 &&
+            (size_t)n < sizeof(res->error)) {
+            wl__fmt(res->error + n, sizeof(res->error) - (size_t)n, "; its last attempt: %s",
+                    last.error);
+            memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
+        }
+    } else if (failed && now - failed < ttl_ns && read_failure(sl, s, &last, &code) == 0 &&
+               last.error[0]) {
+        wl__fmt(res->error, sizeof(res->error), "timed out after %u ms; the last warm-up "
+                "(pid %d) ended: %.160s", timeout_ms, pid, last.error);
+        memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
+    } else {
         wl__fmt(res->error, sizeof(res->error), "timed out after %u ms waiting for '%.80s' "
                 "(state %s, last leader pid %d%s)", timeout_ms, sl->key,
                 wl_state_name(WL__ST(s)), pid, pidns_note(seg, sl));
+    }
     return -ETIMEDOUT;
 }
 
@@ -261,7 +321,7 @@ static uint64_t probe_interval(struct wl__slot *sl, uint64_t now)
  * runs warm(), publishes by CAS from its own generation, wakes everyone, unlocks.
  */
 static int lead(struct wl_segment *seg, struct wl__slot *sl, uint32_t s, wl_warm_fn warm,
-                void *arg, struct wl_result *res)
+                void *arg, uint64_t deadline, struct wl_result *res)
 {
     pid_t me = getpid();
     uint32_t gen = WL__NEXT(s, WL_WARMING), done;
@@ -284,7 +344,9 @@ static int lead(struct wl_segment *seg, struct wl__slot *sl, uint32_t s, wl_warm
     res->attempts = 0;
     res->error[0] = '\0';
     res->sqlstate[0] = '\0';
+    warming = sl;
     rc = warm ? warm(arg, res) : 0;
+    warming = NULL;
 
     if (getpid() != me) {
         /* A child forked inside warm(): it does not own the mutex, and the slot has a
@@ -309,9 +371,16 @@ static int lead(struct wl_segment *seg, struct wl__slot *sl, uint32_t s, wl_warm
             wl__fmt(res->error, sizeof(res->error), "warm-up of '%.80s' failed: %s", sl->key,
                     wl_strerror(rc));
         write_failure(sl, rc, res);
-        atomic_store_explicit(&sl->failed_ns, wl__now_ns(), memory_order_relaxed);
+        uint64_t now = wl__now_ns();
+        atomic_store_explicit(&sl->failed_ns, now, memory_order_relaxed);
         atomic_fetch_add_explicit(&sl->failures, 1, memory_order_relaxed);
-        done = WL__NEXT(gen, WL_FAILED);
+        /* A warm-up cut off by this caller's own deadline says nothing final about the
+         * target: leave the slot STALE (the error kept for messages), so callers with time
+         * left carry on probing instead of being served our timeout. */
+        if (rc == -ETIMEDOUT && now + DEADLINE_SLACK_NS >= deadline)
+            done = WL__NEXT(gen, WL_STALE);
+        else
+            done = WL__NEXT(gen, WL_FAILED);
         res->epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed);
     }
     /* release: READY (or FAILED) is never seen before the epoch and failure text */
@@ -357,15 +426,25 @@ static int claimable(struct wl__slot *sl, uint32_t s, uint64_t now, uint64_t ttl
  * otherwise the result of leading.
  */
 static int decide_locked(struct wl_segment *seg, struct wl__slot *sl, uint64_t ttl_ns,
-                         wl_warm_fn warm, void *arg, struct wl_result *res, int *led)
+                         wl_warm_fn warm, void *arg, uint64_t deadline, struct wl_result *res,
+                         int *led)
 {
     uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
+    uint64_t now = wl__now_ns();
     int r;
 
+    /* The mutex came too late to lead a warm-up that could finish: the caller reports its
+     * deadline instead (the slot stays claimable for the next caller). */
+    if (now >= deadline ||
+        (deadline - now < MIN_CLAIM_NS &&
+         now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) < ttl_ns)) {
+        wl__unlock(&sl->mutex);
+        return 1;
+    }
     /* WARMING here means its leader died (we were handed the mutex owner-dead) or forked
      * away: take over. */
-    if (WL__ST(s) == WL_WARMING || claimable(sl, s, wl__now_ns(), ttl_ns)) {
-        r = lead(seg, sl, s, warm, arg, res);
+    if (WL__ST(s) == WL_WARMING || claimable(sl, s, now, ttl_ns)) {
+        r = lead(seg, sl, s, warm, arg, deadline, res);
         if (r == -EAGAIN)
             return 1;
         *led = 1;
@@ -435,7 +514,14 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
             continue; /* torn or changed: look again */
         }
         if (now >= deadline) {
-            r = fail_timeout(seg, sl, timeout_ms, res);
+            r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
+            break;
+        }
+        if (WL__ST(s) != WL_WARMING && deadline - now < MIN_CLAIM_NS &&
+            now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) < ttl_ns) {
+            /* A warm-up just failed (or ran out of its time) and ours would have only a
+             * few ms: report that instead of starting one that cannot finish. */
+            r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
             break;
         }
         if (WL__ST(s) != WL_WARMING) {
@@ -443,7 +529,7 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
              * leader whose warm-up we then wait out), then decide under it. */
             r = wl__lock(&sl->mutex, deadline, repair_slot, sl);
             if (r == -ETIMEDOUT) {
-                r = fail_timeout(seg, sl, timeout_ms, res);
+                r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
                 break;
             }
             if (r < 0) {
@@ -451,7 +537,7 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
                         "%s", key, strerror(-r));
                 break;
             }
-            r = decide_locked(seg, sl, ttl_ns, warm, arg, res, &led);
+            r = decide_locked(seg, sl, ttl_ns, warm, arg, deadline, res, &led);
             if (led)
                 break;
             continue;
@@ -472,14 +558,14 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
                 /* Deadline (or an error): let another follower become the watcher. */
                 wl__futex_wake_all(&sl->state);
                 if (r == -ETIMEDOUT) {
-                    r = fail_timeout(seg, sl, timeout_ms, res);
+                    r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
                 } else {
                     wl__fmt(res->error, sizeof(res->error), "cannot lock the slot of "
                             "'%.80s': %s", key, strerror(-r));
                 }
                 break;
             }
-            r = decide_locked(seg, sl, ttl_ns, warm, arg, res, &led);
+            r = decide_locked(seg, sl, ttl_ns, warm, arg, deadline, res, &led);
             if (led)
                 break;
             continue;

@@ -219,8 +219,16 @@ static void test_herd_server_up_then_ready_path(void **state)
         assert_int_equal(h->epoch[i], epoch);
         assert_int_equal(h->attempts[i], 0);
     }
-    /* 32 own connections, none for verification */
-    assert_int_equal(pgh_count_log_since(&H, mark, "connection received"), 32);
+    /* No verification after the first: one warm-up in all, and at least the 32 own
+     * connections (more only where a loaded machine made a login outlast its attempt). */
+    struct wl_segment *seg;
+    struct wl_slot_info info;
+    assert_int_equal(wl_open(h->seg, NULL, &seg), 0);
+    assert_int_equal(wl_snapshot(seg, &info, 1), 1);
+    assert_int_equal(info.warmups, 1);
+    assert_int_equal(info.invalidations, 0);
+    wl_close(seg);
+    assert_true(pgh_count_log_since(&H, mark, "connection received") >= 32);
     wl_unlink(h->seg);
 }
 
@@ -243,7 +251,10 @@ static void test_herd_cold_start_server_late(void **state)
     uint64_t last = 0;
     for (uint32_t i = 0; i < h->n; i++)
         last = h->done_ns[i] > last ? h->done_ns[i] : last;
-    int fatal = pgh_count_log_since(&H, mark, "FATAL");
+    /* Rejections by the server; a client that gave up on a slow login (a loaded machine)
+     * shows as "connection to client lost", which is not a rejection. */
+    int fatal = pgh_count_log_since(&H, mark, "FATAL") -
+                pgh_count_log_since(&H, mark, "connection to client lost");
     int conns = pgh_count_log_since(&H, mark, "connection received");
     print_message("cold start: all 64 ready %.0f ms after the server start; leader attempts %d; "
                   "server: %d connections (64 own + verification), %d FATAL\n",
@@ -272,7 +283,8 @@ static void test_herd_crash_recovery_start(void **state)
     for (uint32_t i = 0; i < h->n; i++)
         last = h->done_ns[i] > last ? h->done_ns[i] : last;
     int n57 = pgh_count_log_57P03_since(&H, mark);
-    int fatal = pgh_count_log_since(&H, mark, "FATAL");
+    int fatal = pgh_count_log_since(&H, mark, "FATAL") -
+                pgh_count_log_since(&H, mark, "connection to client lost");
     print_message("crash recovery: all 64 ready %.0f ms after the server start; leader attempts "
                   "%d; server: %d FATAL, %d of them 57P03\n",
                   (last - t0) / 1e6, leader_attempts(h), fatal, n57);
