@@ -169,6 +169,85 @@ static void clean_message(char *dst, size_t len, const char *msg)
 
 /* ---------------------------------------------------------------- conninfo */
 
+/* Where conninfo spells a password: the URI's user:password@, and the value after every
+ * "password" (key=value, or ?password= in a URI), quoted or not. Calls f on each. */
+static void each_password(const char *ci, void (*f)(void *, const char *, size_t), void *arg)
+{
+    const char *p, *q;
+    size_t n;
+
+    if (!strncmp(ci, "postgresql://", 13) || !strncmp(ci, "postgres://", 11)) {
+        q = strstr(ci, "://") + 3;
+        n = strcspn(q, "@/"); /* libpq looks for the '@' before the first '/' */
+        if (q[n] == '@' && (p = memchr(q, ':', n)))
+            f(arg, p + 1, (size_t)(q + n - p - 1));
+    }
+    for (p = ci; (p = strstr(p, "password"));) {
+        p += 8;
+        q = p + strspn(p, " \t\n\r\f\v");
+        if (*q != '=')
+            continue;
+        q++;
+        q += strspn(q, " \t\n\r\f\v");
+        if (*q == '\'') { /* up to the closing quote; \x escapes */
+            for (n = 1; q[n] && q[n] != '\''; n++)
+                if (q[n] == '\\' && q[n + 1])
+                    n++;
+            f(arg, q + 1, n - 1);
+        } else {
+            f(arg, q, strcspn(q, " \t\n\r\f\v&"));
+        }
+    }
+}
+
+struct redaction {
+    char *s; /* malloc'd, being redacted */
+};
+
+static void mask(void *arg, const char *pw, size_t n)
+{
+    struct redaction *r = arg;
+    char *hit, *out;
+    size_t len;
+
+    if (!n || !r->s)
+        return;
+    /* "***" may be longer than a 1- or 2-byte password: size for the worst case */
+    len = strlen(r->s);
+    if (!(out = malloc(len * 3 + 1))) {
+        free(r->s);
+        r->s = NULL;
+        return;
+    }
+    out[0] = '\0';
+    {
+        const char *from = r->s;
+        char *to = out;
+        while ((hit = memmem(from, strlen(from), pw, n))) {
+            memcpy(to, from, (size_t)(hit - from));
+            to += hit - from;
+            memcpy(to, "***", 3);
+            to += 3;
+            from = hit + n;
+        }
+        strcpy(to, from);
+    }
+    free(r->s);
+    r->s = out;
+}
+
+/* libpq's message about conninfo, as one line into dst, with every spelling of a password
+ * in conninfo masked: its parser quotes what it cannot parse (a malformed URI whole, with
+ * its user:password@), and that message goes to results, the segment's failure text and
+ * logs. Masked before clean_message() truncates, so no prefix of a password survives. */
+static void conninfo_message(char *dst, size_t len, const char *msg, const char *conninfo)
+{
+    struct redaction r = {strdup(msg ? msg : "")};
+    each_password(conninfo ? conninfo : "", mask, &r);
+    clean_message(dst, len, r.s ? r.s : "(message withheld: out of memory)");
+    free(r.s);
+}
+
 /* The keywords and values of conninfo, plus gssencmode=disable unless it sets one. The
  * arrays point into *parsed. -EINVAL with libpq's message. */
 static int conn_params(const char *conninfo, PQconninfoOption **parsed, const char ***kw,
@@ -182,7 +261,7 @@ static int conn_params(const char *conninfo, PQconninfoOption **parsed, const ch
     *kw = *val = NULL;
     if (!(*parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
         char m[256];
-        clean_message(m, sizeof(m), perr ? perr : "out of memory");
+        conninfo_message(m, sizeof(m), perr ? perr : "out of memory", conninfo);
         wl__fmt(err, errlen, "invalid conninfo: %s", m);
         PQfreemem(perr);
         return perr ? -EINVAL : -ENOMEM;
@@ -405,8 +484,13 @@ static int start_attempt(struct probe *p)
         const char *m = PQerrorMessage(p->conn);
         if (!is_connection_error(m)) {
             /* Rejected by libpq before any server contact (invalid sslmode, ...). */
+            struct redaction rd = {strdup(m)};
             char msg[256];
-            clean_message(msg, sizeof(msg), m);
+            for (PQconninfoOption *o = p->parsed; o && o->keyword; o++)
+                if (!strcmp(o->keyword, "password") && o->val)
+                    mask(&rd, o->val, strlen(o->val));
+            clean_message(msg, sizeof(msg), rd.s ? rd.s : "(message withheld: out of memory)");
+            free(rd.s);
             wl__fmt(p->error, sizeof(p->error), "invalid conninfo: %s", msg);
             p->sqlstate[0] = '\0';
             p->attempts--; /* not an attempt: the server was never contacted */
@@ -729,7 +813,7 @@ WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len)
     if (!buf || len < 2)
         return -EINVAL;
     if (!(parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
-        clean_message(m, sizeof(m), perr ? perr : "out of memory");
+        conninfo_message(m, sizeof(m), perr ? perr : "out of memory", conninfo);
         wl__fmt(buf, len, "invalid conninfo: %s", m);
         r = perr ? -EINVAL : -ENOMEM;
         PQfreemem(perr);
@@ -866,6 +950,11 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
         else
             memset(&one, 0, sizeof(one));
         one.backoff.max_attempts = 1;
+        /* The server was just verified, so a slow login is a queue (a herd connecting at
+         * once), not a dead server: an attempt timeout would send us to the back of that
+         * queue again and again. Our own connection may take what is left of the deadline. */
+        now = wl__now_ns();
+        one.attempt_timeout_ms = deadline > now + MS ? (uint32_t)((deadline - now) / MS) : 1;
         if ((r = probe_init(&p, conninfo, &one, deadline, 1)) == 0)
             r = probe_run(&p);
         if (r == 0) {

@@ -138,6 +138,9 @@ static int worker(void *arg, int i)
     if (h->rc[i] == 0) { /* and the worker's own query */
         PGconn *c = wl_pg_connect(seg, h->ci, &h->o, &r);
         h->query_ok[i] = c && query_one(c);
+        if (!h->query_ok[i])
+            snprintf(h->err[i], sizeof(h->err[i]), "own connection: %.200s",
+                     c ? PQerrorMessage(c) : r.error);
         PQfinish(c);
     }
     wl_close(seg);
@@ -180,7 +183,7 @@ static void expect_all_ready(struct herd *h)
         if (h->rc[i] != 0)
             fail_msg("worker %u: %d %s", i, h->rc[i], h->err[i]);
         if (!h->query_ok[i])
-            fail_msg("worker %u: its own query failed", i);
+            fail_msg("worker %u: its own query failed: %s", i, h->err[i]);
         assert_int_equal(h->epoch[i], h->epoch[0]);
     }
     assert_int_equal(count_leaders(h), 1);
