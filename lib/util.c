@@ -90,7 +90,7 @@ WL_EXPORT const char *wl_strerror(int code)
     case ECONNREFUSED: return "ECONNREFUSED: server not reachable when attempts ran out";
     case EINVAL: return "EINVAL: invalid argument, name, key or conninfo";
     case EPROTO: return "EPROTO: incompatible or corrupt segment";
-    case EPERM: return "EPERM: segment owned by another user or unsafe mode";
+    case EPERM: return "EPERM: not permitted (a segment owned by another user or unsafe, or io_uring blocked)";
     case EIO: return "EIO: the warm-up or verification query failed";
     case ENOSPC: return "ENOSPC: every slot of the segment is in use";
     case ECHILD: return "ECHILD: a forked child of the leader may not publish";
