@@ -65,6 +65,16 @@ struct pgh {
     int bouncer_running;
 };
 
+/* In a cmocka test: skip, printing why, unless the suite's PostgreSQL is up (expands to
+ * cmocka's print_message and skip in the including file). */
+#define PGH_NEED(have, reason)                                                                     \
+    do {                                                                                           \
+        if (!(have)) {                                                                             \
+            print_message("skipped: %s\n", (reason) ? (reason) : "no PostgreSQL");                 \
+            skip();                                                                                \
+        }                                                                                          \
+    } while (0)
+
 /* Why PostgreSQL cannot run here (binaries missing, no postgres user...), or NULL if it can. */
 const char *pgh_unavailable(void);
 /* Why pgbouncer cannot run here (in addition to pgh_unavailable), or NULL if it can. */

@@ -619,13 +619,7 @@ static int teardown(void **state)
     return 0;
 }
 
-#define NEED_PG()                                                              \
-    do {                                                                       \
-        if (!have_pg) {                                                        \
-            print_message("skipped: %s\n", pg_reason ? pg_reason : "no PostgreSQL"); \
-            skip();                                                            \
-        }                                                                      \
-    } while (0)
+#define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
 static void ensure_server_up(void)
 {

@@ -46,13 +46,7 @@ static struct pgh H;
 static int have_pg;
 static const char *pg_reason;
 
-#define NEED_PG()                                                                                  \
-    do {                                                                                           \
-        if (!have_pg) {                                                                            \
-            print_message("skipped: %s\n", pg_reason ? pg_reason : "no PostgreSQL");               \
-            skip();                                                                                \
-        }                                                                                          \
-    } while (0)
+#define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
 /* What a child reports back through shared memory. */
 struct outcome {

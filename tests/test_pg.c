@@ -41,13 +41,7 @@ static char BAD_PW[1024]; /* ... with a wrong one */
 
 static const char *IO_URING = "uring", *IO_POLL = "poll";
 
-#define NEED_PG()                                                                                  \
-    do {                                                                                           \
-        if (!have_pg) {                                                                            \
-            print_message("skipped: %s\n", pg_reason ? pg_reason : "no PostgreSQL");               \
-            skip();                                                                                \
-        }                                                                                          \
-    } while (0)
+#define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
 static int group_setup(void **state)
 {

@@ -44,13 +44,7 @@ struct herd {
     char err[MAXP][256];
 };
 
-#define NEED_PG()                                                                                  \
-    do {                                                                                           \
-        if (!have_pg) {                                                                            \
-            print_message("skipped: %s\n", pg_reason ? pg_reason : "no PostgreSQL");               \
-            skip();                                                                                \
-        }                                                                                          \
-    } while (0)
+#define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
 static int group_setup(void **state)
 {

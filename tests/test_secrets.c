@@ -52,13 +52,7 @@ static char KEY[1024];
 
 static const char *const secrets[] = {PASSWORD, WRONG};
 
-#define NEED_PG()                                                                                  \
-    do {                                                                                           \
-        if (!have_pg) {                                                                            \
-            print_message("skipped: %s\n", pg_reason ? pg_reason : "no PostgreSQL");               \
-            skip();                                                                                \
-        }                                                                                          \
-    } while (0)
+#define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
 /* Fail if buf (len bytes, any content) holds a password, or a long piece of one. */
 static void expect_no_secret(const char *what, const void *buf, size_t len)
