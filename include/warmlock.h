@@ -108,8 +108,10 @@ typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);
 /* Single-flight across processes: exactly one caller per epoch runs warm(); the others
  * wait (futex) until it publishes. Returns 0 when `key` is READY (res->epoch says which
  * epoch), the leader's published error (same code and message for every follower; served
- * without a new warm-up for fail_ttl_ms), or -ETIMEDOUT at the deadline. Blocks unless
- * the key is READY. Errors of its own: -EINVAL (empty key), -ENOSPC (segment full),
+ * without a new warm-up for fail_ttl_ms), or -ETIMEDOUT at the deadline (its message names
+ * the leader and its last attempt). A leader whose warm-up is cut off by its own deadline
+ * does not publish that timeout: the slot goes STALE and callers with time left carry on.
+ * Blocks unless the key is READY. Errors of its own: -EINVAL (empty key), -ENOSPC (segment full),
  * -ECHILD (a leader forked and the child tried to publish), -ECANCELED (slot reset while
  * warming). `res` may be NULL. */
 WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm,
