@@ -1,6 +1,7 @@
 #include "proc.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <signal.h>
@@ -53,6 +54,31 @@ pid_t wlt_spawn(int (*fn)(void *arg, int index), void *arg, int index)
     }
     if (pid == 0)
         _exit(fn(arg, index) & 0xff);
+    return pid;
+}
+
+pid_t wlt_spawn_exec(char *const argv[], const char *out, const char *err, int keep_fd)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        abort();
+    }
+    if (pid == 0) {
+        int o = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int e = open(err ? err : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int n = open("/dev/null", O_RDONLY);
+        dup2(n, 0);
+        dup2(o, 1);
+        dup2(e, 2);
+        for (int fd = 3; fd < 256; fd++)
+            if (fd != keep_fd)
+                close(fd);
+        execv(argv[0], argv);
+        _exit(127);
+    }
     return pid;
 }
 

@@ -16,6 +16,9 @@ void wlt_sleep_ms(unsigned ms);
 
 /* Fork a child running fn(arg, index); its return value is the exit status. */
 pid_t wlt_spawn(int (*fn)(void *arg, int index), void *arg, int index);
+/* Fork and execv(argv) with stdin from /dev/null, stdout and stderr into the files out and
+ * err (NULL: /dev/null), and every other descriptor but keep_fd (-1: none) closed. */
+pid_t wlt_spawn_exec(char *const argv[], const char *out, const char *err, int keep_fd);
 /* Wait for pid up to timeout_ms; returns its exit status (0..255), 128+signal if killed by
  * a signal, or -1 if it did not end in time (it is then SIGKILLed and reaped). */
 int wlt_wait(pid_t pid, unsigned timeout_ms);

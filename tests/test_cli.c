@@ -65,27 +65,6 @@ static void slurp(const char *path, char *buf, size_t len)
     buf[n] = '\0';
 }
 
-/* Start argv with stdout/stderr going to files (NULL: /dev/null); extra_fd stays open. */
-static pid_t spawn_v(char *const argv[], const char *out, const char *err, int keep_fd)
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int e = open(err ? err : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int n = open("/dev/null", O_RDONLY);
-        dup2(n, 0);
-        dup2(o, 1);
-        dup2(e, 2);
-        for (int fd = 3; fd < 256; fd++)
-            if (fd != keep_fd)
-                close(fd);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
 /* Run a program to completion (bounded), capturing its output. argv ends with NULL. */
 static void run_v(struct run *r, unsigned timeout_ms, char *const argv[])
 {
@@ -96,7 +75,7 @@ static void run_v(struct run *r, unsigned timeout_ms, char *const argv[])
 
     snprintf(out, sizeof(out), "%s/run%u.out", DIR_, n);
     snprintf(err, sizeof(err), "%s/run%u.err", DIR_, n++);
-    pid = spawn_v(argv, out, err, -1);
+    pid = wlt_spawn_exec(argv, out, err, -1);
     r->status = wlt_wait(pid, timeout_ms);
     r->ms = (wlt_now_ns() - t0) / 1000000u;
     slurp(out, r->out, sizeof(r->out));
@@ -156,7 +135,7 @@ static void daemon_start(struct daemon *d, const char *shm, const char *const *e
     for (; extra && *extra; extra++)
         argv[n++] = (char *)*extra;
     argv[n] = NULL;
-    d->pid = spawn_v(argv, NULL, d->log, keep_fd);
+    d->pid = wlt_spawn_exec(argv, NULL, d->log, keep_fd);
     for (n = 0; n < MAXD && daemons[n] > 0; n++)
         ;
     if (n < MAXD)
@@ -713,7 +692,7 @@ static void test_exec_beside_warm_daemon_runs_no_warmup(void **state)
     for (i = 0; i < NPROC; i++) {
         char *const argv[] = {(char *)WL_WARMLOCK, "--shm", (char *)shm, "exec", CI, "--",
                               "true", NULL};
-        pids[i] = spawn_v(argv, NULL, NULL, -1);
+        pids[i] = wlt_spawn_exec(argv, NULL, NULL, -1);
     }
     for (i = 0; i < NPROC; i++)
         assert_int_equal(wlt_wait(pids[i], 15000), 0);
@@ -758,7 +737,7 @@ static void test_daemon_and_waiters_at_server_start_share_one_warmup(void **stat
     for (i = 0; i < NPROC; i++) {
         char *const argv[] = {(char *)WL_WARMLOCK, "wait", "--timeout", "30", "--shm",
                               (char *)shm, CI, NULL};
-        pids[i] = spawn_v(argv, NULL, NULL, -1);
+        pids[i] = wlt_spawn_exec(argv, NULL, NULL, -1);
     }
     for (i = 0; i < NPROC; i++)
         assert_int_equal(wlt_wait(pids[i], 40000), 0);
@@ -1086,7 +1065,7 @@ static void test_killed_daemon_is_taken_over_and_restart_adopts(void **state)
     {
         char *const argv[] = {(char *)WL_WARMLOCK, "wait", "--timeout", "20", "--shm",
                               (char *)shm, CI, NULL};
-        app = spawn_v(argv, NULL, NULL, -1);
+        app = wlt_spawn_exec(argv, NULL, NULL, -1);
     }
     while (!(slot(shm, KEY, &si) == 0 && si.waiters >= 1)) {
         assert_true(wlt_now_ns() < end);

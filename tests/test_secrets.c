@@ -95,34 +95,13 @@ static size_t slurp(const char *path, char *buf, size_t len)
     return n;
 }
 
-static pid_t spawn_v(char *const argv[], const char *out, const char *err)
-{
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int n = open("/dev/null", O_RDONLY);
-        dup2(n, 0);
-        dup2(o, 1);
-        dup2(e, 2);
-        for (int fd = 3; fd < 256; fd++)
-            close(fd);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
 static void run_v(struct run *r, unsigned timeout_ms, char *const argv[])
 {
     char out[128], err[128];
     static unsigned n;
     snprintf(out, sizeof(out), "%s/run%u.out", DIR_, n);
     snprintf(err, sizeof(err), "%s/run%u.err", DIR_, n++);
-    r->status = wlt_wait(spawn_v(argv, out, err), timeout_ms);
+    r->status = wlt_wait(wlt_spawn_exec(argv, out, err, -1), timeout_ms);
     slurp(out, r->out, sizeof(r->out));
     slurp(err, r->err, sizeof(r->err));
     unlink(out);
@@ -292,7 +271,7 @@ static int daemon_run(char *const argv[], char *log, size_t loglen)
 
     snprintf(out, sizeof(out), "%s/warmlockd.out", DIR_);
     snprintf(err, sizeof(err), "%s/warmlockd.err", DIR_);
-    pid = spawn_v(argv, out, err);
+    pid = wlt_spawn_exec(argv, out, err, -1);
     wlt_sleep_ms(DAEMON_MS / 2);
     kill(pid, SIGHUP); /* reload: the config file's targets are read (and logged) again */
     wlt_sleep_ms(DAEMON_MS / 2);
