@@ -902,6 +902,16 @@ static int ensure_key(struct wl_segment *seg, const char *conninfo, const char *
     return wl_ensure(seg, key, pg_warm, &ctx, &w, res);
 }
 
+/* Clear res and compute the key of conninfo; on a bad conninfo, libpq's message in res. */
+static int begin_call(const char *conninfo, char *key, size_t len, struct wl_result *res)
+{
+    int r;
+    memset(res, 0, sizeof(*res));
+    if ((r = wl_pg_key(conninfo, key, len)) < 0)
+        wl__copy(res->error, sizeof(res->error), key);
+    return r;
+}
+
 WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
                            const struct wl_pg_opts *opts, struct wl_result *res)
 {
@@ -912,11 +922,8 @@ WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
 
     if (!res)
         res = &scratch;
-    memset(res, 0, sizeof(*res));
-    if ((r = wl_pg_key(conninfo, key, sizeof(key))) < 0) {
-        wl__copy(res->error, sizeof(res->error), key);
+    if ((r = begin_call(conninfo, key, sizeof(key), res)) < 0)
         return r;
-    }
     return ensure_key(seg, conninfo, key, opts, deadline, res);
 }
 
@@ -930,11 +937,8 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
 
     if (!res)
         res = &scratch;
-    memset(res, 0, sizeof(*res));
-    if ((r = wl_pg_key(conninfo, key, sizeof(key))) < 0) {
-        wl__copy(res->error, sizeof(res->error), key);
+    if (begin_call(conninfo, key, sizeof(key), res) < 0)
         return NULL;
-    }
     for (;;) {
         struct wl_pg_opts one;
         struct probe p;
