@@ -62,7 +62,12 @@ struct wl_open_opts {
                      * existing segment has. A non-zero value must match an existing one. */
     uint32_t init_timeout_ms; /* (extension) how long to wait for another process that is
                                * initialising the segment; 0 means 5000 */
+    unsigned flags;           /* WL_OPEN_EXISTING */
 };
+
+/* wl_open_opts.flags: never create; -ENOENT if the segment does not exist. Read-only users
+ * (status, metrics, healthchecks) open this way. */
+#define WL_OPEN_EXISTING 1u
 
 /* Open the segment `name` (NULL: $WARMLOCK_SHM, then "/warmlock.<uid>"), creating and
  * initialising it if it does not exist. Race-free with any number of concurrent openers.
@@ -100,7 +105,18 @@ struct wl_result {
 struct wl_wait_opts {
     uint32_t timeout_ms;  /* whole-call deadline, default 30000 */
     uint32_t fail_ttl_ms; /* how long a published failure is served to callers, default 1000 */
+    uint32_t flags;       /* WL_FAIL_FAST */
+    uint32_t max_age_ms;  /* READY older than this is re-verified once, through the
+                           * single-flight (0: never; the libpq engine's default is
+                           * WL_PG_MAX_AGE_MS) */
 };
+
+/* wl_wait_opts.flags: during an outage (the target's last warm-up failed transiently and
+ * it has not been READY since), return the current transient failure at once instead of
+ * waiting: -ECONNREFUSED while nothing listens, -EAGAIN while the server answers but is not
+ * ready (57P03, 53300), -ETIMEDOUT after attempts that timed out; the message says how long
+ * the target has been down. */
+#define WL_FAIL_FAST 1u
 
 /* A warm-up: return 0, or a negative errno with res->error (and res->sqlstate) set. */
 typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);
@@ -145,10 +161,17 @@ struct wl_slot_info {
     char sqlstate[6];          /* SQLSTATE of the last failure, "" if none */
     int64_t ready_age_ms;      /* ms since the last READY, -1 if never */
     int64_t time_to_ready_ms;  /* duration of the last successful warm-up, -1 if never */
+    int64_t down_ms;           /* ms since the current outage began, -1 if none */
+    uint64_t key_hash;         /* 64-bit hash of the whole key (tells truncated keys apart) */
+    uint32_t key_len;          /* length of the whole key (key[] holds at most WL_KEY_MAX) */
     uint64_t wait_hist[WL_HIST_BUCKETS]; /* callers' wait times (slow path only) */
     uint64_t wait_count;       /* callers that went through the slow path */
     uint64_t wait_sum_ns;      /* their total wait */
 };
+
+/* Exact lookup of one key's slot, without allocating it: 0 with *out filled, -ENOENT if the
+ * key has no slot, -EINVAL. Never blocks, never writes to the segment. */
+WL_EXPORT int wl_lookup(struct wl_segment *seg, const char *key, struct wl_slot_info *out);
 
 /* Copy up to `max` slots' state and counters; returns how many slots are in use (which may
  * exceed max), without blocking. */

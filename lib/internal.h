@@ -133,7 +133,37 @@ int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
 /* Called by a warm-up in progress (the leader's engine) after a failed attempt: the text
  * becomes the slot's last error, shown to followers that time out and in status. A no-op
  * outside a warm-up. */
-void wl__warm_progress(const char *error, const char *sqlstate);
+void wl__warm_progress(int code, const char *error, const char *sqlstate);
+/* A warm-up claimed without blocking, for an event loop that runs warm-ups itself (the
+ * keeper): the claimant holds the slot's mutex, in the claiming thread, from
+ * wl__claim_try() to wl__claim_publish(). wl_ensure's leader goes through the same three
+ * calls. */
+struct wl__claim {
+    struct wl_segment *seg;
+    struct wl__slot *sl;
+    uint32_t gen;  /* the WARMING state word claimed with: publish is a CAS from it */
+    pid_t pid;     /* the claiming process: a forked child may not publish */
+    uint64_t t0;   /* CLOCK_MONOTONIC at the claim */
+};
+/* Become the leader of key's slot (allocating it) without blocking. Claims a COLD, STALE
+ * or FAILED slot (whatever the failure's age: the caller paces itself), or a WARMING one
+ * whose leader died (a takeover). 0 claimed; -EALREADY READY (nothing to do); -EBUSY a live
+ * process is warming it; -ENOSPC, -EINVAL, other -errno. */
+int wl__claim_try(struct wl_segment *seg, const char *key, struct wl__claim *c);
+/* A failed attempt of a claimed warm-up: the text becomes the slot's last error (shown to
+ * followers that time out, and in status); code is the transient failure it stands for
+ * (-ECONNREFUSED nothing listens, -EAGAIN the server answered but is not ready, -ETIMEDOUT
+ * the attempt timed out); the first one since READY starts the outage clock (down_ms). */
+void wl__claim_progress(struct wl__claim *c, int code, const char *error, const char *sqlstate);
+/* End a claimed warm-up and unlock. rc 0: READY at a new epoch (res->epoch). A permanent
+ * failure (anything but the transient codes -ECONNREFUSED, -EAGAIN, -ETIMEDOUT,
+ * -ECANCELED): FAILED, served to callers for their fail_ttl_ms. A transient one: STALE,
+ * its error kept, the outage clock running, so callers with time left carry on waiting and
+ * the next prober claims it. Returns rc, or -ECANCELED if the slot was reset meanwhile,
+ * -ECHILD if called from a process other than the claimant (nothing is published then). */
+int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res);
+/* Is code a transient failure (the server may come back by itself)? */
+int wl__transient(int code);
 /* Is a WARMING slot's leader alive (probes its mutex)? */
 int wl__slot_leader_alive(struct wl__slot *sl);
 

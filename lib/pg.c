@@ -381,7 +381,8 @@ static int retry_later(struct probe *p)
 
     drop_conn(p);
     if (p->error[0]) /* followers and status see how the warm-up is going */
-        wl__warm_progress(p->error, p->sqlstate);
+        wl__warm_progress(p->refused ? -ECONNREFUSED : p->timed_out ? -ETIMEDOUT : -EAGAIN,
+                          p->error, p->sqlstate);
     r = wl__backoff_next(&p->bo, now, &delay);
     if (r == -EAGAIN)
         return give_up(p, 1);
@@ -892,7 +893,7 @@ static int ensure_key(struct wl_segment *seg, const char *conninfo, const char *
                       const struct wl_pg_opts *opts, uint64_t deadline_ns, struct wl_result *res)
 {
     struct warm_ctx ctx = {conninfo, opts, deadline_ns};
-    struct wl_wait_opts w = {0, 0};
+    struct wl_wait_opts w = {0};
     uint64_t now = wl__now_ns();
 
     if (opts)

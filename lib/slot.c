@@ -211,8 +211,9 @@ static void write_text(struct wl__slot *sl, int code, const char *error, const c
 /* The slot this thread is warming (set by lead() around warm()), for wl__warm_progress. */
 static _Thread_local struct wl__slot *warming;
 
-void wl__warm_progress(const char *error, const char *sqlstate)
+void wl__warm_progress(int code, const char *error, const char *sqlstate)
 {
+    (void)code;
     /* We hold its mutex, so we are the only writer; a child forked inside warm() is not. */
     if (warming && atomic_load_explicit(&warming->leader_pid, memory_order_relaxed) == getpid())
         write_text(warming, warming->fail_code, error, sqlstate ? sqlstate : "");

@@ -13,6 +13,9 @@ static void copy_slot(struct wl__slot *sl, struct wl_slot_info *o, uint64_t now)
     memset(o, 0, sizeof(*o));
     memcpy(o->key, sl->key, sizeof(o->key));
     o->key[WL_KEY_MAX] = '\0';
+    o->key_hash = atomic_load_explicit(&sl->key_hash, memory_order_acquire);
+    o->key_len = sl->key_len;
+    o->down_ms = -1;
     o->state = WL__ST(s);
     o->epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed);
     o->leader_pid = atomic_load_explicit(&sl->leader_pid, memory_order_relaxed);
@@ -71,4 +74,17 @@ WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size
         n++;
     }
     return (int)n;
+}
+
+WL_EXPORT int wl_lookup(struct wl_segment *seg, const char *key, struct wl_slot_info *out)
+{
+    struct wl__slot *sl;
+    int r;
+
+    if (!seg || !key || !*key || !out)
+        return -EINVAL;
+    if ((r = wl__slot_find(seg, key, 0, &sl)) < 0)
+        return r;
+    copy_slot(sl, out, wl__now_ns());
+    return 0;
 }
