@@ -162,6 +162,8 @@ struct wl_slot_info {
     int64_t ready_age_ms;      /* ms since the last READY, -1 if never */
     int64_t time_to_ready_ms;  /* duration of the last successful warm-up, -1 if never */
     int64_t down_ms;           /* ms since the current outage began, -1 if none */
+    int64_t verified_age_ms;   /* ms since the last successful verification (a warm-up, a
+                                * re-verification, a keeper's check), -1 if never */
     uint64_t key_hash;         /* 64-bit hash of the whole key (tells truncated keys apart) */
     uint32_t key_len;          /* length of the whole key (key[] holds at most WL_KEY_MAX) */
     uint64_t wait_hist[WL_HIST_BUCKETS]; /* callers' wait times (slow path only) */

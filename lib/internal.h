@@ -20,7 +20,7 @@
  * every futex word and every mutex on its own cache line). ---- */
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
-#define WL__LAYOUT_VERSION 1
+#define WL__LAYOUT_VERSION 2
 #define WL__LINE 64
 #define WL__LIBC_GLIBC 1
 #define WL__LIBC_OTHER 2
@@ -29,6 +29,8 @@
 #else
 #define WL__LIBC WL__LIBC_OTHER
 #endif
+
+#define WL__NTOKENS 512 /* followers counted exactly at once; more are counted in `waiters` */
 
 struct wl__header {
     /* Written by the initialiser, which holds flock(LOCK_EX) on the object; `magic` last,
@@ -49,12 +51,24 @@ struct wl__header {
     alignas(WL__LINE) pthread_mutex_t lock;
     /* Slots in use; written under `lock`, read with acquire. */
     alignas(WL__LINE) _Atomic uint32_t nused;
+    /* Waiter tokens: a follower holds one (a robust mutex) while it waits, with the index+1
+     * of its slot in `slot`; the kernel releases a dead waiter's token, so the waiters of a
+     * slot are counted from the live tokens and a killed follower stops counting at once.
+     * `slot` is written by the token's holder only, with release after taking it. */
+    struct wl__token {
+        alignas(WL__LINE) pthread_mutex_t m;
+        _Atomic uint32_t slot;
+    } tokens[WL__NTOKENS];
 };
 
 /* The state word: state in the low 3 bits, a sequence number above that changes on every
  * transition, so a futex waiter never misses one and a publish by an old generation fails
  * its compare-and-swap. */
 #define WL__ST(w) ((enum wl_state)((w)&7u))
+/* A leader between winning its publish and storing READY or FAILED (a few instructions):
+ * readers treat it as WARMING; wl_reset waits it out, so a discarded leader writes nothing. */
+#define WL__PUBLISHING 5u
+#define WL__IS_WARMING(w) (WL__ST(w) == WL_WARMING || (uint32_t)WL__ST(w) == WL__PUBLISHING)
 #define WL__NEXT(w, st) ((((w) >> 3) + 1u) << 3 | (uint32_t)(st))
 
 struct wl__slot {
@@ -82,6 +96,13 @@ struct wl__slot {
     _Atomic uint64_t ready_ns;      /* CLOCK_MONOTONIC of the last READY, 0 never */
     _Atomic int64_t time_to_ready_ns; /* last successful warm-up's duration, -1 never */
     _Atomic uint64_t failed_ns;     /* CLOCK_MONOTONIC of the last FAILED publish */
+    _Atomic uint64_t verified_ns;   /* CLOCK_MONOTONIC of the last successful verification
+                                     * (READY, a re-verification, a keeper's check) */
+    _Atomic uint64_t down_ns;       /* CLOCK_MONOTONIC when the current outage began (the
+                                     * first transient failure since READY), 0 if none */
+    _Atomic uint64_t retry_ns;      /* a STALE slot left by a transient failure is not
+                                     * claimed again before this (paces the probers) */
+    _Atomic uint32_t streak;        /* transient publishes since the last READY */
 
     /* The last failure, under `mutex` and behind the seqcount `info_seq` (odd while being
      * written) so lock-free readers can tell a torn copy; suspect after EOWNERDEAD. */
@@ -90,7 +111,8 @@ struct wl__slot {
     char fail_sqlstate[6];
     char fail_error[256];
 
-    /* Counters: atomic adds, relaxed (statistics only). */
+    /* Counters: atomic adds, relaxed (statistics only). `waiters` counts only the
+     * followers that found no free token (see wl__header.tokens). */
     _Atomic uint32_t waiters;
     _Atomic uint64_t warmups, takeovers, attempts, failures, invalidations;
     _Atomic uint64_t hist[WL_HIST_BUCKETS], wait_count, wait_sum_ns;
@@ -162,6 +184,18 @@ void wl__claim_progress(struct wl__claim *c, int code, const char *error, const 
  * the next prober claims it. Returns rc, or -ECANCELED if the slot was reset meanwhile,
  * -ECHILD if called from a process other than the claimant (nothing is published then). */
 int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res);
+/* A keeper's check verified key at epoch: refresh its verification time (max_age_ms). */
+void wl__slot_touch(struct wl_segment *seg, const char *key, uint64_t epoch);
+/* Followers waiting on a slot now (live tokens plus the uncounted rest). Read-only. */
+uint32_t wl__slot_waiters(struct wl_segment *seg, struct wl__slot *sl);
+/* Is the mutex held by a live thread? Read-only (no lock taken): 1 yes, 0 no. *tid gets
+ * the holder's thread id as the kernel recorded it, 0 if none. */
+int wl__mutex_held(pthread_mutex_t *m, int *tid);
+/* Is this a re-verification of a READY slot (wl_wait_opts.max_age_ms) rather than a
+ * warm-up? Valid inside a warm function; the libpq engine then runs verify_sql once. */
+int wl__warm_reverifying(void);
+/* Was this warm-up asked for by a WL_FAIL_FAST caller? (One attempt is enough.) */
+int wl__warm_fail_fast(void);
 /* Is code a transient failure (the server may come back by itself)? */
 int wl__transient(int code);
 /* Is a WARMING slot's leader alive (probes its mutex)? */

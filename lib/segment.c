@@ -216,6 +216,8 @@ static void init_segment(struct wl__header *h, uint32_t nslots)
     h->creator_pidns = wl__pidns();
     h->created_ms = wl__realtime_ms();
     wl__mutex_init(&h->lock);
+    for (i = 0; i < WL__NTOKENS; i++)
+        wl__mutex_init(&h->tokens[i].m);
     for (i = 0; i < nslots; i++) {
         wl__mutex_init(&slots[i].mutex);
         wl__mutex_init(&slots[i].watch);
