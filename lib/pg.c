@@ -881,7 +881,20 @@ struct warm_ctx {
 static int pg_warm(void *arg, struct wl_result *res)
 {
     const struct warm_ctx *c = arg;
-    return wl__pg_probe(c->conninfo, c->opts, c->deadline_ns, res);
+    struct wl_pg_opts o;
+
+    if (!wl__warm_reverifying() && !wl__warm_fail_fast())
+        return wl__pg_probe(c->conninfo, c->opts, c->deadline_ns, res);
+    /* A re-verification of a READY epoch runs verify_sql once (the warm-up of this epoch
+     * is done); a fail-fast caller wants one attempt, not a retry loop. */
+    if (c->opts)
+        o = *c->opts;
+    else
+        memset(&o, 0, sizeof(o));
+    if (wl__warm_reverifying())
+        o.warm_sql = NULL;
+    o.backoff.max_attempts = 1;
+    return wl__pg_probe(c->conninfo, &o, c->deadline_ns, res);
 }
 
 static uint32_t call_timeout_ms(const struct wl_pg_opts *opts)
@@ -898,6 +911,10 @@ static int ensure_key(struct wl_segment *seg, const char *conninfo, const char *
 
     if (opts)
         w = opts->wait;
+    if (w.max_age_ms == 0)
+        w.max_age_ms = WL_PG_MAX_AGE_MS;
+    else if (w.max_age_ms == UINT32_MAX)
+        w.max_age_ms = 0; /* never re-verify */
     /* what remains of the caller's deadline (wl_pg_connect may call this twice) */
     w.timeout_ms = deadline_ns > now ? (uint32_t)((deadline_ns - now + MS - 1) / MS) : 1;
     return wl_ensure(seg, key, pg_warm, &ctx, &w, res);
@@ -928,6 +945,21 @@ WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
     return ensure_key(seg, conninfo, key, opts, deadline, res);
 }
 
+/* wl_pg_connect's deadline passed while the server refused our own connection as full:
+ * name the deadline and the 53300, not the last (cut short) attempt's few ms. */
+static PGconn *connect_deadline(struct wl_result *res, uint64_t t0, unsigned own,
+                                const char *full)
+{
+    char last[120];
+    wl__copy(last, sizeof(last), res->error);
+    wl__fmt(res->error, sizeof(res->error), "deadline of %llu ms passed while the server "
+            "refused %u connection attempt%s of ours as full (53300: %.80s); last: %s",
+            (unsigned long long)((wl__now_ns() - t0 + MS / 2) / MS), own, own == 1 ? "" : "s",
+            full, last);
+    wl__copy(res->sqlstate, sizeof(res->sqlstate), "53300");
+    return NULL;
+}
+
 WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
                                 const struct wl_pg_opts *opts, struct wl_result *res)
 {
@@ -938,6 +970,9 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
 
     if (!res)
         res = &scratch;
+    char full[200] = ""; /* the server's last "too many connections" refusal */
+    unsigned own = 0;    /* connection attempts of our own */
+
     if (begin_call(conninfo, key, sizeof(key), res) < 0)
         return NULL;
     for (;;) {
@@ -973,6 +1008,7 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
         wl__copy(res->sqlstate, sizeof(res->sqlstate), p.sqlstate);
         wl__copy(res->error, sizeof(res->error), p.error);
         attempted = p.attempts;
+        own += p.attempts;
         slow = p.timed_out;
         probe_fini(&p);
         now = wl__now_ns();
@@ -986,7 +1022,7 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
             /* Our attempt ran out of time: the server is slow (overloaded), not gone.
              * Invalidating would send one more prober at it; just try again. */
             if (now + MIN_REVERIFY_NS >= deadline)
-                return NULL;
+                return full[0] ? connect_deadline(res, t0, own, full) : NULL;
             continue;
         }
         if (!strncmp(res->sqlstate, "53", 2)) {
@@ -994,8 +1030,9 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
              * Keep the epoch (a re-verification would need one more connection of the
              * full server) and try our own connection again after a short backoff. */
             uint64_t pause = 20 * MS + (now & 0xfffff) % (30 * MS);
+            wl__copy(full, sizeof(full), res->error);
             if (now + pause >= deadline)
-                return NULL;
+                return connect_deadline(res, t0, own, full);
             wl__backoff_pause(pause);
             continue;
         }

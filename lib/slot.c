@@ -2,19 +2,28 @@
  * A slot's state machine: election, waiting, takeover, publish, invalidate, reset.
  *
  *   COLD ──claim──▶ WARMING ──ok──▶ READY(epoch+1) ──invalidate──▶ STALE ──claim──▶ WARMING
- *                      │   └─failed──▶ FAILED ──fail_ttl passed, next caller claims──▶ WARMING
- *                      └─leader died (EOWNERDEAD)──▶ WARMING under a new leader
+ *                    │ │ └─permanent failure──▶ FAILED ──fail_ttl passed, next claims──▶ WARMING
+ *                    │ └─transient failure (down, starting up, full, timed out)──▶ STALE,
+ *                    │   the outage clock running: callers with time left keep waiting and
+ *                    │   the next prober claims it (paced by retry_ns)
+ *                    └─leader died (EOWNERDEAD)──▶ WARMING under a new leader
+ *   READY older than max_age_ms: one caller re-verifies (holding the mutex, the slot stays
+ *   READY for everyone else); a failure turns it STALE or FAILED as above.
  *
  * Who does what:
  * - The leader holds the slot's robust mutex for the whole warm-up, and publishes by a CAS
  *   from the exact state word it claimed with (its generation): a forked child, or a leader
- *   whose slot was reset, cannot publish.
+ *   whose slot was reset, cannot publish. It first moves to PUBLISHING (still "warming" to
+ *   everyone), writes the epoch, timings and failure text, then stores the outcome, so a
+ *   reset never sees half of a discarded leader's result.
  * - One follower, the watcher, holds the slot's `watch` mutex and blocks on the slot mutex:
  *   the kernel wakes it when the leader dies (robust-list cleanup wakes one waiter of the
  *   mutex only, never the futex sleepers), and it takes over.
  * - Every other follower sleeps on the state word (futex). Each state change wakes them.
- *   Their sleep is bounded (probe_interval) so that, should the watcher itself die, one of
- *   them finds its `watch` mutex owner-dead and becomes the watcher.
+ *   Their sleep is bounded (a fixed, jittered probe interval) so that, should the watcher
+ *   itself die, one of them finds its `watch` mutex owner-dead and becomes the watcher.
+ * - Each follower holds a waiter token (a robust mutex in the header) while it waits, so
+ *   the waiters gauge is derived from live tokens: a killed follower stops counting.
  */
 #include <errno.h>
 #include <string.h>
@@ -22,10 +31,14 @@
 
 #include "internal.h"
 
-#define WATCH_PROBE_NS (50ull * 1000000ull)
-#define MAX_PROBE_NS (1000ull * 1000000ull)
-#define MIN_CLAIM_NS (50ull * 1000000ull) /* too little time left to start a warm-up */
-#define DEADLINE_SLACK_NS (20ull * 1000000ull) /* a timeout this close to it is the deadline's */
+#define MS 1000000ull
+#define PROBE_MIN_NS (10ull * MS) /* followers check the watcher every 10-40 ms */
+#define PROBE_SPAN_NS (30ull * MS)
+#define MIN_CLAIM_NS (50ull * MS) /* too little time left to start a warm-up */
+#define DEADLINE_SLACK_NS (20ull * MS) /* a timeout this close to it is the deadline's */
+#define RETRY_FIRST_NS (10ull * MS) /* pacing of probers after transient failures */
+#define RETRY_MAX_NS (250ull * MS)
+#define PUBLISH_WAIT_NS (100ull * MS) /* how long wl_reset waits out a publishing leader */
 #define DEFAULT_TIMEOUT_MS 30000u
 #define DEFAULT_FAIL_TTL_MS 1000u
 
@@ -46,11 +59,10 @@ uint64_t wl__key_hash(const char *key, size_t len)
     return h ? h : 1;
 }
 
-static int slot_matches(struct wl__slot *sl, uint64_t hash, const char *key, size_t len)
+static int slot_matches(struct wl__slot *sl, const char *key, size_t len)
 {
     size_t n = len < WL_KEY_MAX ? len : WL_KEY_MAX;
     /* Keys longer than WL_KEY_MAX are told apart by length and hash beyond the prefix. */
-    (void)hash;
     return sl->key_len == (uint32_t)len && memcmp(sl->key, key, n) == 0;
 }
 
@@ -69,7 +81,7 @@ static struct wl__slot *probe(struct wl_segment *seg, uint64_t hash, const char 
                 *free_slot = sl;
             return NULL;
         }
-        if (h == hash && slot_matches(sl, hash, key, len))
+        if (h == hash && slot_matches(sl, key, len))
             return sl;
     }
     if (free_slot)
@@ -118,24 +130,57 @@ int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
 }
 
 /* The one recovery function for a slot mutex whose owner died: the failure text may be
- * torn, so it is cleared; a warm-up that was in flight counts as a takeover. */
+ * torn, so it is cleared; a warm-up that was in flight counts as a takeover. A leader
+ * killed while publishing never stored its outcome: its slot is WARMING again. */
 static void repair_slot(void *arg)
 {
     struct wl__slot *sl = arg;
     uint32_t seq = atomic_load_explicit(&sl->info_seq, memory_order_relaxed);
+    uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
 
     if (seq & 1u) {
         sl->fail_error[0] = '\0';
         sl->fail_sqlstate[0] = '\0';
         atomic_store_explicit(&sl->info_seq, seq + 1, memory_order_release);
     }
-    if (WL__ST(atomic_load_explicit(&sl->state, memory_order_acquire)) == WL_WARMING)
+    if ((uint32_t)WL__ST(s) == WL__PUBLISHING)
+        /* release: the state change is ordered after the repaired text */
+        atomic_compare_exchange_strong_explicit(&sl->state, &s, WL__NEXT(s, WL_WARMING),
+                                                memory_order_release, memory_order_relaxed);
+    if (WL__IS_WARMING(s))
         atomic_fetch_add_explicit(&sl->takeovers, 1, memory_order_relaxed);
 }
 
-static void repair_watch(void *arg)
+static void repair_none(void *arg)
 {
-    (void)arg; /* the watch mutex guards no data */
+    (void)arg; /* the watch mutex and the waiter tokens guard no data */
+}
+
+/* glibc keeps a robust mutex's owner in its futex word: the owner's TID in the low 30
+ * bits, FUTEX_OWNER_DIED (bit 30) once the kernel released it for a dead owner. Reading
+ * it is how status tells a live holder without locking (the header records the C library,
+ * so only glibc processes share this layout). */
+int wl__mutex_held(pthread_mutex_t *m, int *tid)
+{
+#ifdef __GLIBC__
+    /* relaxed: a momentary answer for status and messages, never for correctness */
+    unsigned w = (unsigned)__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED);
+    int t = (int)(w & 0x3fffffffu);
+    if (tid)
+        *tid = t;
+    return t != 0 && !(w & 0x40000000u);
+#else
+    int r = pthread_mutex_trylock(m);
+    if (tid)
+        *tid = 0;
+    if (r == 0 || r == EOWNERDEAD) {
+        if (r == EOWNERDEAD)
+            pthread_mutex_consistent(m);
+        pthread_mutex_unlock(m);
+        return 0;
+    }
+    return r == EBUSY;
+#endif
 }
 
 int wl__slot_leader_alive(struct wl__slot *sl)
@@ -154,6 +199,53 @@ int wl__slot_leader_alive(struct wl__slot *sl)
         return 0;
     }
     return r == -EBUSY;
+}
+
+uint32_t wl__slot_waiters(struct wl_segment *seg, struct wl__slot *sl)
+{
+    uint32_t idx = (uint32_t)(sl - seg->slots) + 1, n = 0, i;
+
+    for (i = 0; i < WL__NTOKENS; i++) {
+        struct wl__token *t = &seg->hdr->tokens[i];
+        /* acquire: pairs with the holder's release store of `slot` after taking it */
+        if (atomic_load_explicit(&t->slot, memory_order_acquire) == idx &&
+            wl__mutex_held(&t->m, NULL))
+            n++;
+    }
+    return n + atomic_load_explicit(&sl->waiters, memory_order_relaxed);
+}
+
+/* Take a waiter token for sl (or count in sl->waiters when all are taken). */
+static struct wl__token *token_take(struct wl_segment *seg, struct wl__slot *sl, uint64_t seed)
+{
+    uint32_t i, start = (uint32_t)((seed ^ (seed >> 29)) % WL__NTOKENS);
+
+    for (i = 0; i < WL__NTOKENS; i++) {
+        struct wl__token *t = &seg->hdr->tokens[(start + i) % WL__NTOKENS];
+        if (wl__lock(&t->m, 0, repair_none, NULL) >= 0) {
+            /* release: a counter that sees our slot index sees a held token */
+            atomic_store_explicit(&t->slot, (uint32_t)(sl - seg->slots) + 1,
+                                  memory_order_release);
+            return t;
+        }
+    }
+    atomic_fetch_add_explicit(&sl->waiters, 1, memory_order_relaxed);
+    return NULL;
+}
+
+static void token_give(struct wl__slot *sl, struct wl__token *t)
+{
+    if (!t) {
+        /* never below 0: wl_reset may have cleared it meanwhile */
+        uint32_t v = atomic_load_explicit(&sl->waiters, memory_order_relaxed);
+        while (v && !atomic_compare_exchange_weak_explicit(&sl->waiters, &v, v - 1,
+                                                           memory_order_relaxed,
+                                                           memory_order_relaxed))
+            ;
+        return;
+    }
+    atomic_store_explicit(&t->slot, 0, memory_order_relaxed);
+    wl__unlock(&t->m);
 }
 
 /* Copy the published failure into res; 0 if the copy is consistent with state word s. */
@@ -176,14 +268,15 @@ static int read_failure(struct wl__slot *sl, uint32_t s, struct wl_result *res, 
     return 0;
 }
 
-/* A consistent copy of the failure text, whatever the state (0, or -EAGAIN if a writer
- * kept changing it). */
-static int read_info(struct wl__slot *sl, struct wl_result *out)
+/* A consistent copy of the failure text and code, whatever the state (0, or -EAGAIN if a
+ * writer kept changing it). */
+static int read_info(struct wl__slot *sl, struct wl_result *out, int *code)
 {
     for (int tries = 0; tries < 100; tries++) {
         uint32_t q = atomic_load_explicit(&sl->info_seq, memory_order_acquire);
         if (q & 1u)
             continue;
+        *code = sl->fail_code;
         memcpy(out->error, sl->fail_error, sizeof(out->error));
         memcpy(out->sqlstate, sl->fail_sqlstate, sizeof(out->sqlstate));
         atomic_thread_fence(memory_order_acquire);
@@ -208,20 +301,46 @@ static void write_text(struct wl__slot *sl, int code, const char *error, const c
     atomic_store_explicit(&sl->info_seq, q + 2, memory_order_release);
 }
 
-/* The slot this thread is warming (set by lead() around warm()), for wl__warm_progress. */
-static _Thread_local struct wl__slot *warming;
+int wl__transient(int code)
+{
+    return code == -ECONNREFUSED || code == -EAGAIN || code == -ETIMEDOUT ||
+           code == -ECANCELED;
+}
+
+/* The warm-up this thread runs inside wl_ensure (set around warm()), for the engine. */
+static _Thread_local struct wl__claim *warming;
+static _Thread_local int warming_reverify, warming_fail_fast;
+
+/* The outage clock starts at the first transient failure since READY. Under the mutex. */
+static void outage_begins(struct wl__slot *sl, uint64_t now)
+{
+    if (!atomic_load_explicit(&sl->down_ns, memory_order_relaxed))
+        atomic_store_explicit(&sl->down_ns, now, memory_order_relaxed);
+}
+
+void wl__claim_progress(struct wl__claim *c, int code, const char *error, const char *sqlstate)
+{
+    /* We hold its mutex, so we are the only writer; a child forked inside warm() is not. */
+    if (!c || getpid() != c->pid)
+        return;
+    write_text(c->sl, code, error ? error : "", sqlstate ? sqlstate : "");
+    if (wl__transient(code))
+        outage_begins(c->sl, wl__now_ns());
+}
 
 void wl__warm_progress(int code, const char *error, const char *sqlstate)
 {
-    (void)code;
-    /* We hold its mutex, so we are the only writer; a child forked inside warm() is not. */
-    if (warming && atomic_load_explicit(&warming->leader_pid, memory_order_relaxed) == getpid())
-        write_text(warming, warming->fail_code, error, sqlstate ? sqlstate : "");
+    wl__claim_progress(warming, code, error, sqlstate);
 }
 
-static void write_failure(struct wl__slot *sl, int code, const struct wl_result *res)
+int wl__warm_reverifying(void)
 {
-    write_text(sl, code, res->error, res->sqlstate);
+    return warming && warming_reverify;
+}
+
+int wl__warm_fail_fast(void)
+{
+    return warming && warming_fail_fast;
 }
 
 static const char *pidns_note(struct wl_segment *seg, struct wl__slot *sl)
@@ -230,40 +349,53 @@ static const char *pidns_note(struct wl_segment *seg, struct wl__slot *sl)
     return ns && seg->pidns && ns != seg->pidns ? " (in another PID namespace)" : "";
 }
 
-static int read_failure(struct wl__slot *sl, uint32_t s, struct wl_result *res, int *code);
+static uint64_t ms_since(uint64_t then, uint64_t now)
+{
+    return then && now > then ? (now - then) / MS : 0;
+}
 
 /*
  * The caller's deadline passed. A failure the leader published is passed on as it is; else
- * the message names the stuck leader, or the last leader's error when its own deadline cut
- * its warm-up short.
+ * the message names the stuck leader, or the last prober's error during an outage.
  */
 static int fail_timeout(struct wl_segment *seg, struct wl__slot *sl, uint32_t timeout_ms,
                         uint64_t ttl_ns, struct wl_result *res)
 {
     uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
-    int pid = atomic_load_explicit(&sl->leader_pid, memory_order_relaxed), code;
+    int pid = atomic_load_explicit(&sl->leader_pid, memory_order_relaxed), code = 0, tid;
     uint64_t claimed = atomic_load_explicit(&sl->claimed_ns, memory_order_relaxed);
     uint64_t failed = atomic_load_explicit(&sl->failed_ns, memory_order_relaxed);
+    uint64_t down = atomic_load_explicit(&sl->down_ns, memory_order_relaxed);
     uint64_t now = wl__now_ns();
     struct wl_result last;
+    char dn[48] = "";
 
     if (WL__ST(s) == WL_FAILED && now - failed < ttl_ns && read_failure(sl, s, res, &code) == 0)
         return code;
-    if (WL__ST(s) == WL_WARMING) {
+    if (down)
+        wl__fmt(dn, sizeof(dn), "; down for %llu ms", (unsigned long long)ms_since(down, now));
+    if (read_info(sl, &last, &code) != 0)
+        last.error[0] = last.sqlstate[0] = '\0';
+    if (WL__IS_WARMING(s)) {
         int n = snprintf(res->error, sizeof(res->error), "timed out after %u ms waiting for "
-                         "'%.80s': leader pid %d%s has been warming for %llu ms", timeout_ms,
+                         "'%.80s': leader pid %d%s has been warming for %llu ms%s", timeout_ms,
                          sl->key, pid, pidns_note(seg, sl),
-                         (unsigned long long)(now > claimed ? (now - claimed) / 1000000u : 0));
-        if (read_info(sl, &last) == 0 && last.error[0] && n > 0 &&
-            (size_t)n < sizeof(res->error)) {
+                         (unsigned long long)ms_since(claimed, now), dn);
+        if (last.error[0] && n > 0 && (size_t)n < sizeof(res->error)) {
             wl__fmt(res->error + n, sizeof(res->error) - (size_t)n, "; its last attempt: %s",
                     last.error);
             memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
         }
-    } else if (failed && now - failed < ttl_ns && read_failure(sl, s, &last, &code) == 0 &&
-               last.error[0]) {
-        wl__fmt(res->error, sizeof(res->error), "timed out after %u ms; the last warm-up "
-                "(pid %d) ended: %.160s", timeout_ms, pid, last.error);
+    } else if (wl__mutex_held(&sl->mutex, &tid) && tid) {
+        /* Not warming, yet the lock is held for longer than a decision takes: a leader
+         * whose warm-up a forced reset discarded, stopped (SIGSTOP) or hung. */
+        wl__fmt(res->error, sizeof(res->error), "timed out after %u ms waiting for '%.80s' "
+                "(state %s): pid %d%s is alive and holds the slot's lock (thread %d), so "
+                "nobody can warm it until that process resumes or exits", timeout_ms, sl->key,
+                wl_state_name(WL__ST(s)), pid, pidns_note(seg, sl), tid);
+    } else if (last.error[0] && (down || (failed && now - failed < ttl_ns))) {
+        wl__fmt(res->error, sizeof(res->error), "timed out after %u ms%s; the last warm-up "
+                "(pid %d) ended: %.160s", timeout_ms, dn, pid, last.error);
         memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
     } else {
         wl__fmt(res->error, sizeof(res->error), "timed out after %u ms waiting for '%.80s' "
@@ -273,9 +405,28 @@ static int fail_timeout(struct wl_segment *seg, struct wl__slot *sl, uint32_t ti
     return -ETIMEDOUT;
 }
 
+/* A WL_FAIL_FAST caller during an outage: the current transient failure, at once. */
+static int fail_fast(struct wl__slot *sl, struct wl_result *res)
+{
+    uint64_t down = atomic_load_explicit(&sl->down_ns, memory_order_relaxed);
+    struct wl_result last;
+    int code = 0;
+
+    if (read_info(sl, &last, &code) != 0 || !wl__transient(code) || code == -ECANCELED) {
+        code = -EAGAIN;
+        if (read_info(sl, &last, &(int){0}) != 0)
+            last.error[0] = last.sqlstate[0] = '\0';
+    }
+    wl__fmt(res->error, sizeof(res->error), "'%.80s' has been down for %llu ms (fail-fast); "
+            "last error: %.140s", sl->key, (unsigned long long)ms_since(down, wl__now_ns()),
+            last.error[0] ? last.error : "none");
+    memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
+    return code;
+}
+
 static void record_wait(struct wl__slot *sl, uint64_t ns)
 {
-    uint64_t ms = ns / 1000000u;
+    uint64_t ms = ns / MS;
     unsigned b = 0;
     while (b < WL_HIST_BUCKETS - 1 && ms >= hist_bounds_ms[b])
         b++;
@@ -295,41 +446,36 @@ static inline int ready_epoch(struct wl__slot *sl, uint32_t s, uint64_t *epoch)
     return atomic_load_explicit(&sl->state, memory_order_relaxed) == s;
 }
 
-/*
- * How long a follower sleeps before checking the watcher: about 50 ms times waiters/4
- * (capped at 1 s), jittered by +-50%. With many followers the first of them to wake
- * still finds a dead watcher within ~12 ms on average, while the herd as a whole wakes
- * about 80 times a second however large it is.
- */
-static uint64_t probe_interval(struct wl__slot *sl, uint64_t now)
+static uint64_t xorshift(uint64_t *rng, uint64_t now)
 {
-    static _Thread_local uint64_t rng;
-    uint32_t n = atomic_load_explicit(&sl->waiters, memory_order_relaxed);
-    uint64_t base = WATCH_PROBE_NS * (n > 4 ? n / 4 : 1);
-
-    if (base > MAX_PROBE_NS)
-        base = MAX_PROBE_NS;
-    if (rng == 0)
-        rng = now ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
-    rng ^= rng << 13; /* xorshift64 */
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return base / 2 + rng % base;
+    if (*rng == 0)
+        *rng = now ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    return *rng;
 }
 
-/*
- * The leader's part, entered holding sl->mutex with the state word s (not READY). Claims,
- * runs warm(), publishes by CAS from its own generation, wakes everyone, unlocks.
- */
-static int lead(struct wl_segment *seg, struct wl__slot *sl, uint32_t s, wl_warm_fn warm,
-                void *arg, uint64_t deadline, struct wl_result *res)
+/* How long a follower sleeps before checking the watcher: 10-40 ms, jittered, whatever
+ * the number of waiters (a gauge never steers timing), so a dead watcher is replaced
+ * within 40 ms at worst. */
+static uint64_t probe_interval(uint64_t now)
 {
-    pid_t me = getpid();
-    uint32_t gen = WL__NEXT(s, WL_WARMING), done;
-    uint64_t t0 = wl__now_ns(), epoch;
-    int rc;
+    static _Thread_local uint64_t rng;
+    return PROBE_MIN_NS + xorshift(&rng, now) % PROBE_SPAN_NS;
+}
 
-    atomic_store_explicit(&sl->leader_pid, (int32_t)me, memory_order_relaxed);
+/* ---- claim, progress, publish: the leader's three steps ---- */
+
+/* Holding sl->mutex with state word s (not READY): claim it. 0, or -EAGAIN (unlocked) if
+ * the word changed meanwhile. */
+static int claim_locked(struct wl_segment *seg, struct wl__slot *sl, uint32_t s,
+                        struct wl__claim *c)
+{
+    uint64_t t0 = wl__now_ns();
+    uint32_t gen = WL__NEXT(s, WL_WARMING);
+
+    atomic_store_explicit(&sl->leader_pid, (int32_t)getpid(), memory_order_relaxed);
     atomic_store_explicit(&sl->leader_pidns, seg->pidns, memory_order_relaxed);
     atomic_store_explicit(&sl->claimed_ns, t0, memory_order_relaxed);
     /* release: leader fields are visible to whoever sees WARMING at this generation */
@@ -340,30 +486,77 @@ static int lead(struct wl_segment *seg, struct wl__slot *sl, uint32_t s, wl_warm
     }
     atomic_fetch_add_explicit(&sl->warmups, 1, memory_order_relaxed);
     wl__futex_wake_all(&sl->state); /* followers see the new generation; one becomes watcher */
+    c->seg = seg;
+    c->sl = sl;
+    c->gen = gen;
+    c->pid = getpid();
+    c->t0 = t0;
+    return 0;
+}
 
-    res->role = WL_LEADER;
-    res->attempts = 0;
-    res->error[0] = '\0';
-    res->sqlstate[0] = '\0';
-    warming = sl;
-    rc = warm ? warm(arg, res) : 0;
-    warming = NULL;
+int wl__claim_try(struct wl_segment *seg, const char *key, struct wl__claim *c)
+{
+    struct wl__slot *sl;
+    uint32_t s;
+    int r;
 
-    if (getpid() != me) {
+    if (!seg || !key || !*key || !c)
+        return -EINVAL;
+    if ((r = wl__slot_find(seg, key, 1, &sl)) < 0)
+        return r;
+    for (;;) {
+        s = atomic_load_explicit(&sl->state, memory_order_acquire);
+        if (WL__ST(s) == WL_READY)
+            return -EALREADY;
+        r = wl__lock(&sl->mutex, 0, repair_slot, sl);
+        if (r == -EBUSY)
+            return -EBUSY;
+        if (r < 0)
+            return r;
+        /* acquire: see the state as the previous holder left it */
+        s = atomic_load_explicit(&sl->state, memory_order_acquire);
+        if (WL__ST(s) == WL_READY) {
+            wl__unlock(&sl->mutex);
+            return -EALREADY;
+        }
+        if (claim_locked(seg, sl, s, c) == 0)
+            return 0;
+    }
+}
+
+int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res)
+{
+    struct wl__slot *sl = c->sl;
+    uint32_t gen = c->gen, pub = WL__NEXT(c->gen, WL__PUBLISHING), done;
+    uint64_t now, epoch;
+
+    if (getpid() != c->pid) {
         /* A child forked inside warm(): it does not own the mutex, and the slot has a
          * new leader once the parent is gone. Publish nothing, unlock nothing. */
         wl__fmt(res->error, sizeof(res->error), "the warm-up of '%.80s' forked; only the "
-                "process that claimed it (pid %d) may publish", sl->key, (int)me);
+                "process that claimed it (pid %d) may publish", sl->key, (int)c->pid);
         return -ECHILD;
     }
+    /* acquire: nothing of ours is written unless the slot is still ours (not reset) */
+    if (!atomic_compare_exchange_strong_explicit(&sl->state, &gen, pub, memory_order_acquire,
+                                                 memory_order_relaxed)) {
+        wl__unlock(&sl->mutex);
+        wl__fmt(res->error, sizeof(res->error), "the slot of '%.80s' was reset while this "
+                "process warmed it; its result was discarded", sl->key);
+        return -ECANCELED;
+    }
     atomic_fetch_add_explicit(&sl->attempts, res->attempts, memory_order_relaxed);
+    now = wl__now_ns();
     if (rc == 0) {
         epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed) + 1;
         atomic_store_explicit(&sl->epoch, epoch, memory_order_relaxed);
-        uint64_t now = wl__now_ns();
-        atomic_store_explicit(&sl->time_to_ready_ns, (int64_t)(now - t0), memory_order_relaxed);
+        atomic_store_explicit(&sl->time_to_ready_ns, (int64_t)(now - c->t0),
+                              memory_order_relaxed);
         atomic_store_explicit(&sl->ready_ns, now, memory_order_relaxed);
-        done = WL__NEXT(gen, WL_READY);
+        atomic_store_explicit(&sl->verified_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);
+        done = WL__NEXT(pub, WL_READY);
         res->epoch = epoch;
     } else {
         if (rc > 0)
@@ -371,30 +564,196 @@ static int lead(struct wl_segment *seg, struct wl__slot *sl, uint32_t s, wl_warm
         if (!res->error[0])
             wl__fmt(res->error, sizeof(res->error), "warm-up of '%.80s' failed: %s", sl->key,
                     wl_strerror(rc));
-        write_failure(sl, rc, res);
-        uint64_t now = wl__now_ns();
-        atomic_store_explicit(&sl->failed_ns, now, memory_order_relaxed);
+        write_text(sl, rc, res->error, res->sqlstate);
         atomic_fetch_add_explicit(&sl->failures, 1, memory_order_relaxed);
-        /* A warm-up cut off by this caller's own deadline says nothing final about the
-         * target: leave the slot STALE (the error kept for messages), so callers with time
-         * left carry on probing instead of being served our timeout. */
-        if (rc == -ETIMEDOUT && now + DEADLINE_SLACK_NS >= deadline)
-            done = WL__NEXT(gen, WL_STALE);
-        else
-            done = WL__NEXT(gen, WL_FAILED);
+        if (wl__transient(rc)) {
+            /* Says nothing final about the target: STALE, so callers with time left carry
+             * on waiting and the next prober claims it, not before retry_ns. */
+            static _Thread_local uint64_t rng;
+            uint32_t k = atomic_fetch_add_explicit(&sl->streak, 1, memory_order_relaxed);
+            uint64_t d = RETRY_FIRST_NS << (k < 5 ? k : 5);
+            if (d > RETRY_MAX_NS)
+                d = RETRY_MAX_NS;
+            d = d / 2 + xorshift(&rng, now) % (d / 2 + 1);
+            if (rc != -ECANCELED)
+                outage_begins(sl, now);
+            atomic_store_explicit(&sl->retry_ns, now + d, memory_order_relaxed);
+            done = WL__NEXT(pub, WL_STALE);
+        } else {
+            /* Permanent: the server answered; whatever outage there was is over. */
+            atomic_store_explicit(&sl->failed_ns, now, memory_order_relaxed);
+            atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
+            done = WL__NEXT(pub, WL_FAILED);
+        }
         res->epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed);
     }
-    /* release: READY (or FAILED) is never seen before the epoch and failure text */
-    if (!atomic_compare_exchange_strong_explicit(&sl->state, &gen, done, memory_order_release,
-                                                 memory_order_relaxed)) {
-        wl__unlock(&sl->mutex);
-        wl__fmt(res->error, sizeof(res->error), "the slot of '%.80s' was reset while this "
-                "process warmed it; its result was discarded", sl->key);
-        return -ECANCELED;
-    }
+    /* release: READY (or FAILED) is never seen before the epoch and failure text. Only
+     * this leader changes a PUBLISHING word (wl_reset waits it out), so a store does. */
+    atomic_store_explicit(&sl->state, done, memory_order_release);
     wl__futex_wake_all(&sl->state);
     wl__unlock(&sl->mutex);
     return rc;
+}
+
+void wl__slot_touch(struct wl_segment *seg, const char *key, uint64_t epoch)
+{
+    struct wl__slot *sl;
+    uint64_t cur;
+
+    if (!seg || !key || wl__slot_find(seg, key, 0, &sl) < 0)
+        return;
+    if (ready_epoch(sl, atomic_load_explicit(&sl->state, memory_order_acquire), &cur) &&
+        cur == epoch)
+        atomic_store_explicit(&sl->verified_ns, wl__now_ns(), memory_order_relaxed);
+}
+
+/* ---- wl_ensure ---- */
+
+struct call {
+    struct wl_segment *seg;
+    struct wl__slot *sl;
+    wl_warm_fn warm;
+    void *arg;
+    uint64_t deadline, ttl_ns;
+    uint32_t flags;
+    int led;
+};
+
+/* The leader's part, entered holding sl->mutex with the state word s (not READY). */
+static int lead(struct call *k, uint32_t s, int reverify, struct wl_result *res)
+{
+    struct wl__claim c;
+    int rc;
+
+    if (claim_locked(k->seg, k->sl, s, &c) < 0)
+        return -EAGAIN;
+    res->role = WL_LEADER;
+    res->attempts = 0;
+    res->error[0] = '\0';
+    res->sqlstate[0] = '\0';
+    warming = &c;
+    warming_reverify = reverify;
+    warming_fail_fast = !!(k->flags & WL_FAIL_FAST);
+    rc = k->warm ? k->warm(k->arg, res) : 0;
+    warming = NULL;
+    warming_reverify = warming_fail_fast = 0;
+    k->led = 1;
+    return wl__claim_publish(&c, rc, res);
+}
+
+/* Could a caller claim the slot now? COLD, STALE (once retry_ns has passed), FAILED once
+ * its fail_ttl is over. *wait_until gets when a paced STALE slot may be claimed. */
+static int claimable(struct wl__slot *sl, uint32_t s, uint64_t now, uint64_t ttl_ns,
+                     uint64_t *wait_until)
+{
+    uint64_t retry;
+
+    *wait_until = 0;
+    switch (WL__ST(s)) {
+    case WL_COLD: return 1;
+    case WL_STALE:
+        retry = atomic_load_explicit(&sl->retry_ns, memory_order_relaxed);
+        if (now >= retry)
+            return 1;
+        *wait_until = retry;
+        return 0;
+    case WL_FAILED:
+        return now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) >= ttl_ns;
+    default: return 0;
+    }
+}
+
+/* Holding sl->mutex: decide. Returns 1 if the caller should loop (and has unlocked),
+ * otherwise the result of leading (k->led set). */
+static int decide_locked(struct call *k, struct wl_result *res)
+{
+    struct wl__slot *sl = k->sl;
+    uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
+    uint64_t now = wl__now_ns(), until;
+    int r;
+
+    /* The mutex came too late to lead a warm-up that could finish: the caller reports its
+     * deadline instead (the slot stays claimable for the next caller). */
+    if (now >= k->deadline ||
+        (k->deadline - now < MIN_CLAIM_NS &&
+         (now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) < k->ttl_ns ||
+          atomic_load_explicit(&sl->down_ns, memory_order_relaxed)))) {
+        wl__unlock(&sl->mutex);
+        return 1;
+    }
+    /* WARMING here means its leader died (we were handed the mutex owner-dead) or forked
+     * away: take over. */
+    if (WL__ST(s) == WL_WARMING || claimable(sl, s, now, k->ttl_ns, &until)) {
+        r = lead(k, s, 0, res);
+        return r == -EAGAIN && !k->led ? 1 : r;
+    }
+    wl__unlock(&sl->mutex);
+    return 1;
+}
+
+/* READY, but verified longer than max_age ago: one caller re-verifies while the slot stays
+ * READY for everyone else. 0 ready (res->epoch), or 1: the verification failed and the
+ * slot changed (the caller carries on through the slow path). */
+static int reverify(struct call *k, uint32_t s, uint64_t epoch, struct wl_result *res)
+{
+    struct wl__slot *sl = k->sl;
+    struct wl__claim c = {k->seg, sl, s, getpid(), wl__now_ns()};
+    int rc, r = wl__lock(&sl->mutex, 0, repair_slot, sl);
+
+    res->epoch = epoch;
+    if (r < 0)
+        return 0; /* someone holds it (verifying, or deciding): keep the ready path */
+    if (atomic_load_explicit(&sl->state, memory_order_acquire) != s) {
+        wl__unlock(&sl->mutex);
+        return 1;
+    }
+    res->role = WL_LEADER;
+    warming = &c;
+    warming_reverify = 1;
+    warming_fail_fast = !!(k->flags & WL_FAIL_FAST);
+    rc = k->warm ? k->warm(k->arg, res) : 0;
+    warming = NULL;
+    warming_reverify = warming_fail_fast = 0;
+    if (getpid() != c.pid) {
+        wl__fmt(res->error, sizeof(res->error), "the re-verification of '%.80s' forked",
+                sl->key);
+        return -ECHILD;
+    }
+    atomic_fetch_add_explicit(&sl->attempts, res->attempts, memory_order_relaxed);
+    if (rc == 0) {
+        atomic_store_explicit(&sl->verified_ns, wl__now_ns(), memory_order_relaxed);
+        atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
+        wl__unlock(&sl->mutex);
+        res->role = WL_FOLLOWER;
+        res->error[0] = '\0';
+        return 0;
+    }
+    /* The target failed its verification: the epoch is over. Leave the slot STALE (the
+     * caller then leads a warm-up, with the outage semantics) or FAILED (permanent). */
+    if (rc > 0)
+        rc = -EIO;
+    if (!res->error[0])
+        wl__fmt(res->error, sizeof(res->error), "re-verification of '%.80s' failed: %s",
+                sl->key, wl_strerror(rc));
+    write_text(sl, rc, res->error, res->sqlstate);
+    if (wl__transient(rc)) {
+        outage_begins(sl, wl__now_ns());
+        atomic_store_explicit(&sl->retry_ns, 0, memory_order_relaxed);
+    } else {
+        atomic_store_explicit(&sl->failed_ns, wl__now_ns(), memory_order_relaxed);
+        atomic_fetch_add_explicit(&sl->failures, 1, memory_order_relaxed);
+    }
+    /* release: the failure text is seen before the new state */
+    if (atomic_compare_exchange_strong_explicit(
+            &sl->state, &s, WL__NEXT(s, wl__transient(rc) ? WL_STALE : WL_FAILED),
+            memory_order_release, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&sl->invalidations, 1, memory_order_relaxed);
+        wl__futex_wake_all(&sl->state);
+    }
+    wl__unlock(&sl->mutex);
+    res->role = WL_FOLLOWER;
+    res->error[0] = res->sqlstate[0] = '\0';
+    return 1;
 }
 
 static void result_init(struct wl_result *res)
@@ -407,62 +766,22 @@ static void result_init(struct wl_result *res)
     res->error[0] = '\0';
 }
 
-/* What a caller does with a state word that is neither READY nor WARMING nor a fresh
- * failure: it may lead. */
-static int claimable(struct wl__slot *sl, uint32_t s, uint64_t now, uint64_t ttl_ns)
+static int is_aged(struct wl__slot *sl, uint32_t max_age_ms)
 {
-    switch (WL__ST(s)) {
-    case WL_COLD:
-    case WL_STALE:
-        return 1;
-    case WL_FAILED:
-        return now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) >= ttl_ns;
-    default:
-        return 0;
-    }
-}
-
-/*
- * Holding sl->mutex: decide. Returns 1 if the caller should loop (and has unlocked),
- * otherwise the result of leading.
- */
-static int decide_locked(struct wl_segment *seg, struct wl__slot *sl, uint64_t ttl_ns,
-                         wl_warm_fn warm, void *arg, uint64_t deadline, struct wl_result *res,
-                         int *led)
-{
-    uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
-    uint64_t now = wl__now_ns();
-    int r;
-
-    /* The mutex came too late to lead a warm-up that could finish: the caller reports its
-     * deadline instead (the slot stays claimable for the next caller). */
-    if (now >= deadline ||
-        (deadline - now < MIN_CLAIM_NS &&
-         now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) < ttl_ns)) {
-        wl__unlock(&sl->mutex);
-        return 1;
-    }
-    /* WARMING here means its leader died (we were handed the mutex owner-dead) or forked
-     * away: take over. */
-    if (WL__ST(s) == WL_WARMING || claimable(sl, s, now, ttl_ns)) {
-        r = lead(seg, sl, s, warm, arg, deadline, res);
-        if (r == -EAGAIN)
-            return 1;
-        *led = 1;
-        return r;
-    }
-    wl__unlock(&sl->mutex);
-    return 1;
+    uint64_t v = atomic_load_explicit(&sl->verified_ns, memory_order_relaxed);
+    return max_age_ms && wl__now_ns() - v >= (uint64_t)max_age_ms * MS;
 }
 
 WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm, void *arg,
                         const struct wl_wait_opts *opts, struct wl_result *res)
 {
     struct wl_result scratch;
+    struct wl__token *tok = NULL;
     struct wl__slot *sl;
-    uint32_t timeout_ms, s;
-    uint64_t t0, deadline, ttl_ns, epoch;
-    int r, counted = 0, led = 0;
+    struct call k;
+    uint32_t timeout_ms, s, max_age = opts ? opts->max_age_ms : 0;
+    uint64_t t0, epoch;
+    int r, counted = 0;
 
     if (!res)
         res = &scratch;
@@ -476,11 +795,12 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
     /* The ready path: a lookup and atomic loads; no syscall, no lock. */
     r = wl__slot_find(seg, key, 0, &sl);
     if (r == 0) {
-        /* acquire: pairs with the leader's release CAS that published READY */
+        /* acquire: pairs with the leader's release store that published READY */
         s = atomic_load_explicit(&sl->state, memory_order_acquire);
         if (ready_epoch(sl, s, &epoch)) {
             res->epoch = epoch;
-            return 0;
+            if (!max_age || !is_aged(sl, max_age))
+                return 0;
         }
     } else if ((r = wl__slot_find(seg, key, 1, &sl)) < 0) {
         if (r == -ENOSPC)
@@ -493,13 +813,27 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
     }
 
     timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
-    ttl_ns = (uint64_t)(opts && opts->fail_ttl_ms ? opts->fail_ttl_ms : DEFAULT_FAIL_TTL_MS)
-             * 1000000u;
     t0 = wl__now_ns();
-    deadline = t0 + (uint64_t)timeout_ms * 1000000u;
+    k.seg = seg;
+    k.sl = sl;
+    k.warm = warm;
+    k.arg = arg;
+    k.ttl_ns = (uint64_t)(opts && opts->fail_ttl_ms ? opts->fail_ttl_ms : DEFAULT_FAIL_TTL_MS)
+               * MS;
+    k.deadline = t0 + (uint64_t)timeout_ms * MS;
+    k.flags = opts ? opts->flags : 0;
+    k.led = 0;
+
+    if (res->epoch) { /* READY but aged: re-verify once */
+        if ((r = reverify(&k, s, res->epoch, res)) <= 0) {
+            res->waited_ns = wl__now_ns() - t0;
+            return r;
+        }
+        res->epoch = 0;
+    }
 
     for (;;) {
-        uint64_t now = wl__now_ns();
+        uint64_t now = wl__now_ns(), until;
         s = atomic_load_explicit(&sl->state, memory_order_acquire);
 
         if (ready_epoch(sl, s, &epoch)) {
@@ -507,30 +841,44 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
             r = 0;
             break;
         }
-        if (WL__ST(s) == WL_FAILED && !claimable(sl, s, now, ttl_ns)) {
+        if (WL__ST(s) == WL_FAILED && now - atomic_load_explicit(&sl->failed_ns,
+                                                                 memory_order_relaxed) <
+                                          k.ttl_ns) {
             if (read_failure(sl, s, res, &r) == 0) {
                 res->epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed);
                 break;
             }
             continue; /* torn or changed: look again */
         }
-        if (now >= deadline) {
-            r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
+        if (now >= k.deadline) {
+            r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
             break;
         }
-        if (WL__ST(s) != WL_WARMING && deadline - now < MIN_CLAIM_NS &&
-            now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) < ttl_ns) {
-            /* A warm-up just failed (or ran out of its time) and ours would have only a
-             * few ms: report that instead of starting one that cannot finish. */
-            r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
+        if ((k.flags & WL_FAIL_FAST) && atomic_load_explicit(&sl->down_ns, memory_order_relaxed) &&
+            (WL__IS_WARMING(s) || !claimable(sl, s, now, k.ttl_ns, &until))) {
+            /* An outage, and someone probes (or probed a moment ago): answer now. */
+            r = fail_fast(sl, res);
             break;
         }
-        if (WL__ST(s) != WL_WARMING) {
+        if (!WL__IS_WARMING(s)) {
+            if (!claimable(sl, s, now, k.ttl_ns, &until) && until) {
+                /* A prober just failed transiently: the next may start at `until`. */
+                wl__futex_wait(&sl->state, s, until < k.deadline ? until : k.deadline);
+                continue;
+            }
+            if (k.deadline - now < MIN_CLAIM_NS &&
+                (now - atomic_load_explicit(&sl->failed_ns, memory_order_relaxed) < k.ttl_ns ||
+                 atomic_load_explicit(&sl->down_ns, memory_order_relaxed))) {
+                /* A warm-up just failed (or the target is down) and ours would have only a
+                 * few ms: report that instead of starting one that cannot finish. */
+                r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
+                break;
+            }
             /* Claimable: take the mutex (blocking: whoever holds it is deciding, or is a
              * leader whose warm-up we then wait out), then decide under it. */
-            r = wl__lock(&sl->mutex, deadline, repair_slot, sl);
+            r = wl__lock(&sl->mutex, k.deadline, repair_slot, sl);
             if (r == -ETIMEDOUT) {
-                r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
+                r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
                 break;
             }
             if (r < 0) {
@@ -538,53 +886,53 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
                         "%s", key, strerror(-r));
                 break;
             }
-            r = decide_locked(seg, sl, ttl_ns, warm, arg, deadline, res, &led);
-            if (led)
+            r = decide_locked(&k, res);
+            if (k.led)
                 break;
             continue;
         }
 
         /* WARMING: follow. */
         if (!counted) {
-            atomic_fetch_add_explicit(&sl->waiters, 1, memory_order_relaxed);
+            tok = token_take(seg, sl, now ^ (uint64_t)getpid() * 0x9e3779b97f4a7c15ull);
             counted = 1;
         }
-        r = wl__lock(&sl->watch, 0, repair_watch, NULL);
+        r = wl__lock(&sl->watch, 0, repair_none, NULL);
         if (r >= 0) {
             /* The watcher: block on the leader's mutex; the kernel hands it over, marked
              * owner-dead, if the leader dies. */
-            r = wl__lock(&sl->mutex, deadline, repair_slot, sl);
+            r = wl__lock(&sl->mutex, k.deadline, repair_slot, sl);
             wl__unlock(&sl->watch);
             if (r < 0) {
                 /* Deadline (or an error): let another follower become the watcher. */
                 wl__futex_wake_all(&sl->state);
                 if (r == -ETIMEDOUT) {
-                    r = fail_timeout(seg, sl, timeout_ms, ttl_ns, res);
+                    r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
                 } else {
                     wl__fmt(res->error, sizeof(res->error), "cannot lock the slot of "
                             "'%.80s': %s", key, strerror(-r));
                 }
                 break;
             }
-            r = decide_locked(seg, sl, ttl_ns, warm, arg, deadline, res, &led);
-            if (led)
+            r = decide_locked(&k, res);
+            if (k.led)
                 break;
             continue;
         }
         /* Someone watches: sleep on the state word, waking now and then to check that the
          * watcher is still alive (its death wakes nobody). */
-        uint64_t until = now + probe_interval(sl, now);
-        if (until > deadline)
-            until = deadline;
+        until = now + probe_interval(now);
+        if (until > k.deadline)
+            until = k.deadline;
         wl__futex_wait(&sl->state, s, until);
     }
 
     if (counted)
-        atomic_fetch_sub_explicit(&sl->waiters, 1, memory_order_relaxed);
+        token_give(sl, tok);
     res->waited_ns = wl__now_ns() - t0;
     if (r != -ECHILD)
         record_wait(sl, res->waited_ns);
-    if (!led)
+    if (!k.led)
         res->role = WL_FOLLOWER;
     return r;
 }
@@ -607,6 +955,7 @@ WL_EXPORT int wl_invalidate(struct wl_segment *seg, const char *key, uint64_t ep
     if (!atomic_compare_exchange_strong_explicit(&sl->state, &s, WL__NEXT(s, WL_STALE),
                                                  memory_order_release, memory_order_relaxed))
         return 0; /* someone else changed it first */
+    atomic_store_explicit(&sl->retry_ns, 0, memory_order_relaxed);
     atomic_fetch_add_explicit(&sl->invalidations, 1, memory_order_relaxed);
     wl__futex_wake_all(&sl->state);
     return 1;
@@ -621,7 +970,7 @@ WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
         struct wl__slot *sl = &seg->slots[i];
         if (atomic_load_explicit(&sl->key_hash, memory_order_acquire) == 0)
             continue;
-        if (WL__ST(atomic_load_explicit(&sl->state, memory_order_acquire)) == WL_WARMING &&
+        if (WL__IS_WARMING(atomic_load_explicit(&sl->state, memory_order_acquire)) &&
             wl__slot_leader_alive(sl))
             busy++;
     }
@@ -629,15 +978,24 @@ WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
         return -EBUSY;
     for (i = 0; i < n; i++) {
         struct wl__slot *sl = &seg->slots[i];
+        uint64_t t_end = wl__now_ns() + PUBLISH_WAIT_NS;
         unsigned b;
         if (atomic_load_explicit(&sl->key_hash, memory_order_acquire) == 0)
             continue;
         uint32_t s = atomic_load_explicit(&sl->state, memory_order_relaxed);
-        /* A new generation: a leader still warming cannot publish into it. */
-        while (!atomic_compare_exchange_weak_explicit(&sl->state, &s, WL__NEXT(s, WL_COLD),
+        /* A new generation: a leader still warming cannot publish into it. A leader in the
+         * middle of publishing is waited out (a few instructions; bounded should it be
+         * stopped right there). */
+        for (;;) {
+            if ((uint32_t)WL__ST(s) == WL__PUBLISHING && wl__now_ns() < t_end) {
+                s = atomic_load_explicit(&sl->state, memory_order_relaxed);
+                continue;
+            }
+            if (atomic_compare_exchange_weak_explicit(&sl->state, &s, WL__NEXT(s, WL_COLD),
                                                       memory_order_release,
                                                       memory_order_relaxed))
-            ;
+                break;
+        }
         atomic_store_explicit(&sl->warmups, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->takeovers, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->attempts, 0, memory_order_relaxed);
@@ -646,6 +1004,12 @@ WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
         atomic_store_explicit(&sl->wait_count, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->wait_sum_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->ready_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->verified_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->retry_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->failed_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->waiters, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->time_to_ready_ns, -1, memory_order_relaxed);
         for (b = 0; b < WL_HIST_BUCKETS; b++)
             atomic_store_explicit(&sl->hist[b], 0, memory_order_relaxed);

@@ -4,10 +4,13 @@
 
 #include "internal.h"
 
-static void copy_slot(struct wl__slot *sl, struct wl_slot_info *o, uint64_t now)
+static void copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slot_info *o,
+                      uint64_t now)
 {
     uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
     uint64_t ready = atomic_load_explicit(&sl->ready_ns, memory_order_relaxed);
+    uint64_t verified = atomic_load_explicit(&sl->verified_ns, memory_order_relaxed);
+    uint64_t down = atomic_load_explicit(&sl->down_ns, memory_order_relaxed);
     unsigned b, tries;
 
     memset(o, 0, sizeof(*o));
@@ -16,19 +19,24 @@ static void copy_slot(struct wl__slot *sl, struct wl_slot_info *o, uint64_t now)
     o->key_hash = atomic_load_explicit(&sl->key_hash, memory_order_acquire);
     o->key_len = sl->key_len;
     o->down_ms = -1;
-    o->state = WL__ST(s);
+    /* a leader between its publish and the outcome's store is still warming */
+    o->state = WL__IS_WARMING(s) ? WL_WARMING : WL__ST(s);
     o->epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed);
     o->leader_pid = atomic_load_explicit(&sl->leader_pid, memory_order_relaxed);
-    o->leader_alive = o->state == WL_WARMING ? wl__slot_leader_alive(sl) : 0;
+    /* Read-only: the mutex word says whether a live thread holds it. A WARMING slot whose
+     * leader died is shown as stale (the next caller claims it). */
+    o->leader_alive = o->state == WL_WARMING ? wl__mutex_held(&sl->mutex, NULL) : 0;
     if (o->state == WL_WARMING && !o->leader_alive)
-        o->state = WL__ST(atomic_load_explicit(&sl->state, memory_order_acquire));
-    o->waiters = atomic_load_explicit(&sl->waiters, memory_order_relaxed);
+        o->state = WL_STALE;
+    o->waiters = wl__slot_waiters(seg, sl);
     o->warmups = atomic_load_explicit(&sl->warmups, memory_order_relaxed);
     o->takeovers = atomic_load_explicit(&sl->takeovers, memory_order_relaxed);
     o->attempts = atomic_load_explicit(&sl->attempts, memory_order_relaxed);
     o->failures = atomic_load_explicit(&sl->failures, memory_order_relaxed);
     o->invalidations = atomic_load_explicit(&sl->invalidations, memory_order_relaxed);
     o->ready_age_ms = ready ? (int64_t)((now - ready) / 1000000u) : -1;
+    o->verified_age_ms = verified ? (int64_t)((now - verified) / 1000000u) : -1;
+    o->down_ms = down && o->state != WL_READY ? (int64_t)((now - down) / 1000000u) : -1;
     int64_t ttr = atomic_load_explicit(&sl->time_to_ready_ns, memory_order_relaxed);
     o->time_to_ready_ms = ttr < 0 ? -1 : ttr / 1000000;
     for (b = 0; b < WL_HIST_BUCKETS; b++)
@@ -70,7 +78,7 @@ WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size
         if (atomic_load_explicit(&sl->key_hash, memory_order_acquire) == 0)
             continue;
         if (n < max)
-            copy_slot(sl, &out[n], now);
+            copy_slot(seg, sl, &out[n], now);
         n++;
     }
     return (int)n;
@@ -85,6 +93,6 @@ WL_EXPORT int wl_lookup(struct wl_segment *seg, const char *key, struct wl_slot_
         return -EINVAL;
     if ((r = wl__slot_find(seg, key, 0, &sl)) < 0)
         return r;
-    copy_slot(sl, out, wl__now_ns());
+    copy_slot(seg, sl, out, wl__now_ns());
     return 0;
 }

@@ -31,6 +31,12 @@ struct wl_backoff {
     int jitter;            /* 0 default (full), 1 full, 2 decorrelated, -1 none */
 };
 
+/* The libpq engine's default wait.max_age_ms: a READY slot verified longer ago than this
+ * is re-verified once (one verify_sql, through the single-flight) before it is trusted.
+ * Twice warmlockd's default check interval, so with the daemon running applications never
+ * re-verify. wait.max_age_ms = UINT32_MAX: never. */
+#define WL_PG_MAX_AGE_MS 10000u
+
 struct wl_pg_opts {
     const char *warm_sql;        /* run once per epoch by the leader, may hold several statements */
     const char *verify_sql;      /* default "SELECT 1" */
