@@ -196,6 +196,9 @@ int wl__mutex_held(pthread_mutex_t *m, int *tid);
 int wl__warm_reverifying(void);
 /* Was this warm-up asked for by a WL_FAIL_FAST caller? (One attempt is enough.) */
 int wl__warm_fail_fast(void);
+/* Called inside a warm function whose transient failure is its caller's final answer
+ * (its own attempt budget ran out): wl_ensure returns it instead of carrying on. */
+void wl__warm_stop(void);
 /* Is code a transient failure (the server may come back by itself)? */
 int wl__transient(int code);
 /* Is a WARMING slot's leader alive (probes its mutex)? */

@@ -883,8 +883,13 @@ static int pg_warm(void *arg, struct wl_result *res)
     const struct warm_ctx *c = arg;
     struct wl_pg_opts o;
 
-    if (!wl__warm_reverifying() && !wl__warm_fail_fast())
-        return wl__pg_probe(c->conninfo, c->opts, c->deadline_ns, res);
+    if (!wl__warm_reverifying() && !wl__warm_fail_fast()) {
+        int r = wl__pg_probe(c->conninfo, c->opts, c->deadline_ns, res);
+        /* The caller's own max_attempts ran out: that is its answer (-ECONNREFUSED). */
+        if (r < 0 && c->opts && c->opts->backoff.max_attempts)
+            wl__warm_stop();
+        return r;
+    }
     /* A re-verification of a READY epoch runs verify_sql once (the warm-up of this epoch
      * is done); a fail-fast caller wants one attempt, not a retry loop. */
     if (c->opts)
@@ -950,10 +955,11 @@ WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
 static PGconn *connect_deadline(struct wl_result *res, uint64_t t0, unsigned own,
                                 const char *full)
 {
+    const char *l = strstr(res->error, "last error: ");
     char last[120];
-    wl__copy(last, sizeof(last), res->error);
+    wl__copy(last, sizeof(last), l ? l + 12 : res->error);
     wl__fmt(res->error, sizeof(res->error), "deadline of %llu ms passed while the server "
-            "refused %u connection attempt%s of ours as full (53300: %.80s); last: %s",
+            "refused %u connection attempt%s of ours as full (53300: %.90s); last: %s",
             (unsigned long long)((wl__now_ns() - t0 + MS / 2) / MS), own, own == 1 ? "" : "s",
             full, last);
     wl__copy(res->sqlstate, sizeof(res->sqlstate), "53300");
@@ -1030,7 +1036,12 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
              * Keep the epoch (a re-verification would need one more connection of the
              * full server) and try our own connection again after a short backoff. */
             uint64_t pause = 20 * MS + (now & 0xfffff) % (30 * MS);
-            wl__copy(full, sizeof(full), res->error);
+            {
+                const char *l = strstr(res->error, "FATAL:");
+                if (!l && (l = strstr(res->error, "last error: ")))
+                    l += 12;
+                wl__copy(full, sizeof(full), l ? l : res->error);
+            }
             if (now + pause >= deadline)
                 return connect_deadline(res, t0, own, full);
             wl__backoff_pause(pause);

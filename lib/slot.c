@@ -309,7 +309,13 @@ int wl__transient(int code)
 
 /* The warm-up this thread runs inside wl_ensure (set around warm()), for the engine. */
 static _Thread_local struct wl__claim *warming;
-static _Thread_local int warming_reverify, warming_fail_fast;
+static _Thread_local int warming_reverify, warming_fail_fast, warming_stop;
+
+void wl__warm_stop(void)
+{
+    if (warming)
+        warming_stop = 1;
+}
 
 /* The outage clock starts at the first transient failure since READY. Under the mutex. */
 static void outage_begins(struct wl__slot *sl, uint64_t now)
@@ -386,17 +392,19 @@ static int fail_timeout(struct wl_segment *seg, struct wl__slot *sl, uint32_t ti
                     last.error);
             memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
         }
-    } else if (wl__mutex_held(&sl->mutex, &tid) && tid) {
-        /* Not warming, yet the lock is held for longer than a decision takes: a leader
-         * whose warm-up a forced reset discarded, stopped (SIGSTOP) or hung. */
-        wl__fmt(res->error, sizeof(res->error), "timed out after %u ms waiting for '%.80s' "
-                "(state %s): pid %d%s is alive and holds the slot's lock (thread %d), so "
-                "nobody can warm it until that process resumes or exits", timeout_ms, sl->key,
-                wl_state_name(WL__ST(s)), pid, pidns_note(seg, sl), tid);
     } else if (last.error[0] && (down || (failed && now - failed < ttl_ns))) {
         wl__fmt(res->error, sizeof(res->error), "timed out after %u ms%s; the last warm-up "
                 "(pid %d) ended: %.160s", timeout_ms, dn, pid, last.error);
         memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
+    } else if (WL__ST(s) == WL_COLD && pid &&
+               !atomic_load_explicit(&sl->warmups, memory_order_relaxed) &&
+               wl__mutex_held(&sl->mutex, &tid) && tid) {
+        /* Reset (its counters are zero), never claimed since, yet the lock is held: the
+         * leader whose warm-up a forced reset discarded is stopped (SIGSTOP) or hung. */
+        wl__fmt(res->error, sizeof(res->error), "timed out after %u ms waiting for '%.80s' "
+                "(state %s): pid %d%s is alive and holds the slot's lock (thread %d), so "
+                "nobody can warm it until that process resumes or exits", timeout_ms, sl->key,
+                wl_state_name(WL__ST(s)), pid, pidns_note(seg, sl), tid);
     } else {
         wl__fmt(res->error, sizeof(res->error), "timed out after %u ms waiting for '%.80s' "
                 "(state %s, last leader pid %d%s)", timeout_ms, sl->key,
@@ -417,9 +425,12 @@ static int fail_fast(struct wl__slot *sl, struct wl_result *res)
         if (read_info(sl, &last, &(int){0}) != 0)
             last.error[0] = last.sqlstate[0] = '\0';
     }
+    /* the engine's "gave up ... ; last error: X": X is what the caller needs */
+    const char *e = strstr(last.error, "last error: ");
+    e = e ? e + 12 : last.error;
     wl__fmt(res->error, sizeof(res->error), "'%.80s' has been down for %llu ms (fail-fast); "
             "last error: %.140s", sl->key, (unsigned long long)ms_since(down, wl__now_ns()),
-            last.error[0] ? last.error : "none");
+            e[0] ? e : "none");
     memcpy(res->sqlstate, last.sqlstate, sizeof(res->sqlstate));
     return code;
 }
@@ -634,6 +645,7 @@ static int lead(struct call *k, uint32_t s, int reverify, struct wl_result *res)
     warming = &c;
     warming_reverify = reverify;
     warming_fail_fast = !!(k->flags & WL_FAIL_FAST);
+    warming_stop = 0;
     rc = k->warm ? k->warm(k->arg, res) : 0;
     warming = NULL;
     warming_reverify = warming_fail_fast = 0;
@@ -756,6 +768,19 @@ static int reverify(struct call *k, uint32_t s, uint64_t epoch, struct wl_result
     return 1;
 }
 
+/* This caller led a warm-up that failed transiently. It carries on (waiting, or probing
+ * again when the slot's pacing allows) while it has time left, unless it asked for
+ * WL_FAIL_FAST or its warm function said this was its last word (wl__warm_stop). */
+static int carry_on(struct call *k, int r)
+{
+    if (!wl__transient(r) || r == -ECANCELED || (k->flags & WL_FAIL_FAST) || warming_stop)
+        return 0;
+    if (wl__now_ns() + MIN_CLAIM_NS >= k->deadline)
+        return 0; /* the warm-up ran out of the caller's own time: its message says so */
+    k->led = 0;
+    return 1;
+}
+
 static void result_init(struct wl_result *res)
 {
     res->role = WL_FOLLOWER;
@@ -838,6 +863,7 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
 
         if (ready_epoch(sl, s, &epoch)) {
             res->epoch = epoch;
+            res->error[0] = res->sqlstate[0] = '\0'; /* an earlier try of ours failed */
             r = 0;
             break;
         }
@@ -887,6 +913,10 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
                 break;
             }
             r = decide_locked(&k, res);
+            if (k.led && carry_on(&k, r))
+                continue;
+            if (k.led && (k.flags & WL_FAIL_FAST) && wl__transient(r) && r != -ECANCELED)
+                r = fail_fast(sl, res); /* our one attempt failed: say how long it is down */
             if (k.led)
                 break;
             continue;
@@ -915,6 +945,8 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
                 break;
             }
             r = decide_locked(&k, res);
+            if (k.led && carry_on(&k, r))
+                continue;
             if (k.led)
                 break;
             continue;
