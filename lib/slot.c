@@ -804,7 +804,7 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
     struct wl__token *tok = NULL;
     struct wl__slot *sl;
     struct call k;
-    uint32_t timeout_ms, s, max_age = opts ? opts->max_age_ms : 0;
+    uint32_t timeout_ms, s = 0, max_age = opts ? opts->max_age_ms : 0;
     uint64_t t0, epoch;
     int r, counted = 0;
 
