@@ -123,13 +123,25 @@ typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);
 
 /* Single-flight across processes: exactly one caller per epoch runs warm(); the others
  * wait (futex) until it publishes. Returns 0 when `key` is READY (res->epoch says which
- * epoch), the leader's published error (same code and message for every follower; served
- * without a new warm-up for fail_ttl_ms), or -ETIMEDOUT at the deadline (its message names
- * the leader and its last attempt). A leader whose warm-up is cut off by its own deadline
- * does not publish that timeout: the slot goes STALE and callers with time left carry on.
- * Blocks unless the key is READY. Errors of its own: -EINVAL (empty key), -ENOSPC (segment full),
- * -ECHILD (a leader forked and the child tried to publish), -ECANCELED (slot reset while
- * warming). `res` may be NULL. */
+ * epoch). Failures are shared by kind:
+ * - permanent (any code but the transient ones below: -EACCES, -ENOENT, -EINVAL, -EIO...):
+ *   published FAILED, the same code and message served to every caller for fail_ttl_ms;
+ * - transient (-ECONNREFUSED nothing listens, -EAGAIN not ready yet, -ETIMEDOUT an attempt
+ *   timed out): never ends anyone's wait. The slot stays STALE with an outage clock
+ *   (wl_slot_info.down_ms); callers sleep without probing while one of them probes, then
+ *   the next (paced 10-250 ms), and are released the moment one sees the target ready, or
+ *   get -ETIMEDOUT at their own deadline naming the outage and the last error. A leader's
+ *   own warm function may end its call early with wl_warm_fn's code only when it has no
+ *   time left (the libpq engine: its max_attempts ran out).
+ * With WL_FAIL_FAST in opts->flags a caller gets the transient failure at once during an
+ * outage (probing once itself if nobody does), its message saying how long the target has
+ * been down. With opts->max_age_ms, a READY verified longer ago than that is re-verified by
+ * one caller (warm() runs again; the engine runs verify_sql once) while the others keep the
+ * ready path; a failed re-verification ends the epoch (outage or FAILED).
+ * Blocks unless the key is READY. Errors of its own: -EINVAL (empty key), -ENOSPC (segment
+ * full), -ECHILD (a leader forked and the child tried to publish), -ECANCELED (slot reset
+ * while warming). `res` may be NULL. Thread-safe: threads of one process may share a
+ * segment handle; each caller is counted and elected like a process of its own. */
 WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm,
                         void *arg, const struct wl_wait_opts *opts, struct wl_result *res);
 
@@ -150,7 +162,7 @@ struct wl_slot_info {
     uint64_t epoch;            /* epoch of the last READY */
     pid_t leader_pid;          /* current or last leader, 0 if none yet */
     int leader_alive;          /* 1 while WARMING with a live leader, 0 otherwise */
-    uint32_t waiters;          /* callers waiting now (approximate after a caller is killed) */
+    uint32_t waiters;          /* callers waiting now; a killed caller stops counting at once */
     uint64_t warmups;          /* warm-ups started */
     uint64_t takeovers;        /* warm-ups taken over from a dead leader */
     uint64_t attempts;         /* engine attempts, summed over warm-ups */
@@ -180,8 +192,12 @@ WL_EXPORT int wl_lookup(struct wl_segment *seg, const char *key, struct wl_slot_
 WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size_t max);
 
 /* Return every slot to COLD and clear its counters. Refused with -EBUSY while a warm-up
- * is in flight unless `force` is set (then the running leader's publish is refused with
- * -ECANCELED). */
+ * is in flight unless `force` is set. What force can and cannot do to a live leader: its
+ * result is discarded (its publish is refused with -ECANCELED, and nothing of it, epoch,
+ * timings or error, reaches the slot), but a process cannot be made to let go of the
+ * slot's lock: a leader that is stopped (SIGSTOP) or hung keeps it, and callers time out
+ * with a message naming it as alive and holding the lock, until it resumes or exits.
+ * Returns how many warm-ups were in flight. */
 WL_EXPORT int wl_reset(struct wl_segment *seg, int force);
 
 /* A static name for a code this library returns ("ETIMEDOUT: deadline passed"). */

@@ -87,7 +87,8 @@ WL_EXPORT const char *wl_strerror(int code)
     case ETIMEDOUT: return "ETIMEDOUT: deadline passed before the key became ready";
     case EACCES: return "EACCES: authentication refused (SQLSTATE class 28)";
     case ENOENT: return "ENOENT: database, role or segment does not exist";
-    case ECONNREFUSED: return "ECONNREFUSED: server not reachable when attempts ran out";
+    case ECONNREFUSED: return "ECONNREFUSED: server not reachable (nothing listens)";
+    case EAGAIN: return "EAGAIN: the server answers but is not ready (starting up, in recovery, full)";
     case EINVAL: return "EINVAL: invalid argument, name, key or conninfo";
     case EPROTO: return "EPROTO: incompatible or corrupt segment";
     case EPERM: return "EPERM: not permitted (a segment owned by another user or unsafe, or io_uring blocked)";

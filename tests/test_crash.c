@@ -223,6 +223,10 @@ static void test_crash_injection_keeps_invariants(void **state)
                 fail_msg("iteration %u: takeovers %llu, leaders killed in warm %u, kills %u",
                          it, (unsigned long long)info.takeovers, killed_in_warm, my_kills);
             takeovers += (unsigned)info.takeovers;
+            /* Everyone has ended, the killed too: nobody waits, so nobody is counted. */
+            if (info.waiters != 0)
+                fail_msg("iteration %u: %u waiters counted after every process ended", it,
+                         info.waiters);
         }
         /* The next caller always gets an answer (a fast one). */
         assert_int_equal(wl_ensure(seg, "crash", warm, C, NULL, NULL), 0);
