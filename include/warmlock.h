@@ -37,10 +37,7 @@
 extern "C" {
 #endif
 
-#define WL_VERSION_MAJOR 0
-#define WL_VERSION_MINOR 1
-#define WL_VERSION_PATCH 0
-#define WL_VERSION_STRING "0.1.0"
+#include "warmlock/version.h" /* WL_VERSION_MAJOR/MINOR/PATCH, WL_VERSION_STRING */
 
 #if defined(WL_BUILDING_LIBRARY)
 #define WL_EXPORT __attribute__((visibility("default")))
