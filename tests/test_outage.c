@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -420,6 +421,49 @@ static void test_forced_reset_of_a_stopped_leader(void **state)
     wl_close(seg);
 }
 
+struct thread_call {
+    struct wl_segment *seg;
+    int rc;
+    int role;
+};
+
+static void *thread_ensure(void *arg)
+{
+    struct thread_call *t = arg;
+    struct wl_result res;
+    struct wl_wait_opts w = {.timeout_ms = 10000};
+    t->rc = wl_ensure(t->seg, "db", warm, S, &w, &res);
+    t->role = res.role;
+    return NULL;
+}
+
+/* Threads of one process sharing one handle: one leader per epoch, all ready. */
+static void test_threads_share_a_handle(void **state)
+{
+    struct wl_segment *seg;
+    struct thread_call t[8];
+    pthread_t th[8];
+    int leaders = 0;
+    (void)state;
+    assert_int_equal(wl_open(S->seg, NULL, &seg), 0);
+    for (int i = 0; i < 8; i++) {
+        t[i].seg = seg;
+        assert_int_equal(pthread_create(&th[i], NULL, thread_ensure, &t[i]), 0);
+    }
+    assert_int_equal(wlt_wait_change(&S->inwarm, 0, 10000), 0);
+    atomic_store(&S->gate, 1);
+    wlt_wake(&S->gate);
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(t[i].rc, 0);
+        leaders += t[i].role == WL_LEADER;
+    }
+    assert_int_equal(leaders, 1);
+    assert_int_equal(atomic_load(&S->calls), 1);
+    assert_int_equal(lookup("db").waiters, 0);
+    wl_close(seg);
+}
+
 /* libpq, no coordinator: 16 callers during an outage and 16 right after the server is
  * back all return 0; the first 16 are released soon after the server's ready time. */
 static void test_pg_outage_without_coordinator(void **state)
@@ -607,6 +651,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_killed_waiters_stop_counting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forced_reset_of_a_stopped_leader, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_threads_share_a_handle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pg_outage_without_coordinator, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pg_fail_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pg_max_age, setup, teardown),
