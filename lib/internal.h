@@ -82,6 +82,9 @@ struct wl__slot {
     /* Robust, process-shared. Held by the one follower (the watcher) that blocks on
      * `mutex`, so the kernel wakes it at the leader's death. */
     alignas(WL__LINE) pthread_mutex_t watch;
+    /* Robust, process-shared. Held by the one follower (the deputy) that blocks on
+     * `watch`, so the kernel wakes it at the watcher's death and it becomes the watcher. */
+    alignas(WL__LINE) pthread_mutex_t deputy;
 
     /* Identity: written under the header lock; key_hash last with release (0: free). */
     alignas(WL__LINE) _Atomic uint64_t key_hash;

@@ -221,6 +221,7 @@ static void init_segment(struct wl__header *h, uint32_t nslots)
     for (i = 0; i < nslots; i++) {
         wl__mutex_init(&slots[i].mutex);
         wl__mutex_init(&slots[i].watch);
+        wl__mutex_init(&slots[i].deputy);
         atomic_init(&slots[i].time_to_ready_ns, -1);
     }
     /* release: a reader that sees the magic sees the initialised header and slots */

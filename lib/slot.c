@@ -19,9 +19,12 @@
  * - One follower, the watcher, holds the slot's `watch` mutex and blocks on the slot mutex:
  *   the kernel wakes it when the leader dies (robust-list cleanup wakes one waiter of the
  *   mutex only, never the futex sleepers), and it takes over.
+ * - One more follower, the deputy, holds `deputy` and blocks on `watch`: the kernel wakes
+ *   it when the watcher dies, and it becomes the watcher. So the leader and its watcher
+ *   dying together cost no polling delay.
  * - Every other follower sleeps on the state word (futex). Each state change wakes them.
  *   Their sleep is bounded (a fixed, jittered probe interval) so that, should the watcher
- *   itself die, one of them finds its `watch` mutex owner-dead and becomes the watcher.
+ *   and the deputy die too, one of them finds `watch` owner-dead and becomes the watcher.
  * - Each follower holds a waiter token (a robust mutex in the header) while it waits, so
  *   the waiters gauge is derived from live tokens: a killed follower stops counting.
  */
@@ -928,6 +931,16 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
             counted = 1;
         }
         r = wl__lock(&sl->watch, 0, repair_none, NULL);
+        if (r == -EBUSY && wl__lock(&sl->deputy, 0, repair_none, NULL) >= 0) {
+            /* The deputy: block on the watcher's mutex; the kernel hands it over when the
+             * watcher dies (or leaves), and the deputy becomes the watcher. */
+            r = wl__lock(&sl->watch, k.deadline, repair_none, NULL);
+            wl__unlock(&sl->deputy);
+            if (r == -ETIMEDOUT) {
+                r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
+                break;
+            }
+        }
         if (r >= 0) {
             /* The watcher: block on the leader's mutex; the kernel hands it over, marked
              * owner-dead, if the leader dies. */
