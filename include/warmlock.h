@@ -142,6 +142,19 @@ typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);
 WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm,
                         void *arg, const struct wl_wait_opts *opts, struct wl_result *res);
 
+/* A prepared key: its slot is found (or allocated) once, so wl_key_ensure's ready path is
+ * one atomic load. Belongs to the process that opened it, like the segment handle, and
+ * must not outlive it; one wl_key may be used by one thread at a time (open one per
+ * thread). wl_key_open: 0, -EINVAL, -ENOSPC, -ENOMEM. */
+struct wl_key;
+WL_EXPORT int wl_key_open(struct wl_segment *seg, const char *key, struct wl_key **out);
+/* wl_ensure() on a prepared key: the same results. */
+WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
+                            const struct wl_wait_opts *opts, struct wl_result *res);
+/* wl_invalidate() on a prepared key. */
+WL_EXPORT int wl_key_invalidate(struct wl_key *k, uint64_t epoch);
+WL_EXPORT void wl_key_close(struct wl_key *k);
+
 /* Mark `key` stale if it is still READY at `epoch`; an older epoch is ignored. Returns 1
  * if this call made it stale, 0 if nothing changed, -ENOENT for an unknown key. Never
  * blocks. */

@@ -29,6 +29,7 @@
  *   the waiters gauge is derived from live tokens: a killed follower stops counting.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -800,16 +801,31 @@ static int is_aged(struct wl__slot *sl, uint32_t max_age_ms)
     return max_age_ms && wl__now_ns() - v >= (uint64_t)max_age_ms * MS;
 }
 
+static int find_or_allocate(struct wl_segment *seg, const char *key, struct wl__slot **sl,
+                            struct wl_result *res)
+{
+    int r = wl__slot_find(seg, key, 1, sl);
+    if (r == -ENOSPC)
+        wl__fmt(res->error, sizeof(res->error), "all %u slots of segment %s are in use; "
+                "recreate it with more slots or use fewer keys", seg->nslots, seg->name);
+    else if (r < 0)
+        wl__fmt(res->error, sizeof(res->error), "cannot allocate a slot in %s: %s",
+                seg->name, strerror(-r));
+    return r;
+}
+
+static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *key,
+                       wl_warm_fn warm, void *arg, const struct wl_wait_opts *opts,
+                       uint32_t s, struct wl_result *res);
+
 WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm, void *arg,
                         const struct wl_wait_opts *opts, struct wl_result *res)
 {
     struct wl_result scratch;
-    struct wl__token *tok = NULL;
     struct wl__slot *sl;
-    struct call k;
-    uint32_t timeout_ms, s = 0, max_age = opts ? opts->max_age_ms : 0;
-    uint64_t t0, epoch;
-    int r, counted = 0;
+    uint32_t s = 0, max_age = opts ? opts->max_age_ms : 0;
+    uint64_t epoch;
+    int r;
 
     if (!res)
         res = &scratch;
@@ -830,15 +846,22 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
             if (!max_age || !is_aged(sl, max_age))
                 return 0;
         }
-    } else if ((r = wl__slot_find(seg, key, 1, &sl)) < 0) {
-        if (r == -ENOSPC)
-            wl__fmt(res->error, sizeof(res->error), "all %u slots of segment %s are in use; "
-                    "recreate it with more slots or use fewer keys", seg->nslots, seg->name);
-        else
-            wl__fmt(res->error, sizeof(res->error), "cannot allocate a slot in %s: %s",
-                    seg->name, strerror(-r));
+    } else if ((r = find_or_allocate(seg, key, &sl, res)) < 0) {
         return r;
     }
+    return ensure_slow(seg, sl, key, warm, arg, opts, s, res);
+}
+
+/* The slow path: res->epoch is set when the slot was READY at word s but aged. */
+static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *key,
+                       wl_warm_fn warm, void *arg, const struct wl_wait_opts *opts,
+                       uint32_t s, struct wl_result *res)
+{
+    struct wl__token *tok = NULL;
+    struct call k;
+    uint32_t timeout_ms;
+    uint64_t t0, epoch;
+    int r, counted = 0;
 
     timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     t0 = wl__now_ns();
@@ -1004,6 +1027,96 @@ WL_EXPORT int wl_invalidate(struct wl_segment *seg, const char *key, uint64_t ep
     atomic_fetch_add_explicit(&sl->invalidations, 1, memory_order_relaxed);
     wl__futex_wake_all(&sl->state);
     return 1;
+}
+
+/* ---- prepared keys ---- */
+
+struct wl_key {
+    struct wl_segment *seg;
+    struct wl__slot *sl;
+    uint32_t ready_word; /* the READY state word last seen, UINT32_MAX none */
+    uint64_t epoch;      /* its epoch */
+    char key[];
+};
+
+WL_EXPORT int wl_key_open(struct wl_segment *seg, const char *key, struct wl_key **out)
+{
+    struct wl_result res;
+    struct wl_key *k;
+    size_t len;
+    int r;
+
+    if (!seg || !key || !*key || !out)
+        return -EINVAL;
+    len = strlen(key);
+    if (!(k = calloc(1, sizeof(*k) + len + 1)))
+        return -ENOMEM;
+    if ((r = find_or_allocate(seg, key, &k->sl, &res)) < 0) {
+        free(k);
+        return r;
+    }
+    k->seg = seg;
+    k->ready_word = UINT32_MAX; /* state 7: no real word matches it */
+    memcpy(k->key, key, len + 1);
+    *out = k;
+    return 0;
+}
+
+WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
+                            const struct wl_wait_opts *opts, struct wl_result *res)
+{
+    struct wl_result scratch;
+    uint32_t s;
+    uint64_t epoch;
+    int r;
+
+    if (!k)
+        return -EINVAL;
+    /* The ready path: one atomic load. The state word changes on every transition, so
+     * the READY word we saw last still means the epoch we read with it. acquire: pairs
+     * with the leader's release store of READY. */
+    s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
+    if (s == k->ready_word && (!opts || !opts->max_age_ms || !is_aged(k->sl, opts->max_age_ms))) {
+        if (res) {
+            res->role = WL_FOLLOWER;
+            res->epoch = k->epoch;
+            res->waited_ns = 0;
+            res->attempts = 0;
+            res->sqlstate[0] = res->error[0] = '\0';
+        }
+        return 0;
+    }
+    if (!res)
+        res = &scratch;
+    result_init(res);
+    if (ready_epoch(k->sl, s, &epoch)) {
+        k->ready_word = s;
+        k->epoch = epoch;
+        res->epoch = epoch;
+        if (!opts || !opts->max_age_ms || !is_aged(k->sl, opts->max_age_ms))
+            return 0;
+    }
+    r = ensure_slow(k->seg, k->sl, k->key, warm, arg, opts, s, res);
+    if (r == 0) {
+        s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
+        if (ready_epoch(k->sl, s, &epoch) && epoch == res->epoch) {
+            k->ready_word = s;
+            k->epoch = epoch;
+        }
+    }
+    return r;
+}
+
+WL_EXPORT int wl_key_invalidate(struct wl_key *k, uint64_t epoch)
+{
+    if (!k)
+        return -EINVAL;
+    return wl_invalidate(k->seg, k->key, epoch);
+}
+
+WL_EXPORT void wl_key_close(struct wl_key *k)
+{
+    free(k);
 }
 
 WL_EXPORT int wl_reset(struct wl_segment *seg, int force)

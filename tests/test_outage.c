@@ -464,6 +464,37 @@ static void test_threads_share_a_handle(void **state)
     wl_close(seg);
 }
 
+/* A prepared key: the same single-flight; its ready path follows invalidations. */
+static void test_prepared_key(void **state)
+{
+    struct wl_segment *seg;
+    struct wl_key *k;
+    struct wl_result res;
+    (void)state;
+    S->gate = 1;
+    assert_int_equal(wl_open(S->seg, NULL, &seg), 0);
+    assert_int_equal(wl_key_open(seg, "db", &k), 0);
+    assert_int_equal(wl_key_ensure(k, warm, S, NULL, &res), 0); /* a cold slot: warms */
+    assert_int_equal(res.role, WL_LEADER);
+    assert_int_equal(res.epoch, 1);
+    assert_int_equal(atomic_load(&S->calls), 1);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(wl_key_ensure(k, warm, S, NULL, &res), 0);
+        assert_int_equal(res.epoch, 1);
+        assert_int_equal(res.role, WL_FOLLOWER);
+    }
+    assert_int_equal(wl_key_invalidate(k, 1), 1);
+    assert_int_equal(wl_key_ensure(k, warm, S, NULL, &res), 0);
+    assert_int_equal(res.epoch, 2);
+    assert_int_equal(atomic_load(&S->calls), 2);
+    /* Another process's invalidation is seen too. */
+    assert_int_equal(wl_invalidate(seg, "db", 2), 1);
+    assert_int_equal(wl_key_ensure(k, warm, S, NULL, NULL), 0);
+    assert_int_equal(atomic_load(&S->calls), 3);
+    wl_key_close(k);
+    wl_close(seg);
+}
+
 /* libpq, no coordinator: 16 callers during an outage and 16 right after the server is
  * back all return 0; the first 16 are released soon after the server's ready time. */
 static void test_pg_outage_without_coordinator(void **state)
@@ -652,6 +683,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_forced_reset_of_a_stopped_leader, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_threads_share_a_handle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prepared_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pg_outage_without_coordinator, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pg_fail_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pg_max_age, setup, teardown),
