@@ -60,6 +60,7 @@ static void forget_mappings(void)
         struct wl__map *m = registry;
         registry = m->next;
         munmap(m->hdr, m->size);
+        close(m->fd);
         free(m);
     }
 }

@@ -69,9 +69,12 @@ struct wl_open_opts {
 /* Open the segment `name` (NULL: $WARMLOCK_SHM, then "/warmlock.<uid>"), creating and
  * initialising it if it does not exist. Race-free with any number of concurrent openers.
  * May block briefly (bounded by init_timeout_ms, 5 s) while another process initialises the segment.
- * Errors: -EINVAL bad name or options, -EPROTO incompatible segment, -EPERM owned by
- * another user or unsafe mode, -ETIMEDOUT initialisation by another process never finished,
- * others from shm_open/mmap. The reason is in wl_last_error(). */
+ * Errors: -EINVAL bad name or options, -EPROTO not a warmlock segment or incompatible (a
+ * non-empty object is never written unless it is a valid segment), -EPERM owned by another
+ * user, unsafe mode, or not a regular object (FIFO, directory, symlink: never blocks on
+ * one), -ENOENT with WL_OPEN_EXISTING when there is none (or only an empty one),
+ * -ETIMEDOUT initialisation by another process never finished, others from shm_open/mmap.
+ * The reason is in wl_last_error(). */
 WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
                       struct wl_segment **out);
 /* Release the handle. The mapping stays for the life of the process (see Caveats). */
@@ -79,6 +82,10 @@ WL_EXPORT void wl_close(struct wl_segment *seg);
 /* Remove the segment's name (NULL: the default name). Processes that have it open keep
  * using it; the next wl_open() creates a new one. -ENOENT if there is none. */
 WL_EXPORT int wl_unlink(const char *name);
+/* Like wl_unlink(), but only while no process has the segment open (each process that
+ * opened it holds a shared flock(2) on the object until it exits): -EBUSY while one does.
+ * Also removes what is not a usable segment (-EPROTO, a FIFO, a symlink). Never blocks. */
+WL_EXPORT int wl_unlink_unused(const char *name);
 /* Does the handle's name still resolve to the object it mapped? 0 yes, -ENOENT the name
  * is gone (e.g. RemoveIPC), -ESTALE it now names another object. Makes two syscalls. */
 WL_EXPORT int wl_check(struct wl_segment *seg);

@@ -127,6 +127,7 @@ struct wl__map {
     dev_t dev;
     ino_t ino;
     size_t size;
+    int fd; /* kept open: it holds the LOCK_SH that marks the segment in use */
     struct wl__header *hdr;
     struct wl__slot *slots;
 };

@@ -4,8 +4,15 @@
  *
  * Initialisation is race-free without a designated creator: whoever holds flock(LOCK_EX) on
  * an object whose magic is not yet written initialises it, and writes the magic last. The
- * kernel drops a flock when its holder dies, so a creator killed half-way leaves an object
- * that the next opener finishes initialising instead of one that wedges everyone.
+ * kernel drops a flock when its holder dies. A creator sizes the object in one ftruncate
+ * before it writes, so an empty object is one whose creator died before sizing it, and the
+ * next opener finishes it; anything else without the magic (a short object holding data, a
+ * full-size one never given its magic) is not a warmlock segment and is never written.
+ *
+ * Every process that maps a segment keeps a shared flock on it until it exits, so
+ * wl_unlink_unused() can tell whether anyone still uses a segment before it removes it.
+ * Every open of an existing object is O_NONBLOCK: a FIFO or a device planted at the name
+ * (/dev/shm is world-writable) is refused by type instead of blocking the opener.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +27,9 @@
 #include "internal.h"
 
 #define INIT_WAIT_MS 5000u /* default bound on waiting for another initialiser */
+
+/* The one way to get rid of an object that is not a usable segment; "%s" is its name. */
+#define REMOVE_HINT "remove it with: warmlock unlink --shm %s"
 
 /* Mappings of this process, never unmapped (see warmlock.h, Caveats). */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -125,16 +135,23 @@ static size_t layout_size(uint32_t nslots)
     return sizeof(struct wl__header) + (size_t)nslots * sizeof(struct wl__slot);
 }
 
+static const char *type_name(mode_t m)
+{
+    return S_ISFIFO(m) ? "a FIFO" : S_ISDIR(m) ? "a directory" : S_ISCHR(m) ? "a character device"
+         : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : S_ISLNK(m) ? "a symbolic link"
+         : "not a regular file";
+}
+
 /* Is the object safe to use? Regular, ours (or a group we are in, when the object is
  * group-shared), not writable by others. */
 static int check_owner(const char *name, const struct stat *st)
 {
     if (!S_ISREG(st->st_mode))
-        return wl__set_error(-EPERM, "segment %s is not a regular shared-memory object; "
-                                     "remove it with: rm /dev/shm%s", name, name);
+        return wl__set_error(-EPERM, "segment %s is not a regular shared-memory object "
+                                     "(%s); " REMOVE_HINT, name, type_name(st->st_mode), name);
     if (st->st_mode & S_IWOTH)
         return wl__set_error(-EPERM, "segment %s is world-writable (mode %04o), so any user "
-                                     "could steer it; remove it with: rm /dev/shm%s",
+                                     "could steer it; " REMOVE_HINT,
                              name, (unsigned)(st->st_mode & 07777), name);
     if (st->st_uid != geteuid()) {
         int shared = (st->st_mode & S_IWGRP) && (st->st_gid == getegid() ||
@@ -180,8 +197,7 @@ static int check_header(const char *name, const struct wl__header *h, size_t siz
     }
     if (what)
         return wl__set_error(-EPROTO, "segment %s is incompatible: %s; if no process uses "
-                                      "it, remove it with: warmlock reset --shm %s (or rm "
-                                      "/dev/shm%s)", name, what, name, name);
+                                      "it, " REMOVE_HINT, name, what, name);
     return 0;
 }
 
@@ -191,7 +207,7 @@ static int check_mapped(const char *name, const struct wl__header *h, size_t siz
     int r = check_header(name, h, size);
     if (r == 0 && want_slots && h->nslots != want_slots)
         r = wl__set_error(-EPROTO, "segment %s has %u slots, %u were asked for; open it with "
-                                   "slots=0, or remove it with: warmlock reset --shm %s",
+                                   "slots=0, or if no process uses it, " REMOVE_HINT,
                           name, h->nslots, want_slots, name);
     return r;
 }
@@ -248,27 +264,32 @@ static int map_fd(int fd, size_t size, void **out)
     return 0;
 }
 
-/* Are the first size (< a header) bytes of fd all zero? An unreadable object counts as
- * not zero (refused rather than overwritten). */
-static int all_zero(int fd, size_t size)
+/* Wait for a flock that another process holds briefly (an initialiser, an unlinker): one
+ * pause of a growing backoff, or -ETIMEDOUT past the deadline. */
+static int pause_until(uint64_t deadline, uint64_t *pause_ns)
 {
-    unsigned char b[sizeof(struct wl__header)];
-    size_t i;
+    if (wl__now_ns() >= deadline)
+        return -ETIMEDOUT;
+    wl__backoff_pause(*pause_ns);
+    if (*pause_ns < 5000000)
+        *pause_ns *= 2;
+    return 0;
+}
 
-    if (size > sizeof(b) || pread(fd, b, size, 0) != (ssize_t)size)
-        return 0;
-    for (i = 0; i < size; i++)
-        if (b[i])
-            return 0;
-    return 1;
+static int not_a_segment(const char *name, off_t size, const char *why)
+{
+    return wl__set_error(-EPROTO, "%s is not a warmlock segment (%lld bytes, %s); " REMOVE_HINT,
+                         name, (long long)size, why, name);
 }
 
 /*
- * Bring fd's object to an initialised, validated state and map it. Loops because another
- * process may be initialising it: wait (bounded) for its flock, or take over its job.
+ * Bring fd's object to an initialised, validated state, map it and take the shared flock
+ * that marks it in use. Loops because another process may be initialising it: wait
+ * (bounded) for its flock, or finish an empty object whose creator died. `existing`: never
+ * initialise (an empty object is then -ENOENT).
  */
 static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mode,
-                       uint32_t wait_ms, struct wl__map **out)
+                       uint32_t wait_ms, int existing, struct wl__map **out)
 {
     uint64_t deadline = wl__now_ns() + (uint64_t)wait_ms * 1000000u, pause_ns = 50000;
     uint32_t nslots = want_slots ? want_slots : WL_DEFAULT_SLOTS;
@@ -278,7 +299,6 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
 
     for (;;) {
         struct wl__header *h;
-        int locked = 0;
 
         if (fstat(fd, &st) < 0)
             return wl__set_error(-errno, "cannot stat segment %s: %s", name, strerror(errno));
@@ -291,7 +311,13 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
         if (*out) /* mapped already (it stays mapped): validate it as it is now */
             return check_mapped(name, (*out)->hdr, (size_t)st.st_size, want_slots);
 
-        if ((size_t)st.st_size >= sizeof(struct wl__header)) {
+        if (st.st_size > 0 && (size_t)st.st_size < sizeof(struct wl__header))
+            /* An initialiser sets the full size in one ftruncate before it writes, so a
+             * shorter object that is not empty is someone else's (or a truncated segment
+             * that others may still map): never write to it. */
+            return not_a_segment(name, st.st_size, "shorter than a segment header");
+
+        if (st.st_size > 0) {
             if ((r = map_fd(fd, (size_t)st.st_size, &p)) < 0)
                 return wl__set_error(r, "cannot map segment %s: %s", name, strerror(-r));
             h = p;
@@ -302,30 +328,36 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
                     munmap(p, (size_t)st.st_size); /* never locked through: safe */
                     return r;
                 }
-                break; /* validated; keep the mapping p */
+                /* In use from now on. LOCK_EX is held only for moments (an initialiser
+                 * that just published, an unlinker deciding): wait for it. */
+                if (flock(fd, LOCK_SH | LOCK_NB) == 0)
+                    break; /* validated; keep the mapping p */
+                r = errno == EWOULDBLOCK ? pause_until(deadline, &pause_ns) : -errno;
+                munmap(p, (size_t)st.st_size);
+                if (r == -ETIMEDOUT)
+                    return wl__set_error(r, "segment %s stayed locked by another process for "
+                                            "%u ms", name, wait_ms);
+                if (r < 0)
+                    return wl__set_error(r, "cannot lock segment %s: %s", name, strerror(-r));
+                continue;
             }
             munmap(p, (size_t)st.st_size);
             if (magic != 0)
                 return wl__set_error(-EPROTO, "%s is not a warmlock segment (bad magic "
-                                              "%#llx); remove it with: rm /dev/shm%s", name,
+                                              "%#llx); " REMOVE_HINT, name,
                                      (unsigned long long)magic, name);
         }
 
-        /* Not initialised (too small, or no magic yet). Whoever holds LOCK_EX does it. */
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
-            locked = 1;
-        } else if (errno != EWOULDBLOCK) {
-            return wl__set_error(-errno, "cannot lock segment %s: %s", name, strerror(errno));
-        }
-        if (!locked) {
-            if (wl__now_ns() >= deadline)
+        /* Empty, or sized without the magic yet. A live initialiser holds LOCK_EX. */
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+            if (errno != EWOULDBLOCK)
+                return wl__set_error(-errno, "cannot lock segment %s: %s", name,
+                                     strerror(errno));
+            if (pause_until(deadline, &pause_ns) < 0)
                 return wl__set_error(-ETIMEDOUT, "segment %s is being initialised by a "
                                                  "process that did not finish within %u ms; "
                                                  "if it is stopped, resume or kill it",
                                      name, wait_ms);
-            wl__backoff_pause(pause_ns);
-            if (pause_ns < 5000000)
-                pause_ns *= 2;
             continue;
         }
         /* Holding LOCK_EX: look again, since an initialiser may have finished just now. */
@@ -334,27 +366,30 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
             flock(fd, LOCK_UN);
             return wl__set_error(r, "cannot stat segment %s: %s", name, strerror(-r));
         }
-        if ((size_t)st.st_size >= sizeof(*h)) {
-            if ((r = map_fd(fd, (size_t)st.st_size, &p)) < 0) {
-                flock(fd, LOCK_UN);
-                return wl__set_error(r, "cannot map segment %s: %s", name, strerror(-r));
+        if (st.st_size > 0) {
+            uint64_t magic = 0;
+            if ((size_t)st.st_size >= sizeof(*h)) {
+                if ((r = map_fd(fd, (size_t)st.st_size, &p)) < 0) {
+                    flock(fd, LOCK_UN);
+                    return wl__set_error(r, "cannot map segment %s: %s", name, strerror(-r));
+                }
+                magic = atomic_load_explicit(&((struct wl__header *)p)->magic,
+                                             memory_order_acquire);
+                munmap(p, (size_t)st.st_size);
             }
-            uint64_t magic = atomic_load_explicit(&((struct wl__header *)p)->magic,
-                                                  memory_order_acquire);
-            munmap(p, (size_t)st.st_size);
-            if (magic != 0) {
-                flock(fd, LOCK_UN);
-                continue; /* initialised meanwhile (or foreign): validate from the top */
-            }
-        } else if (st.st_size > 0 && !all_zero(fd, (size_t)st.st_size)) {
-            /* An initialiser sets the full size in one ftruncate before it writes, so a
-             * shorter object holding data is someone else's (or a truncated segment that
-             * others may still map): never overwrite it. Found by fuzz/fuzz_segment.c. */
             flock(fd, LOCK_UN);
-            return wl__set_error(-EPROTO, "%s is not a warmlock segment (%lld bytes, too "
-                                          "small for its header, not empty); remove it "
-                                          "with: rm /dev/shm%s", name,
-                                 (long long)st.st_size, name);
+            if (magic != 0)
+                continue; /* initialised meanwhile (or foreign): validate from the top */
+            /* Sized, no magic, nobody initialising: its creator died half-way, or it is
+             * not ours. Either way, not a segment anyone can use as it is. */
+            return not_a_segment(name, st.st_size, "no magic: its creator died while "
+                                                   "initialising it, or it is not ours");
+        }
+        if (existing) {
+            flock(fd, LOCK_UN);
+            return wl__set_error(-ENOENT, "segment %s is empty (its creator died before "
+                                          "initialising it); the next process that opens it "
+                                          "to use it finishes it", name);
         }
         /* shm_open applied the umask: set the mode we were asked for. */
         if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)layout_size(nslots)) < 0) {
@@ -371,7 +406,7 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
         flock(fd, LOCK_UN);
     }
 
-    /* Validated and mapped at p. */
+    /* Validated and mapped at p, LOCK_SH held through fd. */
     {
         struct wl__map *m = calloc(1, sizeof(*m));
         if (!m) {
@@ -381,6 +416,7 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
         m->dev = st.st_dev;
         m->ino = st.st_ino;
         m->size = (size_t)st.st_size;
+        m->fd = fd;
         m->hdr = p;
         m->slots = (struct wl__slot *)(m->hdr + 1);
         pthread_mutex_lock(&registry_lock);
@@ -400,21 +436,54 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
     return 0;
 }
 
+/* Turn a failed shm_open of an existing name into the library's code and message. */
+static int open_error(const char *nm, int e, int existing)
+{
+    char path[WL_NAME_MAX + 16];
+    struct stat st;
+
+    /* glibc's shm_open reports a directory at the name as EINVAL (the name itself passed
+     * resolve_name already). */
+    snprintf(path, sizeof(path), "/dev/shm%s", nm);
+    if (e == EINVAL && lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        e = EISDIR;
+    if (e == ENOENT)
+        return wl__set_error(-ENOENT, "segment %s does not exist%s", nm,
+                             existing ? " (nothing has used warmlock under this name yet, "
+                                        "or it was removed)" : "");
+    if (e == ELOOP)
+        return wl__set_error(-EPERM, "segment %s is a symbolic link; refusing to follow it; "
+                                     REMOVE_HINT, nm, nm);
+    if (e == EISDIR || e == ENXIO || e == ENODEV || e == ETXTBSY)
+        return wl__set_error(-EPERM, "segment %s is not a regular shared-memory object "
+                                     "(%s); " REMOVE_HINT, nm,
+                             e == EISDIR ? "a directory" : "a socket or device", nm);
+    if (e == EACCES)
+        return wl__set_error(-EPERM, "segment %s exists and is not accessible to uid %u; "
+                                     "use another name (--shm, $WARMLOCK_SHM)", nm,
+                             (unsigned)geteuid());
+    return wl__set_error(-e, "cannot open segment %s: %s", nm, strerror(e));
+}
+
 WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
                       struct wl_segment **out)
 {
     char nm[WL_NAME_MAX + 1];
     mode_t mode = opts && opts->mode ? opts->mode : 0600;
     unsigned slots = opts ? opts->slots : 0;
+    int existing = opts && (opts->flags & WL_OPEN_EXISTING);
     struct wl_segment *seg;
     struct wl__map *map = NULL;
-    int fd, r;
+    int fd = -1, r, tries;
 
     if (!out)
         return wl__set_error(-EINVAL, "wl_open: out is NULL");
     *out = NULL;
     if ((r = resolve_name(name, nm, sizeof(nm))) < 0)
         return r;
+    if (opts && (opts->flags & ~WL_OPEN_EXISTING))
+        return wl__set_error(-EINVAL, "unknown wl_open_opts.flags %#x",
+                             opts->flags & ~WL_OPEN_EXISTING);
     if (mode & ~0777u)
         return wl__set_error(-EINVAL, "mode %04o has bits beyond 0777; use e.g. 0600 or 0660",
                              (unsigned)mode);
@@ -428,24 +497,26 @@ WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
         return wl__set_error(-EINVAL, "%u slots asked for; at most %d", slots, WL_MAX_SLOTS);
 
     /* glibc's shm_open adds O_NOFOLLOW and O_CLOEXEC: a symlink in the name's place fails
-     * with ELOOP instead of being followed. */
-    fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL, mode);
-    if (fd < 0 && errno == EEXIST)
-        fd = shm_open(nm, O_RDWR, 0);
-    if (fd < 0) {
-        r = -errno;
-        if (r == -ELOOP)
-            return wl__set_error(-EPERM, "segment %s is a symbolic link; refusing to follow "
-                                         "it; remove it with: rm /dev/shm%s", nm, nm);
-        if (r == -EACCES)
-            return wl__set_error(-EPERM, "segment %s exists and is not accessible to uid %u; "
-                                         "use another name (--shm, $WARMLOCK_SHM)", nm,
-                                 (unsigned)geteuid());
-        return wl__set_error(r, "cannot open segment %s: %s", nm, strerror(-r));
+     * with ELOOP instead of being followed. O_NONBLOCK: opening a FIFO planted at the name
+     * returns at once (and fstat then refuses it) instead of waiting for a writer. The name
+     * can vanish between a failed create and the open: try again a few times. */
+    for (tries = 0; fd < 0 && tries < 8; tries++) {
+        if (!existing) {
+            fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL | O_NONBLOCK, mode);
+            if (fd >= 0 || errno != EEXIST)
+                break;
+        }
+        fd = shm_open(nm, O_RDWR | O_NONBLOCK, 0);
+        if (fd >= 0 || errno != ENOENT || existing)
+            break;
     }
+    if (fd < 0)
+        return open_error(nm, errno, existing);
     r = open_object(nm, fd, slots, mode,
-                    opts && opts->init_timeout_ms ? opts->init_timeout_ms : INIT_WAIT_MS, &map);
-    close(fd);
+                    opts && opts->init_timeout_ms ? opts->init_timeout_ms : INIT_WAIT_MS,
+                    existing, &map);
+    if (r < 0 || map->fd != fd)
+        close(fd); /* a mapping made earlier keeps its own descriptor (and flock) */
     if (r < 0)
         return r;
 
@@ -479,9 +550,45 @@ WL_EXPORT int wl_unlink(const char *name)
         r = -errno;
         if (r == -ENOENT)
             return wl__set_error(r, "segment %s does not exist", nm);
+        if (r == -EISDIR || r == -EPERM)
+            return wl__set_error(r, "cannot remove segment %s: %s (it is a directory: "
+                                    "rmdir /dev/shm%s)", nm, strerror(-r), nm);
         return wl__set_error(r, "cannot remove segment %s: %s", nm, strerror(-r));
     }
     return 0;
+}
+
+WL_EXPORT int wl_unlink_unused(const char *name)
+{
+    char nm[WL_NAME_MAX + 1];
+    struct stat st;
+    int fd, r;
+
+    if ((r = resolve_name(name, nm, sizeof(nm))) < 0)
+        return r;
+    /* Every process that maps the segment holds LOCK_SH on it until it exits. Hold LOCK_EX
+     * across the unlink, so that nobody starts using it in between. */
+    fd = shm_open(nm, O_RDONLY | O_NONBLOCK, 0);
+    if (fd < 0 && errno != ELOOP && errno != EINVAL && errno != ENXIO && errno != ENODEV) {
+        if (errno == ENOENT)
+            return wl__set_error(-ENOENT, "segment %s does not exist", nm);
+        return wl__set_error(-errno, "cannot open segment %s: %s", nm, strerror(errno));
+    }
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        r = errno;
+        close(fd);
+        if (r == EWOULDBLOCK)
+            return wl__set_error(-EBUSY, "segment %s is in use: a running process has it "
+                                         "open; stop it first, or force the removal (the "
+                                         "processes keep their copy, later ones get a new "
+                                         "segment)", nm);
+        return wl__set_error(-r, "cannot lock segment %s: %s", nm, strerror(r));
+    }
+    r = wl_unlink(nm);
+    if (fd >= 0)
+        close(fd);
+    return r;
 }
 
 WL_EXPORT const char *wl_name(const struct wl_segment *seg)
@@ -492,7 +599,8 @@ WL_EXPORT const char *wl_name(const struct wl_segment *seg)
 WL_EXPORT int wl_check(struct wl_segment *seg)
 {
     struct stat st;
-    int fd = shm_open(seg->name, O_RDONLY, 0), r;
+    /* O_NONBLOCK: a FIFO planted at the name must not stop the caller (it is -ESTALE). */
+    int fd = shm_open(seg->name, O_RDONLY | O_NONBLOCK, 0), r;
 
     if (fd < 0)
         return errno == ENOENT ? -ENOENT : -errno;
@@ -500,5 +608,6 @@ WL_EXPORT int wl_check(struct wl_segment *seg)
     close(fd);
     if (r < 0)
         return r;
-    return st.st_dev == seg->map->dev && st.st_ino == seg->map->ino ? 0 : -ESTALE;
+    return S_ISREG(st.st_mode) && st.st_dev == seg->map->dev && st.st_ino == seg->map->ino
+               ? 0 : -ESTALE;
 }

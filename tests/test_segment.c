@@ -14,6 +14,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lib/internal.h"
@@ -211,21 +212,33 @@ static int dying_creator(void *arg, int idx)
     return 3;
 }
 
-static void test_open_survives_creator_killed_mid_init(void **state)
+static void expect_refused_untouched(int want, const char *needle);
+static void expect_open_existing(int want, const char *needle);
+
+/* A creator killed before sizing the object leaves it empty: the next opener finishes it
+ * (but a read-only opener, WL_OPEN_EXISTING, leaves it empty and says so). One killed after
+ * sizing it leaves an object without the magic: nobody can tell it from someone else's, so
+ * it is refused and left as it is. */
+static void test_open_finishes_only_an_empty_object(void **state)
 {
     (void)state;
-    for (int variant = 0; variant < 2; variant++) { /* 0 bytes, and a partial size */
-        pid_t p = wlt_spawn(dying_creator, NULL, variant);
-        assert_int_equal(wlt_wait(p, 5000), 128 + SIGKILL);
-        uint64_t t0 = wlt_now_ns();
-        expect_open(0, NULL);
-        assert_true(wlt_now_ns() - t0 < 1000000000ull);
-        struct wl_segment *seg;
-        assert_int_equal(wl_open(name, NULL, &seg), 0);
-        assert_int_equal(wl_ensure(seg, "k", NULL, NULL, NULL, NULL), 0);
-        wl_close(seg);
-        shm_unlink(name);
-    }
+    pid_t p = wlt_spawn(dying_creator, NULL, 0);
+    assert_int_equal(wlt_wait(p, 5000), 128 + SIGKILL);
+    expect_refused_untouched(-ENOENT, "empty");
+    expect_open_existing(-ENOENT, "empty");
+    uint64_t t0 = wlt_now_ns();
+    expect_open(0, NULL);
+    assert_true(wlt_now_ns() - t0 < 1000000000ull);
+    struct wl_segment *seg;
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    assert_int_equal(wl_ensure(seg, "k", NULL, NULL, NULL, NULL), 0);
+    wl_close(seg);
+    shm_unlink(name);
+
+    p = wlt_spawn(dying_creator, NULL, 1); /* sized to 4096 bytes, then killed */
+    assert_int_equal(wlt_wait(p, 5000), 128 + SIGKILL);
+    expect_refused_untouched(-EPROTO, "not a warmlock segment");
+    expect_open(-EPROTO, "warmlock unlink --shm");
 }
 
 static void test_open_times_out_on_hung_initialiser(void **state)
@@ -263,12 +276,31 @@ static void make_object(const void *data, size_t len, mode_t mode)
     close(fd);
 }
 
+static void expect_open_existing(int want, const char *needle)
+{
+    struct wl_segment *seg = NULL;
+    struct wl_open_opts o = {.flags = WL_OPEN_EXISTING};
+    int r = wl_open(name, &o, &seg);
+    if (r != want)
+        fail_msg("wl_open(%s, EXISTING) = %d (%s), expected %d", name, r, wl_last_error(),
+                 want);
+    if (needle && !strstr(wl_last_error(), needle))
+        fail_msg("message '%s' lacks '%s'", wl_last_error(), needle);
+    if (seg)
+        wl_close(seg);
+}
+
+/* Refused by a read-only opener (WL_OPEN_EXISTING) with `want`, and by a plain one with
+ * `want` too (-EPROTO, -EPERM) or by initialising it (want -ENOENT: an empty object, which
+ * this only checks with the read-only opener). Nothing is written either way. */
 static void expect_refused_untouched(int want, const char *needle)
 {
-    unsigned char before[65536], after[65536];
+    static unsigned char before[1 << 17], after[1 << 17];
     size_t n1, n2;
     read_object(before, sizeof(before), &n1);
-    expect_open(want, needle);
+    expect_open_existing(want, needle);
+    if (want != -ENOENT)
+        expect_open(want, needle);
     read_object(after, sizeof(after), &n2);
     assert_int_equal(n1, n2);
     assert_memory_equal(before, after, n1);
@@ -282,7 +314,143 @@ static void test_open_refuses_bad_magic(void **state)
         junk[i] = (unsigned char)(i * 131 + 7);
     make_object(junk, sizeof(junk), 0600);
     expect_refused_untouched(-EPROTO, "not a warmlock segment");
-    expect_open(-EPROTO, "rm /dev/shm");
+    expect_open(-EPROTO, "warmlock unlink --shm");
+}
+
+/* A 10-byte object of zeros is not a segment: nobody re-initialises it, not even a reader. */
+static void test_open_leaves_short_zero_object_untouched(void **state)
+{
+    unsigned char z[10] = {0};
+    (void)state;
+    make_object(z, sizeof(z), 0600);
+    expect_refused_untouched(-EPROTO, "not a warmlock segment");
+    expect_open(-EPROTO, "shorter than a segment header");
+}
+
+/* Full-size (exactly what a default segment needs) but without the magic: refused. */
+static void test_open_refuses_full_size_object_without_magic(void **state)
+{
+    struct wl_segment *seg;
+    (void)state;
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    size_t size = seg->map->size;
+    wl_close(seg);
+    shm_unlink(name);
+    unsigned char *z = calloc(1, size);
+    assert_non_null(z);
+    make_object(z, size, 0600);
+    free(z);
+    expect_refused_untouched(-EPROTO, "no magic");
+}
+
+static void test_open_existing_never_creates(void **state)
+{
+    struct stat st;
+    char path[128];
+    (void)state;
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    expect_open_existing(-ENOENT, "does not exist");
+    assert_int_equal(stat(path, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    expect_open(0, NULL);
+    expect_open_existing(0, NULL);
+}
+
+/* A FIFO (or a directory) planted at the name: every open, wl_check included, returns at
+ * once; opens say it is not a regular object. Run in a child, so that a blocking open
+ * shows as a timeout rather than a hung suite. */
+static int fifo_child(void *arg, int idx)
+{
+    struct wl_segment *seg;
+    struct wl_open_opts o = {.flags = WL_OPEN_EXISTING};
+    (void)arg;
+    if (idx == 0) { /* opened through the default name ($WARMLOCK_SHM) */
+        setenv("WARMLOCK_SHM", name, 1);
+        if (wl_open(NULL, NULL, &seg) != -EPERM)
+            return 1;
+    } else if (wl_open(name, &o, &seg) != -EPERM) {
+        return 2;
+    }
+    if (!strstr(wl_last_error(), "not a regular shared-memory object"))
+        return 3;
+    return 0;
+}
+
+static int check_child(void *arg, int idx)
+{
+    struct wl_segment *seg = arg;
+    (void)idx;
+    return wl_check(seg) == -ESTALE ? 0 : 1;
+}
+
+static void test_open_and_check_refuse_a_fifo_without_blocking(void **state)
+{
+    struct wl_segment *seg;
+    char path[128];
+    (void)state;
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    assert_int_equal(wl_unlink(name), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(wlt_wait(wlt_spawn(fifo_child, NULL, i), 5000), 0);
+    assert_int_equal(wlt_wait(wlt_spawn(check_child, seg, 0), 5000), 0);
+    wl_close(seg);
+    unlink(path);
+    assert_int_equal(mkdir(path, 0700), 0);
+    expect_open(-EPERM, "not a regular shared-memory object (a directory)");
+    expect_open_existing(-EPERM, "not a regular shared-memory object (a directory)");
+    rmdir(path);
+}
+
+/* The bad name is named. */
+static void test_open_names_the_bad_name(void **state)
+{
+    struct wl_segment *seg;
+    (void)state;
+    assert_int_equal(wl_open("noslash", NULL, &seg), -EINVAL);
+    assert_non_null(strstr(wl_last_error(), "'noslash'"));
+}
+
+/* wl_unlink_unused refuses while another process has the segment open, and removes a
+ * broken object that nobody can open. */
+static int holder_child(void *arg, int idx)
+{
+    struct wl_segment *seg;
+    (void)arg;
+    (void)idx;
+    if (wl_open(name, NULL, &seg) != 0)
+        return 1;
+    raise(SIGSTOP);
+    return 0;
+}
+
+static void test_unlink_unused_refuses_while_a_process_has_it(void **state)
+{
+    struct stat st;
+    char path[128];
+    int status;
+    (void)state;
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    pid_t p = wlt_spawn(holder_child, NULL, 0);
+    assert_int_equal(waitpid(p, &status, WUNTRACED), p);
+    assert_true(WIFSTOPPED(status));
+    assert_int_equal(wl_unlink_unused(name), -EBUSY);
+    assert_non_null(strstr(wl_last_error(), "in use"));
+    assert_int_equal(stat(path, &st), 0);
+    kill(p, SIGKILL);
+    assert_int_equal(wlt_wait(p, 5000), 128 + SIGKILL);
+    assert_int_equal(wl_unlink_unused(name), 0); /* its death dropped the lock */
+    assert_int_equal(wl_unlink_unused(name), -ENOENT);
+
+    unsigned char junk[300];
+    memset(junk, 0x5a, sizeof(junk));
+    make_object(junk, sizeof(junk), 0600);
+    expect_open(-EPROTO, "warmlock unlink");
+    assert_int_equal(wl_unlink_unused(name), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(wl_unlink_unused(name), 0);
+    assert_int_equal(stat(path, &st), -1);
 }
 
 static void tamper(size_t off, const void *val, size_t len)
@@ -312,7 +480,7 @@ static void test_open_refuses_other_version(void **state)
         struct wl_segment *seg;
         int r = wl_open(name, NULL, &seg);
         _exit(r == -EPROTO && strstr(wl_last_error(), "layout version") &&
-              strstr(wl_last_error(), "warmlock reset") ? 0 : 1);
+              strstr(wl_last_error(), "warmlock unlink --shm") ? 0 : 1);
     }
     assert_int_equal(wlt_wait(p, 5000), 0);
 }
@@ -447,7 +615,13 @@ int main(void)
         T(test_open_mode_ignores_umask),
         T(test_open_records_layout_in_header),
         T(test_open_race_free_with_200_processes),
-        T(test_open_survives_creator_killed_mid_init),
+        T(test_open_finishes_only_an_empty_object),
+        T(test_open_leaves_short_zero_object_untouched),
+        T(test_open_refuses_full_size_object_without_magic),
+        T(test_open_existing_never_creates),
+        T(test_open_and_check_refuse_a_fifo_without_blocking),
+        T(test_open_names_the_bad_name),
+        T(test_unlink_unused_refuses_while_a_process_has_it),
         T(test_open_times_out_on_hung_initialiser),
         T(test_open_refuses_bad_magic),
         T(test_open_refuses_other_version),
