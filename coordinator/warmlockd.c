@@ -34,6 +34,7 @@
 #include "warmlock/pg.h"
 /* after pg.h: internal.h declares the engine's internals over its types */
 #include "lib/internal.h"
+#include "common.h"
 
 #define EXIT_USAGE 2
 #define MS 1000000ull
@@ -129,7 +130,7 @@ static const char *tkey(const struct target *t)
 {
     return t ? t->key : NULL;
 }
-#define LOG(level, t, msg, ...) wl__logfmt(stderr, level, tkey(t), msg, __VA_ARGS__)
+#define LOG(level, t, msg, ...) wlc_logfmt(stderr, level, tkey(t), msg, __VA_ARGS__)
 
 static const char *num(char *buf, size_t len, uint64_t v)
 {
@@ -140,7 +141,7 @@ static const char *num(char *buf, size_t len, uint64_t v)
 static const char *one(char *buf, size_t len, const char *s)
 {
     wl__copy(buf, len, s);
-    return wl__oneline(buf);
+    return wlc_oneline(buf);
 }
 
 /* ---- options ---- */
@@ -201,11 +202,11 @@ static int parse(int argc, char **argv)
         } else if (!strcmp(a, "--warm-sql")) {
             D.warm_sql_path = val;
         } else if (!strcmp(a, "--interval")) {
-            if (wl__parse_seconds(val, 100, 86400u * 1000u, &D.interval_ms) < 0)
+            if (wlc_parse_seconds(val, 100, 86400u * 1000u, &D.interval_ms) < 0)
                 return usage_error("bad --interval '%s': want seconds between 0.1 and 86400",
                                    val);
         } else if (!strcmp(a, "--warm-timeout")) {
-            if (wl__parse_seconds(val, 100, 86400u * 1000u, &D.warm_timeout_ms) < 0)
+            if (wlc_parse_seconds(val, 100, 86400u * 1000u, &D.warm_timeout_ms) < 0)
                 return usage_error("bad --warm-timeout '%s': want seconds between 0.1 and "
                                    "86400", val);
         } else if (!strcmp(a, "--shm")) {
@@ -213,12 +214,12 @@ static int parse(int argc, char **argv)
                 return usage_error("--shm needs a name%s", "");
             D.shm = val;
         } else if (!strcmp(a, "--mode")) {
-            if (wl__parse_mode(val, &D.mode) < 0)
+            if (wlc_parse_mode(val, &D.mode) < 0)
                 return usage_error("bad --mode '%s': want octal permission bits like 0660",
                                    val);
         } else if (!strcmp(a, "--notify-fd")) {
             unsigned long fd;
-            if (wl__parse_uint(val, 65535, &fd) < 0 || fd < 3)
+            if (wlc_parse_uint(val, 65535, &fd) < 0 || fd < 3)
                 return usage_error("bad --notify-fd '%s': want an open descriptor >= 3", val);
             if (fcntl((int)fd, F_GETFD) < 0)
                 return usage_error("--notify-fd %s is not an open descriptor", val);
@@ -290,7 +291,7 @@ static int add_target(const char *conninfo, int from_config)
 static int load_warm_sql(void)
 {
     char err[512], *sql = NULL;
-    if (D.warm_sql_path && wl__read_file(D.warm_sql_path, &sql, err, sizeof(err)) < 0) {
+    if (D.warm_sql_path && wlc_read_file(D.warm_sql_path, &sql, err, sizeof(err)) < 0) {
         LOG("error", NULL, "cannot read --warm-sql; keeping the previous one", "error", err,
             NULL);
         return -1;
@@ -306,7 +307,7 @@ static int load_targets(int reload)
     char **lines = NULL, err[512];
     size_t n = 0, i;
 
-    if (D.config && wl__read_targets(D.config, &lines, &n, err, sizeof(err)) < 0) {
+    if (D.config && wlc_read_targets(D.config, &lines, &n, err, sizeof(err)) < 0) {
         LOG("error", NULL, reload ? "cannot read --config; keeping the current targets"
                                   : "cannot read --config", "error", err, NULL);
         return -1;
@@ -317,7 +318,7 @@ static int load_targets(int reload)
         add_target(D.cli_targets[i], 0);
     for (i = 0; i < n; i++)
         add_target(lines[i], 1);
-    wl__free_lines(lines, n);
+    wlc_free_lines(lines, n);
     for (i = 0; i < D.nt; i++) {
         struct target *t = D.t[i];
         if (!t->seen && !t->removed) {
@@ -361,10 +362,10 @@ static void maybe_notify(void)
             return;
     D.notified = 1;
     LOG("info", NULL, "every target is warm", NULL);
-    if ((r = wl__sd_notify("READY=1\nSTATUS=every target is warm")) < 0)
+    if ((r = wlc_sd_notify("READY=1\nSTATUS=every target is warm")) < 0)
         LOG("warn", NULL, "cannot notify $NOTIFY_SOCKET", "error", strerror(-r), NULL);
     if (D.notify_fd >= 0) {
-        if ((r = wl__notify_fd(D.notify_fd)) < 0)
+        if ((r = wlc_notify_fd(D.notify_fd)) < 0)
             LOG("warn", NULL, "cannot write to --notify-fd", "error", strerror(-r), NULL);
         D.notify_fd = -1;
     }
@@ -513,10 +514,10 @@ static void on_notice(void *arg, const PGresult *res)
 static int slot_info(struct target *t, struct wl_slot_info *out)
 {
     struct wl_slot_info *s;
-    int n = wl__snapshot_all(D.seg, &s), i;
+    int n = wlc_snapshot_all(D.seg, &s), i;
     if (n < 0)
         return n;
-    i = wl__find_slot(s, (size_t)n, t->key);
+    i = wlc_find_slot(s, (size_t)n, t->key);
     if (i >= 0)
         *out = s[i];
     free(s);
@@ -720,10 +721,10 @@ static void tick(uint64_t now)
     size_t i;
 
     check_segment();
-    n = wl__snapshot_all(D.seg, &s);
+    n = wlc_snapshot_all(D.seg, &s);
     for (i = 0; i < D.nt; i++) {
         struct target *t = D.t[i];
-        int k = n > 0 ? wl__find_slot(s, (size_t)n, t->key) : -1;
+        int k = n > 0 ? wlc_find_slot(s, (size_t)n, t->key) : -1;
         if (t->removed || t->warming)
             continue;
         if (k < 0 || s[k].state != WL_READY) {
@@ -1022,7 +1023,7 @@ int main(int argc, char **argv)
         start_warm(D.t[i], "start");
     maybe_notify(); /* no targets (an empty --config) is ready at once */
     rc = run();
-    wl__sd_notify("STOPPING=1");
+    wlc_sd_notify("STOPPING=1");
     for (i = 0; i < D.nt; i++)
         close_check(D.t[i]);
     if (drain() > 0) {

@@ -217,6 +217,11 @@ void wl__fmt(char *buf, size_t len, const char *fmt, ...) WL_PRINTF(3, 4);
 /* Set the thread's wl_last_error() message; returns code for tail calls. */
 int wl__set_error(int code, const char *fmt, ...) WL_PRINTF(2, 3);
 void wl__copy(char *dst, size_t len, const char *src); /* strlcpy */
+/* Collapse newlines, tabs and runs of spaces in place, trim the ends; returns s. */
+char *wl__oneline(char *s);
+/* One logfmt line on f: ts, level, target (if not NULL), msg, then (key, value) string
+ * pairs ending with NULL; a NULL value skips its pair. */
+void wl__logfmt(FILE *f, const char *level, const char *target, const char *msg, ...);
 
 /* futex.c: the readiness word */
 /* Sleep while *word == expected, until woken or the monotonic deadline (0: none).
@@ -323,37 +328,5 @@ int wl__pg_classify(const char *sqlstate, const char *msg, int connecting, int *
  * ("...FATAL:  57P03: the database system is starting up"), the last one if several
  * hosts were tried; "" if none. */
 void wl__pg_sqlstate_of(const char *msg, char out[6]);
-
-/* format.c: rendering of snapshots and the programs' shared helpers (warmlock, warmlockd).
- * Renderers return 0 or -EIO when the stream failed. */
-#include <sys/stat.h>
-/* wl_snapshot() into a malloc'd array (*out, free() it); returns the count or -errno. */
-int wl__snapshot_all(struct wl_segment *seg, struct wl_slot_info **out);
-/* Index of the slot whose key is `key`, or -ENOENT. */
-int wl__find_slot(const struct wl_slot_info *s, size_t n, const char *key);
-int wl__format_table(FILE *f, const struct wl_slot_info *s, size_t n);
-/* One object {"segment": ..., "slots": [...]}; always valid UTF-8. */
-int wl__format_json(FILE *f, const char *segname, const struct wl_slot_info *s, size_t n);
-/* Prometheus text exposition format 0.0.4: gauges, counters, a wait-time histogram. */
-int wl__format_prometheus(FILE *f, const char *segname, const struct wl_slot_info *s,
-                          size_t n);
-/* Collapse newlines, tabs and runs of spaces in place, trim the ends; returns s. */
-char *wl__oneline(char *s);
-/* "2", "0.5", "1.25s" -> ms within [min_ms, max_ms]; -EINVAL malformed, -ERANGE out of it. */
-int wl__parse_seconds(const char *s, uint32_t min_ms, uint32_t max_ms, uint32_t *ms);
-int wl__parse_uint(const char *s, unsigned long max, unsigned long *out);
-int wl__parse_mode(const char *s, mode_t *out); /* octal, at most 0777 */
-/* Whole file into a malloc'd NUL-terminated string; -errno with a message in err. */
-int wl__read_file(const char *path, char **out, char *err, size_t errlen);
-/* One conninfo per line; blank lines and lines starting with '#' are skipped. */
-int wl__read_targets(const char *path, char ***out, size_t *nout, char *err, size_t errlen);
-void wl__free_lines(char **lines, size_t n);
-/* One logfmt line: ts, level, target (if not NULL), msg, then (key, value) string pairs
- * ending with NULL; a NULL value skips its pair. Values are quoted and escaped as needed. */
-void wl__logfmt(FILE *f, const char *level, const char *target, const char *msg, ...);
-/* sd_notify(3) without libsystemd: 0 sent, 1 $NOTIFY_SOCKET unset, or -errno. */
-int wl__sd_notify(const char *state);
-/* The s6 convention: write a newline to fd and close it. 0 or -errno. */
-int wl__notify_fd(int fd);
 
 #endif

@@ -24,8 +24,7 @@
 #include "proc.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
-/* after pg.h: internal.h declares the engine's internals over its types */
-#include "lib/internal.h"
+#include "coordinator/common.h"
 
 #ifndef WL_WARMLOCK
 #define WL_WARMLOCK WL_TEST_BUILDDIR "/coordinator/warmlock"
@@ -188,11 +187,11 @@ static int slot(const char *shm, const char *key, struct wl_slot_info *out)
 
     if (wl_open(shm, NULL, &seg) < 0)
         return -1;
-    n = wl__snapshot_all(seg, &s);
+    n = wlc_snapshot_all(seg, &s);
     wl_close(seg);
     if (n < 0)
         return -1;
-    i = wl__find_slot(s, (size_t)n, key);
+    i = wlc_find_slot(s, (size_t)n, key);
     if (i >= 0)
         *out = s[i];
     free(s);
@@ -1020,7 +1019,7 @@ static void test_prometheus_checker_is_strict(void **state)
     snprintf(s[2].key, sizeof(s[2].key), "k");
     s[2].ready_age_ms = s[2].time_to_ready_ms = -1;
     f = open_memstream(&buf, &len);
-    assert_int_equal(wl__format_prometheus(f, "/seg\"x", s, 3), 0);
+    assert_int_equal(wlc_format_prometheus(f, "/seg\"x", s, 3), 0);
     fclose(f);
     if (prom_check(buf, NULL) != 0)
         fail_msg("rendered metrics rejected:\n%s", buf);

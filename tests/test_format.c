@@ -1,4 +1,4 @@
-/* lib/format.c: the status table, JSON, logfmt, option and file parsing, notifications. */
+/* coordinator/common.c: the status table, JSON, Prometheus text, logfmt, option and file parsing, notifications. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -14,7 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "lib/internal.h"
+#include "coordinator/common.h"
 #include "proc.h"
 #include "warmlock.h"
 
@@ -36,7 +36,7 @@ static char *render_json(const struct wl_slot_info *s, size_t n)
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     assert_non_null(f);
-    assert_int_equal(wl__format_json(f, "/seg", s, n), 0);
+    assert_int_equal(wlc_format_json(f, "/seg", s, n), 0);
     fclose(f);
     return buf;
 }
@@ -125,7 +125,7 @@ static void test_table_has_one_line_per_slot_and_every_column(void **state)
     char *t;
 
     nasty(s);
-    t = render(wl__format_table, s, 3);
+    t = render(wlc_format_table, s, 3);
     {
         int lines = 0;
         for (char *p = t; *p; p++)
@@ -154,37 +154,37 @@ static void test_parse_seconds_modes_and_numbers(void **state)
     mode_t m;
     unsigned long u;
 
-    assert_int_equal(wl__parse_seconds("2", 1, 100000, &ms), 0);
+    assert_int_equal(wlc_parse_seconds("2", 1, 100000, &ms), 0);
     assert_int_equal(ms, 2000);
-    assert_int_equal(wl__parse_seconds("0.5", 1, 100000, &ms), 0);
+    assert_int_equal(wlc_parse_seconds("0.5", 1, 100000, &ms), 0);
     assert_int_equal(ms, 500);
-    assert_int_equal(wl__parse_seconds("1.25s", 1, 100000, &ms), 0);
+    assert_int_equal(wlc_parse_seconds("1.25s", 1, 100000, &ms), 0);
     assert_int_equal(ms, 1250);
-    assert_int_equal(wl__parse_seconds(".1", 1, 100000, &ms), 0);
+    assert_int_equal(wlc_parse_seconds(".1", 1, 100000, &ms), 0);
     assert_int_equal(ms, 100);
-    assert_int_equal(wl__parse_seconds("0", 1, 100000, &ms), -ERANGE);
-    assert_int_equal(wl__parse_seconds("0.0001", 1, 100000, &ms), -ERANGE);
-    assert_int_equal(wl__parse_seconds("101", 1, 100000, &ms), -ERANGE);
-    assert_int_equal(wl__parse_seconds("99999999999", 1, 100000, &ms), -ERANGE);
+    assert_int_equal(wlc_parse_seconds("0", 1, 100000, &ms), -ERANGE);
+    assert_int_equal(wlc_parse_seconds("0.0001", 1, 100000, &ms), -ERANGE);
+    assert_int_equal(wlc_parse_seconds("101", 1, 100000, &ms), -ERANGE);
+    assert_int_equal(wlc_parse_seconds("99999999999", 1, 100000, &ms), -ERANGE);
     const char *bad[] = {"", "s", ".", "abc", "-1", "1e3", "1.2.3", "2 s", "2m", " 2"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (wl__parse_seconds(bad[i], 1, 100000, &ms) != -EINVAL)
+        if (wlc_parse_seconds(bad[i], 1, 100000, &ms) != -EINVAL)
             fail_msg("'%s' was accepted as a duration", bad[i]);
 
-    assert_int_equal(wl__parse_mode("0660", &m), 0);
+    assert_int_equal(wlc_parse_mode("0660", &m), 0);
     assert_int_equal(m, 0660);
-    assert_int_equal(wl__parse_mode("600", &m), 0);
+    assert_int_equal(wlc_parse_mode("600", &m), 0);
     assert_int_equal(m, 0600);
-    assert_true(wl__parse_mode("999", &m) < 0);
-    assert_true(wl__parse_mode("1777", &m) < 0);
-    assert_true(wl__parse_mode("", &m) < 0);
-    assert_true(wl__parse_mode("0o660", &m) < 0);
+    assert_true(wlc_parse_mode("999", &m) < 0);
+    assert_true(wlc_parse_mode("1777", &m) < 0);
+    assert_true(wlc_parse_mode("", &m) < 0);
+    assert_true(wlc_parse_mode("0o660", &m) < 0);
 
-    assert_int_equal(wl__parse_uint("17", 100, &u), 0);
+    assert_int_equal(wlc_parse_uint("17", 100, &u), 0);
     assert_int_equal(u, 17);
-    assert_true(wl__parse_uint("-1", 100, &u) < 0);
-    assert_true(wl__parse_uint("101", 100, &u) < 0);
-    assert_true(wl__parse_uint("1x", 100, &u) < 0);
+    assert_true(wlc_parse_uint("-1", 100, &u) < 0);
+    assert_true(wlc_parse_uint("101", 100, &u) < 0);
+    assert_true(wlc_parse_uint("1x", 100, &u) < 0);
     (void)state;
 }
 
@@ -192,8 +192,8 @@ static void test_oneline_collapses_whitespace(void **state)
 {
     char a[] = "  connection failed:\n\tIs the server   running?\n";
     char b[] = "";
-    assert_string_equal(wl__oneline(a), "connection failed: Is the server running?");
-    assert_string_equal(wl__oneline(b), "");
+    assert_string_equal(wlc_oneline(a), "connection failed: Is the server running?");
+    assert_string_equal(wlc_oneline(b), "");
     (void)state;
 }
 
@@ -203,7 +203,7 @@ static void test_logfmt_quotes_and_escapes_values(void **state)
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
 
-    wl__logfmt(f, "warn", "host=/run/pg dbname=app", "check failed", "error",
+    wlc_logfmt(f, "warn", "host=/run/pg dbname=app", "check failed", "error",
                "server said \"no\"\nbye", "epoch", "3", "skipped", (const char *)NULL, "empty",
                "", (const char *)NULL);
     fclose(f);
@@ -230,14 +230,14 @@ static void test_targets_file_skips_comments_and_blanks(void **state)
     assert_true(fd >= 0);
     assert_true(write(fd, text, sizeof(text) - 1) == (ssize_t)sizeof(text) - 1);
     close(fd);
-    assert_int_equal(wl__read_targets(path, &v, &n, err, sizeof(err)), 0);
+    assert_int_equal(wlc_read_targets(path, &v, &n, err, sizeof(err)), 0);
     assert_int_equal(n, 3);
     assert_string_equal(v[0], "host=/run/pg dbname=app");
     assert_string_equal(v[1], "postgresql://u@db/app?sslmode=disable");
     assert_string_equal(v[2], "last-without-newline");
-    wl__free_lines(v, n);
+    wlc_free_lines(v, n);
     unlink(path);
-    assert_int_equal(wl__read_targets(path, &v, &n, err, sizeof(err)), -ENOENT);
+    assert_int_equal(wlc_read_targets(path, &v, &n, err, sizeof(err)), -ENOENT);
     assert_non_null(strstr(err, path));
     (void)state;
 }
@@ -250,7 +250,7 @@ static void test_sd_notify_sends_to_path_and_abstract_sockets(void **state)
     ssize_t n;
 
     unsetenv("NOTIFY_SOCKET");
-    assert_int_equal(wl__sd_notify("READY=1"), 1);
+    assert_int_equal(wlc_sd_notify("READY=1"), 1);
 
     /* a path */
     snprintf(sa.sun_path, sizeof(sa.sun_path), "/tmp/wltest-notify.%d", (int)getpid());
@@ -258,7 +258,7 @@ static void test_sd_notify_sends_to_path_and_abstract_sockets(void **state)
     s = socket(AF_UNIX, SOCK_DGRAM, 0);
     assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
     setenv("NOTIFY_SOCKET", sa.sun_path, 1);
-    assert_int_equal(wl__sd_notify("READY=1"), 0);
+    assert_int_equal(wlc_sd_notify("READY=1"), 0);
     n = recv(s, buf, sizeof(buf) - 1, MSG_DONTWAIT);
     assert_int_equal(n, 7);
     buf[n] = '\0';
@@ -276,13 +276,13 @@ static void test_sd_notify_sends_to_path_and_abstract_sockets(void **state)
                      0);
     snprintf(buf, sizeof(buf), "@%s", name);
     setenv("NOTIFY_SOCKET", buf, 1);
-    assert_int_equal(wl__sd_notify("STOPPING=1"), 0);
+    assert_int_equal(wlc_sd_notify("STOPPING=1"), 0);
     n = recv(s, buf, sizeof(buf) - 1, MSG_DONTWAIT);
     assert_int_equal(n, 10);
     close(s);
 
     setenv("NOTIFY_SOCKET", "relative/path", 1);
-    assert_int_equal(wl__sd_notify("READY=1"), -EINVAL);
+    assert_int_equal(wlc_sd_notify("READY=1"), -EINVAL);
     unsetenv("NOTIFY_SOCKET");
     (void)state;
 }
@@ -292,7 +292,7 @@ static void test_notify_fd_writes_a_newline_and_closes(void **state)
     int p[2];
     char c;
     assert_int_equal(pipe(p), 0);
-    assert_int_equal(wl__notify_fd(p[1]), 0);
+    assert_int_equal(wlc_notify_fd(p[1]), 0);
     assert_int_equal(read(p[0], &c, 1), 1);
     assert_int_equal(c, '\n');
     assert_int_equal(read(p[0], &c, 1), 0); /* closed */
@@ -317,18 +317,18 @@ static void test_snapshot_all_finds_every_slot(void **state)
 
     wl_unlink(name);
     assert_int_equal(wl_open(name, NULL, &seg), 0);
-    n = wl__snapshot_all(seg, &s);
+    n = wlc_snapshot_all(seg, &s);
     assert_int_equal(n, 0);
     free(s);
     for (i = 0; i < 20; i++) {
         snprintf(key, sizeof(key), "key-%d", i);
         assert_int_equal(wl_ensure(seg, key, warm_ok, NULL, NULL, NULL), 0);
     }
-    n = wl__snapshot_all(seg, &s);
+    n = wlc_snapshot_all(seg, &s);
     assert_int_equal(n, 20);
-    assert_true(wl__find_slot(s, (size_t)n, "key-13") >= 0);
-    assert_int_equal(s[wl__find_slot(s, (size_t)n, "key-13")].state, WL_READY);
-    assert_int_equal(wl__find_slot(s, (size_t)n, "key-99"), -ENOENT);
+    assert_true(wlc_find_slot(s, (size_t)n, "key-13") >= 0);
+    assert_int_equal(s[wlc_find_slot(s, (size_t)n, "key-13")].state, WL_READY);
+    assert_int_equal(wlc_find_slot(s, (size_t)n, "key-99"), -ENOENT);
     free(s);
     wl_close(seg);
     wl_unlink(name);

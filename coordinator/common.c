@@ -2,10 +2,12 @@
  * Rendering of wl_snapshot() results (table, JSON, Prometheus text exposition) and the
  * small pieces of logic the two programs share: parsing of durations, modes and target
  * files, logfmt lines, and the systemd/s6 readiness notifications. The programs in
- * coordinator/ only parse options and call these, so the tests can reach all of it.
+ * coordinator/ only parse options and call these, so the tests can reach all of it. Built
+ * on the library's public API only.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,11 +18,33 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "common.h"
 
 static const uint32_t hist_bounds_ms[WL_HIST_BUCKETS - 1] = WL_HIST_BOUNDS_MS;
 
-int wl__snapshot_all(struct wl_segment *seg, struct wl_slot_info **out)
+void wlc_fmt(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    if (!len)
+        return;
+    va_start(ap, fmt);
+    if (vsnprintf(buf, len, fmt, ap) < 0)
+        buf[0] = '\0';
+    va_end(ap);
+}
+
+void wlc_copy(char *dst, size_t len, const char *src)
+{
+    size_t n = strlen(src);
+    if (!len)
+        return;
+    if (n >= len)
+        n = len - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+int wlc_snapshot_all(struct wl_segment *seg, struct wl_slot_info **out)
 {
     struct wl_slot_info *v = NULL;
     int n, m;
@@ -45,12 +69,14 @@ int wl__snapshot_all(struct wl_segment *seg, struct wl_slot_info **out)
     return m;
 }
 
-int wl__find_slot(const struct wl_slot_info *s, size_t n, const char *key)
+int wlc_find_slot(const struct wl_slot_info *s, size_t n, const char *key)
 {
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (strncmp(s[i].key, key, WL_KEY_MAX) == 0)
+    size_t i, len = strlen(key);
+    for (i = 0; i < n; i++) {
+        size_t have = s[i].key_len ? s[i].key_len : strlen(s[i].key);
+        if (have == len && strncmp(s[i].key, key, WL_KEY_MAX) == 0)
             return (int)i;
+    }
     return -ENOENT;
 }
 
@@ -88,7 +114,8 @@ static size_t utf8_len(const unsigned char *p, size_t left)
 enum esc { ESC_JSON, ESC_PROM, ESC_LOGFMT };
 
 /* Write s escaped for a JSON string, a Prometheus label value or a logfmt quoted value
- * (without the quotes). Invalid UTF-8 becomes U+FFFD, so every output is valid UTF-8. */
+ * (without the quotes). Invalid UTF-8 becomes U+FFFD, so every output is valid UTF-8; so
+ * does, in a Prometheus label, a control character other than a newline. */
 static void put_escaped(FILE *f, const char *s, enum esc how)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -97,7 +124,9 @@ static void put_escaped(FILE *f, const char *s, enum esc how)
     while (left) {
         size_t n = utf8_len(p, left);
         unsigned char c = *p;
-        if (n == 0) {
+        if (n == 0 || (how == ESC_PROM && n == 1 && ((c < 0x20 && c != '\n') || c == 0x7f))) {
+            /* invalid UTF-8; or, in Prometheus, which has no escapes but \\, \" and \n,
+             * any other control character */
             fputs("\xef\xbf\xbd", f);
             p++, left--;
             continue;
@@ -111,9 +140,9 @@ static void put_escaped(FILE *f, const char *s, enum esc how)
             fprintf(f, "\\%c", c);
         else if (c == '\n')
             fputs("\\n", f);
-        else if (how != ESC_PROM && c == '\t')
+        else if (c == '\t')
             fputs("\\t", f);
-        else if (how != ESC_PROM && c == '\r')
+        else if (c == '\r')
             fputs("\\r", f);
         else if (c < 0x20 || c == 0x7f)
             fprintf(f, how == ESC_JSON ? "\\u%04x" : "\\x%02x", c);
@@ -121,6 +150,33 @@ static void put_escaped(FILE *f, const char *s, enum esc how)
             fputc(c, f);
         p++, left--;
     }
+}
+
+/* Does the snapshot hold only part of the key, or can a format not show it as it is (a
+ * control character, or invalid UTF-8, which the table and the Prometheus text replace)?
+ * Then renderers add the whole key's hash. */
+static int key_needs_hash(const struct wl_slot_info *x)
+{
+    const unsigned char *p = (const unsigned char *)x->key;
+    size_t left = strlen(x->key);
+
+    if (x->key_len > left)
+        return 1;
+    while (left) {
+        size_t n = utf8_len(p, left);
+        if (n == 0 || (n == 1 && (*p < 0x20 || *p == 0x7f)))
+            return 1;
+        p += n, left -= n;
+    }
+    return 0;
+}
+
+static void key_hash_suffix(char *buf, size_t len, const struct wl_slot_info *x)
+{
+    if (key_needs_hash(x))
+        wlc_fmt(buf, len, "#%016" PRIx64, x->key_hash);
+    else
+        buf[0] = '\0';
 }
 
 static int finish(FILE *f)
@@ -135,15 +191,15 @@ static int finish(FILE *f)
 static void fmt_ms(char *buf, size_t len, int64_t ms)
 {
     if (ms < 0)
-        wl__copy(buf, len, "-");
+        wlc_copy(buf, len, "-");
     else if (ms < 10000)
-        wl__fmt(buf, len, "%lldms", (long long)ms);
+        wlc_fmt(buf, len, "%lldms", (long long)ms);
     else if (ms < 10ll * 60 * 1000)
-        wl__fmt(buf, len, "%.1fs", (double)ms / 1000.0);
+        wlc_fmt(buf, len, "%.1fs", (double)ms / 1000.0);
     else if (ms < 48ll * 3600 * 1000)
-        wl__fmt(buf, len, "%.1fh", (double)ms / 3600000.0);
+        wlc_fmt(buf, len, "%.1fh", (double)ms / 3600000.0);
     else
-        wl__fmt(buf, len, "%.1fd", (double)ms / 86400000.0);
+        wlc_fmt(buf, len, "%.1fd", (double)ms / 86400000.0);
 }
 
 /* One line per slot: control characters (newlines in a server message) become spaces. */
@@ -153,35 +209,40 @@ static void fputs_plain(FILE *f, const char *s)
         fputc((unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s, f);
 }
 
-int wl__format_table(FILE *f, const struct wl_slot_info *s, size_t n)
+int wlc_format_table(FILE *f, const struct wl_slot_info *s, size_t n)
 {
     int kw = 3;
     size_t i;
+    char suf[24];
 
     for (i = 0; i < n; i++) {
-        int l = (int)strlen(s[i].key);
+        key_hash_suffix(suf, sizeof(suf), &s[i]);
+        int l = (int)(strlen(s[i].key) + strlen(suf));
         if (l > kw)
             kw = l;
     }
-    fprintf(f, "%-*s  %-7s %6s %8s %7s %7s %9s %8s %8s %9s %8s %-8s %s\n", kw, "KEY", "STATE",
-            "EPOCH", "LEADER", "WAITERS", "WARMUPS", "TAKEOVERS", "ATTEMPTS", "FAILURES",
-            "READY_AGE", "TTR", "SQLSTATE", "LAST_ERROR");
+    fprintf(f, "%-*s  %-7s %6s %8s %7s %7s %9s %8s %8s %9s %8s %8s %-8s %s\n", kw, "KEY",
+            "STATE", "EPOCH", "LEADER", "WAITERS", "WARMUPS", "TAKEOVERS", "ATTEMPTS",
+            "FAILURES", "READY_AGE", "TTR", "DOWN", "SQLSTATE", "LAST_ERROR");
     for (i = 0; i < n; i++) {
         const struct wl_slot_info *x = &s[i];
-        char age[32], ttr[32], pid[24];
+        char age[32], ttr[32], down[32], pid[24];
         fmt_ms(age, sizeof(age), x->state == WL_READY ? x->ready_age_ms : -1);
         fmt_ms(ttr, sizeof(ttr), x->time_to_ready_ms);
+        fmt_ms(down, sizeof(down), x->down_ms);
+        key_hash_suffix(suf, sizeof(suf), x);
         if (x->leader_pid)
-            wl__fmt(pid, sizeof(pid), "%d%s", (int)x->leader_pid, x->leader_alive ? "*" : "");
+            wlc_fmt(pid, sizeof(pid), "%d%s", (int)x->leader_pid, x->leader_alive ? "*" : "");
         else
-            wl__copy(pid, sizeof(pid), "-");
+            wlc_copy(pid, sizeof(pid), "-");
         fputs_plain(f, x->key);
-        fprintf(f, "%*s  %-7s %6llu %8s %7u %7llu %9llu %8llu %8llu %9s %8s %-8s ",
-                kw - (int)strlen(x->key), "",
+        fputs(suf, f);
+        fprintf(f, "%*s  %-7s %6llu %8s %7u %7llu %9llu %8llu %8llu %9s %8s %8s %-8s ",
+                kw - (int)(strlen(x->key) + strlen(suf)), "",
                 wl_state_name(x->state), (unsigned long long)x->epoch, pid, x->waiters,
                 (unsigned long long)x->warmups, (unsigned long long)x->takeovers,
                 (unsigned long long)x->attempts, (unsigned long long)x->failures, age, ttr,
-                x->sqlstate[0] ? x->sqlstate : "-");
+                down, x->sqlstate[0] ? x->sqlstate : "-");
         fputs_plain(f, x->last_error[0] ? x->last_error : "-");
         fputc('\n', f);
     }
@@ -205,7 +266,7 @@ static void json_ms(FILE *f, const char *name, int64_t ms)
         fprintf(f, "\"%s\": %lld, ", name, (long long)ms);
 }
 
-int wl__format_json(FILE *f, const char *segname, const struct wl_slot_info *s, size_t n)
+int wlc_format_json(FILE *f, const char *segname, const struct wl_slot_info *s, size_t n)
 {
     size_t i;
     unsigned b;
@@ -217,6 +278,8 @@ int wl__format_json(FILE *f, const char *segname, const struct wl_slot_info *s, 
         const struct wl_slot_info *x = &s[i];
         fputs(i ? ",\n  {" : "\n  {", f);
         json_str(f, "key", x->key, 1);
+        fprintf(f, "\"key_len\": %u, \"key_hash\": \"%016" PRIx64 "\", ",
+                x->key_len ? x->key_len : (unsigned)strlen(x->key), x->key_hash);
         json_str(f, "state", wl_state_name(x->state), 1);
         fprintf(f, "\"epoch\": %llu, \"leader_pid\": %d, \"leader_alive\": %s, "
                    "\"waiters\": %u, \"warmups\": %llu, \"takeovers\": %llu, "
@@ -230,6 +293,7 @@ int wl__format_json(FILE *f, const char *segname, const struct wl_slot_info *s, 
         json_str(f, "sqlstate", x->sqlstate, 1);
         json_ms(f, "ready_age_ms", x->ready_age_ms);
         json_ms(f, "time_to_ready_ms", x->time_to_ready_ms);
+        json_ms(f, "down_ms", x->down_ms);
         fprintf(f, "\"wait_count\": %llu, \"wait_sum_ms\": %.3f, \"wait_hist\": [",
                 (unsigned long long)x->wait_count, (double)x->wait_sum_ns / 1e6);
         for (b = 0; b < WL_HIST_BUCKETS; b++) {
@@ -253,10 +317,14 @@ static void prom_head(FILE *f, const char *name, const char *type, const char *h
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void prom_key(FILE *f, const char *name, const char *key)
+/* name{key="..." : the key's label, unique per slot (see key_hash_suffix) */
+static void prom_key(FILE *f, const char *name, const struct wl_slot_info *x)
 {
+    char suf[24];
+    key_hash_suffix(suf, sizeof(suf), x);
     fprintf(f, "%s{key=\"", name);
-    put_escaped(f, key, ESC_PROM);
+    put_escaped(f, x->key, ESC_PROM);
+    fputs(suf, f);
     fputc('"', f);
 }
 
@@ -290,7 +358,7 @@ static const struct {
      f_invalidations},
 };
 
-int wl__format_prometheus(FILE *f, const char *segname, const struct wl_slot_info *s,
+int wlc_format_prometheus(FILE *f, const char *segname, const struct wl_slot_info *s,
                           size_t n)
 {
     static const enum wl_state states[] = {WL_COLD, WL_WARMING, WL_READY, WL_STALE,
@@ -306,14 +374,14 @@ int wl__format_prometheus(FILE *f, const char *segname, const struct wl_slot_inf
     prom_head(f, "warmlock_state", "gauge", "1 for the slot's current state, 0 for the others.");
     for (i = 0; i < n; i++)
         for (k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
-            prom_key(f, "warmlock_state", s[i].key);
+            prom_key(f, "warmlock_state", &s[i]);
             fprintf(f, ",state=\"%s\"} %d\n", wl_state_name(states[k]),
                     s[i].state == states[k]);
         }
     for (k = 0; k < sizeof(prom_u64) / sizeof(prom_u64[0]); k++) {
         prom_head(f, prom_u64[k].name, prom_u64[k].type, prom_u64[k].help);
         for (i = 0; i < n; i++) {
-            prom_key(f, prom_u64[k].name, s[i].key);
+            prom_key(f, prom_u64[k].name, &s[i]);
             fprintf(f, "} %llu\n", (unsigned long long)prom_u64[k].get(&s[i]));
         }
     }
@@ -321,15 +389,22 @@ int wl__format_prometheus(FILE *f, const char *segname, const struct wl_slot_inf
     prom_head(f, "warmlock_ready_age_seconds", "gauge", "Seconds since the slot was last READY.");
     for (i = 0; i < n; i++)
         if (s[i].ready_age_ms >= 0) {
-            prom_key(f, "warmlock_ready_age_seconds", s[i].key);
+            prom_key(f, "warmlock_ready_age_seconds", &s[i]);
             fprintf(f, "} %.3f\n", (double)s[i].ready_age_ms / 1000.0);
         }
     prom_head(f, "warmlock_time_to_ready_seconds", "gauge",
               "Duration of the last successful warm-up.");
     for (i = 0; i < n; i++)
         if (s[i].time_to_ready_ms >= 0) {
-            prom_key(f, "warmlock_time_to_ready_seconds", s[i].key);
+            prom_key(f, "warmlock_time_to_ready_seconds", &s[i]);
             fprintf(f, "} %.3f\n", (double)s[i].time_to_ready_ms / 1000.0);
+        }
+    prom_head(f, "warmlock_down_seconds", "gauge",
+              "Seconds since the current outage began (absent while there is none).");
+    for (i = 0; i < n; i++)
+        if (s[i].down_ms >= 0) {
+            prom_key(f, "warmlock_down_seconds", &s[i]);
+            fprintf(f, "} %.3f\n", (double)s[i].down_ms / 1000.0);
         }
     /* The library's buckets count waits strictly below each bound (integer ms); that is
      * within 1 ms of Prometheus's "less than or equal". */
@@ -339,16 +414,16 @@ int wl__format_prometheus(FILE *f, const char *segname, const struct wl_slot_inf
         uint64_t cum = 0;
         for (b = 0; b < WL_HIST_BUCKETS; b++) {
             cum += s[i].wait_hist[b];
-            prom_key(f, "warmlock_wait_seconds_bucket", s[i].key);
+            prom_key(f, "warmlock_wait_seconds_bucket", &s[i]);
             if (b < WL_HIST_BUCKETS - 1)
                 fprintf(f, ",le=\"%g\"} %llu\n", hist_bounds_ms[b] / 1000.0,
                         (unsigned long long)cum);
             else
                 fprintf(f, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
         }
-        prom_key(f, "warmlock_wait_seconds_sum", s[i].key);
+        prom_key(f, "warmlock_wait_seconds_sum", &s[i]);
         fprintf(f, "} %.9f\n", (double)s[i].wait_sum_ns / 1e9);
-        prom_key(f, "warmlock_wait_seconds_count", s[i].key);
+        prom_key(f, "warmlock_wait_seconds_count", &s[i]);
         /* the buckets' total, so that +Inf == _count even if a caller raced the copy */
         fprintf(f, "} %llu\n", (unsigned long long)cum);
     }
@@ -357,7 +432,7 @@ int wl__format_prometheus(FILE *f, const char *segname, const struct wl_slot_inf
 
 /* ---- messages ---- */
 
-char *wl__oneline(char *s)
+char *wlc_oneline(char *s)
 {
     char *r = s, *w = s;
     int space = 0;
@@ -378,7 +453,7 @@ char *wl__oneline(char *s)
 
 /* ---- option parsing ---- */
 
-int wl__parse_seconds(const char *s, uint32_t min_ms, uint32_t max_ms, uint32_t *ms)
+int wlc_parse_seconds(const char *s, uint32_t min_ms, uint32_t max_ms, uint32_t *ms)
 {
     uint64_t whole = 0, frac = 0, scale = 1000;
     const char *p = s;
@@ -410,7 +485,7 @@ int wl__parse_seconds(const char *s, uint32_t min_ms, uint32_t max_ms, uint32_t 
     return 0;
 }
 
-int wl__parse_uint(const char *s, unsigned long max, unsigned long *out)
+int wlc_parse_uint(const char *s, unsigned long max, unsigned long *out)
 {
     char *end;
     unsigned long v;
@@ -427,7 +502,7 @@ int wl__parse_uint(const char *s, unsigned long max, unsigned long *out)
     return 0;
 }
 
-int wl__parse_mode(const char *s, mode_t *out)
+int wlc_parse_mode(const char *s, mode_t *out)
 {
     char *end;
     unsigned long v;
@@ -443,7 +518,7 @@ int wl__parse_mode(const char *s, mode_t *out)
 
 /* ---- files ---- */
 
-int wl__read_file(const char *path, char **out, char *err, size_t errlen)
+int wlc_read_file(const char *path, char **out, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "re");
     char *buf = NULL;
@@ -451,10 +526,17 @@ int wl__read_file(const char *path, char **out, char *err, size_t errlen)
     int e;
 
     *out = NULL;
+    struct stat st;
+
     if (!f) {
         e = -errno;
-        wl__fmt(err, errlen, "cannot read %s: %s", path, strerror(-e));
+        wlc_fmt(err, errlen, "cannot read %s: %s", path, strerror(-e));
         return e;
+    }
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        wlc_fmt(err, errlen, "cannot read %s: it is a directory", path);
+        return -EISDIR;
     }
     do {
         if (cap - len < 4096) {
@@ -462,14 +544,14 @@ int wl__read_file(const char *path, char **out, char *err, size_t errlen)
             if (cap >= 16u << 20) {
                 fclose(f);
                 free(buf);
-                wl__fmt(err, errlen, "%s is larger than 16 MiB", path);
+                wlc_fmt(err, errlen, "%s is larger than 16 MiB", path);
                 return -EFBIG;
             }
             nb = realloc(buf, cap = cap ? cap * 2 : 8192);
             if (!nb) {
                 fclose(f);
                 free(buf);
-                wl__fmt(err, errlen, "out of memory reading %s", path);
+                wlc_fmt(err, errlen, "out of memory reading %s", path);
                 return -ENOMEM;
             }
             buf = nb;
@@ -477,24 +559,24 @@ int wl__read_file(const char *path, char **out, char *err, size_t errlen)
         r = fread(buf + len, 1, cap - len - 1, f);
         len += r;
     } while (r > 0);
-    e = ferror(f) ? -EIO : 0;
+    e = ferror(f) ? (errno ? -errno : -EIO) : 0;
     fclose(f);
     if (e) {
         free(buf);
-        wl__fmt(err, errlen, "cannot read %s: %s", path, strerror(EIO));
+        wlc_fmt(err, errlen, "cannot read %s: %s", path, strerror(-e));
         return e;
     }
     buf[len] = '\0';
     if (strlen(buf) != len) {
         free(buf);
-        wl__fmt(err, errlen, "%s contains a NUL byte", path);
+        wlc_fmt(err, errlen, "%s contains a NUL byte", path);
         return -EINVAL;
     }
     *out = buf;
     return 0;
 }
 
-void wl__free_lines(char **lines, size_t n)
+void wlc_free_lines(char **lines, size_t n)
 {
     size_t i;
     if (!lines)
@@ -504,7 +586,28 @@ void wl__free_lines(char **lines, size_t n)
     free(lines);
 }
 
-int wl__read_targets(const char *path, char ***out, size_t *nout, char *err, size_t errlen)
+/* End the line at a '#' that starts it or follows a space or tab, outside single quotes
+ * (libpq's quoting of key=value values, where \' is a literal quote). */
+static void cut_comment(char *line)
+{
+    int quoted = 0;
+    char *p;
+
+    for (p = line; *p; p++) {
+        if (quoted && *p == '\\' && p[1]) {
+            p++;
+            continue;
+        }
+        if (*p == '\'')
+            quoted = !quoted;
+        else if (!quoted && *p == '#' && (p == line || p[-1] == ' ' || p[-1] == '\t')) {
+            *p = '\0';
+            return;
+        }
+    }
+}
+
+int wlc_read_targets(const char *path, char ***out, size_t *nout, char *err, size_t errlen)
 {
     char *text, *line, *next, **v = NULL;
     size_t n = 0;
@@ -512,7 +615,7 @@ int wl__read_targets(const char *path, char ***out, size_t *nout, char *err, siz
 
     *out = NULL;
     *nout = 0;
-    if ((r = wl__read_file(path, &text, err, errlen)) < 0)
+    if ((r = wlc_read_file(path, &text, err, errlen)) < 0)
         return r;
     for (line = text; line && *line; line = next) {
         char *end;
@@ -521,16 +624,17 @@ int wl__read_targets(const char *path, char ***out, size_t *nout, char *err, siz
             *next++ = '\0';
         while (*line == ' ' || *line == '\t')
             line++;
+        cut_comment(line);
         end = line + strlen(line);
         while (end > line && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
             *--end = '\0';
-        if (!*line || *line == '#')
+        if (!*line)
             continue;
         char **nv = realloc(v, (n + 1) * sizeof(*v));
         if (!nv || !(nv[n] = strdup(line))) {
-            wl__free_lines(nv ? nv : v, n);
+            wlc_free_lines(nv ? nv : v, n);
             free(text);
-            wl__fmt(err, errlen, "out of memory reading %s", path);
+            wlc_fmt(err, errlen, "out of memory reading %s", path);
             return -ENOMEM;
         }
         v = nv;
@@ -567,7 +671,7 @@ static void logfmt_pair(FILE *f, const char *k, const char *v)
     }
 }
 
-void wl__logfmt(FILE *f, const char *level, const char *target, const char *msg, ...)
+void wlc_logfmt(FILE *f, const char *level, const char *target, const char *msg, ...)
 {
     struct timespec ts;
     struct tm tm;
@@ -597,7 +701,7 @@ void wl__logfmt(FILE *f, const char *level, const char *target, const char *msg,
 
 /* ---- readiness notification ---- */
 
-int wl__sd_notify(const char *state)
+int wlc_sd_notify(const char *state)
 {
     const char *path = getenv("NOTIFY_SOCKET");
     struct sockaddr_un sa;
@@ -624,7 +728,7 @@ int wl__sd_notify(const char *state)
     return r;
 }
 
-int wl__notify_fd(int fd)
+int wlc_notify_fd(int fd)
 {
     ssize_t w;
     int r = 0;
