@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include "pgharness.h"
@@ -1198,9 +1199,423 @@ static void test_daemon_reloads_config_and_survives_name_removal(void **state)
     (void)state;
 }
 
+
+/* ---------------------------------------------------------------- hostile segments */
+
+static void shm_path(char *buf, size_t len, const char *shm)
+{
+    snprintf(buf, len, "/dev/shm%s", shm);
+}
+
+/* Run `warmlock CMD --shm shm [ARG]`: it must end within the bound with `want`, print one
+ * line on stderr holding `needle`, and nothing on stdout. */
+static void expect_one_line(struct run *r, const char *cmd, const char *shm, const char *arg,
+                            int want, const char *needle)
+{
+    RUN(r, 10000, WL_WARMLOCK, (char *)cmd, "--shm", (char *)shm, (char *)arg);
+    if (r->status != want || count_lines(r->err) != 1 || r->out[0] ||
+        (needle && !strstr(r->err, needle)))
+        fail_msg("warmlock %s --shm %s: status %d after %llu ms (want %d), stderr '%s' "
+                 "(want one line with '%s'), stdout '%s'", cmd, shm, r->status,
+                 (unsigned long long)r->ms, want, r->err, needle ? needle : "", r->out);
+}
+
+/* Every command a user may point at a name, conninfo given to those that need one. */
+static const char *const every_cmd[][2] = {
+    {"status", NULL}, {"metrics", NULL}, {"reset", NULL}, {"check", "host=/nowhere"},
+    {"invalidate", "host=/nowhere"}, {"wait", "host=/nowhere"},
+};
+
+/* A FIFO planted at the name (any local user can, /dev/shm is world-writable): every
+ * command returns at once with EPERM's one line; none of them waits for a writer. */
+static void test_fifo_at_the_name_hangs_no_command(void **state)
+{
+    const char *shm = segname();
+    char path[128];
+    struct run *r = newrun();
+    size_t i;
+
+    shm_path(path, sizeof(path), shm);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    for (i = 0; i < sizeof(every_cmd) / sizeof(every_cmd[0]); i++)
+        expect_one_line(r, every_cmd[i][0], shm, every_cmd[i][1], 1,
+                        "not a regular shared-memory object (a FIFO)");
+    unlink(path);
+    free(r);
+    (void)state;
+}
+
+/* A 10-byte object of zeros is "not a warmlock segment" for every command and stays as it
+ * is: the read-only commands never write, and nobody re-initialises it. */
+static void test_short_zero_object_is_left_untouched(void **state)
+{
+    const char *shm = segname();
+    unsigned char zero[10] = {0}, got[64];
+    char path[128];
+    struct run *r = newrun();
+    struct stat st;
+    size_t i;
+    int fd;
+
+    shm_path(path, sizeof(path), shm);
+    fd = open(path, O_CREAT | O_EXCL | O_RDWR, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, zero, sizeof(zero)), (ssize_t)sizeof(zero));
+    close(fd);
+    for (i = 0; i < sizeof(every_cmd) / sizeof(every_cmd[0]); i++)
+        expect_one_line(r, every_cmd[i][0], shm, every_cmd[i][1], 1, "not a warmlock segment");
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 10);
+    fd = open(path, O_RDONLY);
+    assert_int_equal(read(fd, got, sizeof(got)), 10);
+    close(fd);
+    assert_memory_equal(got, zero, 10);
+    /* the advice given works */
+    RUN(r, 5000, WL_WARMLOCK, "unlink", "--shm", (char *)shm);
+    assert_int_equal(r->status, 0);
+    assert_int_equal(stat(path, &st), -1);
+    free(r);
+    (void)state;
+}
+
+/* An empty object (a creator that died before sizing it): read-only commands leave it
+ * empty and say so; the next process that uses it finishes it. */
+static void test_empty_object_is_finished_by_a_user_not_a_reader(void **state)
+{
+    const char *shm = segname();
+    char path[128];
+    struct run *r = newrun();
+    struct stat st;
+    struct wl_segment *seg;
+    int fd;
+
+    shm_path(path, sizeof(path), shm);
+    fd = open(path, O_CREAT | O_EXCL | O_RDWR, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    expect_one_line(r, "status", shm, NULL, 1, "empty");
+    RUN(r, 5000, WL_WARMLOCK, "metrics", "--shm", (char *)shm);
+    assert_int_equal(r->status, 0); /* as for no segment: an empty exposition */
+    assert_non_null(strstr(r->out, "warmlock_segment_slots"));
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    assert_int_equal(wl_open(shm, NULL, &seg), 0);
+    assert_int_equal(wl_ensure(seg, "k", NULL, NULL, NULL, NULL), 0);
+    wl_close(seg);
+    RUN(r, 5000, WL_WARMLOCK, "status", "--shm", (char *)shm);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "ready"));
+    wl_unlink(shm);
+    free(r);
+    (void)state;
+}
+
+/* A segment of another uid: metrics, status, reset and invalidate print the real reason on
+ * one line and exit 1 (metrics prints no "0 slots" exposition that a monitor would take for
+ * an empty segment). Runs the commands as `nobody`, so it needs root. */
+static void run_as_nobody(struct run *r, char *const argv[])
+{
+    char out[128], err[128];
+    static unsigned n;
+    uint64_t t0 = wlt_now_ns();
+    pid_t pid;
+
+    snprintf(out, sizeof(out), "%s/nobody%u.out", DIR_, n);
+    snprintf(err, sizeof(err), "%s/nobody%u.err", DIR_, n++);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int o = open(out, O_CREAT | O_TRUNC | O_WRONLY, 0666);
+        int e = open(err, O_CREAT | O_TRUNC | O_WRONLY, 0666);
+        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
+            _exit(120);
+        if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+            _exit(121);
+        execv(argv[0], argv);
+        _exit(122);
+    }
+    r->status = wlt_wait(pid, 10000);
+    r->ms = (wlt_now_ns() - t0) / 1000000u;
+    slurp(out, r->out, sizeof(r->out));
+    slurp(err, r->err, sizeof(r->err));
+    unlink(out);
+    unlink(err);
+}
+
+static void test_other_uids_segment_is_an_error_not_an_empty_one(void **state)
+{
+    const char *shm = segname();
+    struct wl_segment *seg;
+    struct run *r = newrun();
+    size_t i;
+
+    if (geteuid() != 0) {
+        free(r);
+        printf("# skipped: needs root to run the commands as another uid (nobody)\n");
+        skip();
+    }
+    assert_int_equal(chmod(DIR_, 0777), 0);
+    assert_int_equal(wl_open(shm, NULL, &seg), 0);
+    assert_int_equal(wl_ensure(seg, "k", NULL, NULL, NULL, NULL), 0);
+    {
+        char *const probe[] = {(char *)WL_WARMLOCK, "--version", NULL};
+        run_as_nobody(r, probe);
+        if (r->status != 0) {
+            wl_close(seg);
+            wl_unlink(shm);
+            printf("# skipped: nobody cannot run %s (status %d: %s)\n", WL_WARMLOCK,
+                   r->status, r->err);
+            free(r);
+            skip();
+        }
+    }
+    for (i = 0; i < 4; i++) {
+        char *const argv[] = {(char *)WL_WARMLOCK, (char *)every_cmd[i][0], "--shm",
+                              (char *)shm, (char *)every_cmd[i][1], NULL};
+        run_as_nobody(r, argv);
+        if (r->status != 1 || count_lines(r->err) != 1 || r->out[0] ||
+            !strstr(r->err, "not accessible to uid 65534"))
+            fail_msg("warmlock %s as nobody: status %d, stderr '%s', stdout '%s'",
+                     every_cmd[i][0], r->status, r->err, r->out);
+    }
+    wl_close(seg);
+    wl_unlink(shm);
+    free(r);
+    (void)state;
+}
+
+/* A broken segment's message gives a command that removes it, and that command works;
+ * it refuses while a process has the segment open, unless --force. */
+static void test_unlink_removes_a_broken_segment_and_spares_one_in_use(void **state)
+{
+    const char *shm = segname();
+    char path[128], want[160];
+    unsigned char junk[4096];
+    struct run *r = newrun();
+    struct wl_segment *seg;
+    struct stat st;
+    int fd;
+
+    shm_path(path, sizeof(path), shm);
+    memset(junk, 0xa5, sizeof(junk));
+    fd = open(path, O_CREAT | O_EXCL | O_RDWR, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+    close(fd);
+    snprintf(want, sizeof(want), "warmlock unlink --shm %s", shm);
+    expect_one_line(r, "status", shm, NULL, 1, want);
+    expect_one_line(r, "reset", shm, NULL, 1, want);
+    RUN(r, 5000, WL_WARMLOCK, "unlink", "--shm", (char *)shm);
+    assert_int_equal(r->status, 0);
+    assert_int_equal(stat(path, &st), -1);
+
+    assert_int_equal(wl_open(shm, NULL, &seg), 0); /* this process has it open */
+    expect_one_line(r, "unlink", shm, NULL, 1, "in use");
+    assert_int_equal(stat(path, &st), 0);
+    RUN(r, 5000, WL_WARMLOCK, "unlink", "--force", "--shm", (char *)shm);
+    assert_int_equal(r->status, 0);
+    assert_int_equal(stat(path, &st), -1);
+    expect_one_line(r, "unlink", shm, NULL, 1, "does not exist");
+    wl_close(seg);
+    free(r);
+    (void)state;
+}
+
+/* Keys with CR, tab, 0x01, a newline, a quote and a backslash, and two keys longer than
+ * WL_KEY_MAX that share their first 420 bytes: `warmlock metrics` is valid text for a
+ * strict parser (promtool too, where it is installed) and every series is unique. */
+static void test_metrics_are_valid_for_odd_and_long_keys(void **state)
+{
+    const char *shm = segname();
+    static char longa[WL_KEY_MAX + 64], longb[WL_KEY_MAX + 64];
+    const char *keys[] = {"cr\rhere", "tab\there", "one\x01here", "nl\nhere", "q\"b\\s",
+                          "cr\x02here", longa, longb};
+    size_t nk = sizeof(keys) / sizeof(keys[0]), i;
+    struct wl_segment *seg;
+    struct prom *p = calloc(1, sizeof(*p));
+    struct run *r = newrun();
+    int states = 0;
+
+    memset(longa, 'p', sizeof(longa) - 1);
+    memcpy(longb, longa, sizeof(longb));
+    longa[sizeof(longa) - 2] = 'A';
+    longb[sizeof(longb) - 2] = 'C';
+    assert_int_equal(wl_open(shm, NULL, &seg), 0);
+    for (i = 0; i < nk; i++)
+        assert_int_equal(wl_ensure(seg, keys[i], NULL, NULL, NULL, NULL), 0);
+    RUN(r, 5000, WL_WARMLOCK, "metrics", "--shm", (char *)shm);
+    assert_int_equal(r->status, 0);
+    assert_int_equal(prom_check(r->out, p), 0);
+    for (i = 0; i < (size_t)p->n; i++)
+        states += !strncmp(p->s[i].id, "warmlock_state{", 15);
+    assert_int_equal(states, (int)(5 * nk));
+    if (system("command -v promtool >/dev/null 2>&1") == 0) {
+        char file[128], cmd[300];
+        FILE *f;
+        snprintf(file, sizeof(file), "%s/metrics.txt", DIR_);
+        f = fopen(file, "w");
+        assert_non_null(f);
+        fputs(r->out, f);
+        fclose(f);
+        /* exit 1 is a parse error; 3 only lint advice */
+        snprintf(cmd, sizeof(cmd), "promtool check metrics < %s >/dev/null 2>&1; test $? != 1",
+                 file);
+        assert_int_equal(system(cmd), 0);
+    } else {
+        print_message("promtool not installed; the strict checker above stands in\n");
+    }
+    wl_close(seg);
+    wl_unlink(shm);
+    free(p);
+    free(r);
+    (void)state;
+}
+
+/* Two conninfos whose keys are longer than WL_KEY_MAX and share a prefix: invalidate finds
+ * exactly its own slot (A goes stale, C stays ready), and check tells them apart. */
+static void long_conninfo(char *buf, size_t len, char tail)
+{
+    char opt[600];
+    memset(opt, 'x', 500);
+    opt[500] = tail;
+    opt[501] = '\0';
+    snprintf(buf, len, "host=/nowhere port=5 dbname=d user=u options='-c search_path=%s'", opt);
+}
+
+static void test_invalidate_matches_long_keys_exactly(void **state)
+{
+    const char *shm = segname();
+    static char ca[1024], cc[1024], ka[4096], kc[4096];
+    struct wl_segment *seg;
+    struct wl_slot_info ia, ic;
+    struct run *r = newrun();
+
+    long_conninfo(ca, sizeof(ca), 'A');
+    long_conninfo(cc, sizeof(cc), 'C');
+    assert_true(wl_pg_key(ca, ka, sizeof(ka)) > WL_KEY_MAX);
+    assert_true(wl_pg_key(cc, kc, sizeof(kc)) > WL_KEY_MAX);
+    assert_int_equal(memcmp(ka, kc, WL_KEY_MAX), 0);
+    assert_int_equal(wl_open(shm, NULL, &seg), 0);
+    assert_int_equal(wl_ensure(seg, kc, NULL, NULL, NULL, NULL), 0); /* C first in the table */
+    assert_int_equal(wl_ensure(seg, ka, NULL, NULL, NULL, NULL), 0);
+    RUN(r, 5000, WL_WARMLOCK, "invalidate", "--shm", (char *)shm, ca);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "invalidated"));
+    assert_int_equal(wl_lookup(seg, ka, &ia), 0);
+    assert_int_equal(wl_lookup(seg, kc, &ic), 0);
+    assert_int_equal(ia.state, WL_STALE);
+    assert_int_equal(ic.state, WL_READY);
+    RUN(r, 5000, WL_WARMLOCK, "check", "--shm", (char *)shm, cc);
+    assert_int_equal(r->status, 0);
+    RUN(r, 5000, WL_WARMLOCK, "check", "--shm", (char *)shm, ca);
+    assert_int_equal(r->status, 1);
+    assert_non_null(strstr(r->err, "stale"));
+    wl_close(seg);
+    wl_unlink(shm);
+    free(r);
+    (void)state;
+}
+
+/* invalidate --epoch N (default $WARMLOCK_EPOCH): an old epoch changes nothing. */
+static void test_invalidate_epoch_ignores_an_old_epoch(void **state)
+{
+    const char *shm = segname();
+    const char *ci = "host=/nowhere port=5 dbname=epochs";
+    char key[1024];
+    struct wl_segment *seg;
+    struct wl_slot_info si;
+    struct wl_result res;
+    struct run *r = newrun();
+
+    assert_true(wl_pg_key(ci, key, sizeof(key)) > 0);
+    assert_int_equal(wl_open(shm, NULL, &seg), 0);
+    assert_int_equal(wl_ensure(seg, key, NULL, NULL, NULL, &res), 0);
+    assert_int_equal(wl_invalidate(seg, key, res.epoch), 1);
+    assert_int_equal(wl_ensure(seg, key, NULL, NULL, NULL, &res), 0);
+    assert_int_equal(res.epoch, 2);
+
+    RUN(r, 5000, WL_WARMLOCK, "invalidate", "--epoch", "1", "--shm", (char *)shm, (char *)ci);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "nothing changed"));
+    assert_int_equal(wl_lookup(seg, key, &si), 0);
+    assert_int_equal(si.state, WL_READY);
+
+    setenv("WARMLOCK_EPOCH", "1", 1);
+    RUN(r, 5000, WL_WARMLOCK, "invalidate", "--shm", (char *)shm, (char *)ci);
+    unsetenv("WARMLOCK_EPOCH");
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "nothing changed"));
+    assert_int_equal(wl_lookup(seg, key, &si), 0);
+    assert_int_equal(si.state, WL_READY);
+
+    RUN(r, 5000, WL_WARMLOCK, "invalidate", "--epoch", "2", "--shm", (char *)shm, (char *)ci);
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "epoch 2 invalidated"));
+    assert_int_equal(wl_lookup(seg, key, &si), 0);
+    assert_int_equal(si.state, WL_STALE);
+
+    RUN(r, 5000, WL_WARMLOCK, "invalidate", "--epoch", "two", "--shm", (char *)shm,
+        (char *)ci);
+    assert_int_equal(r->status, 2);
+    wl_close(seg);
+    wl_unlink(shm);
+    free(r);
+    (void)state;
+}
+
+/* Directories where a file or a segment belongs get one clean line each; a bad --shm name
+ * is a usage error (exit 2) that names it, for wait as for the others. */
+static void test_directories_and_bad_names_get_clean_errors(void **state)
+{
+    const char *shm = segname();
+    char path[128];
+    struct run *r = newrun();
+    size_t i;
+
+    RUN(r, 5000, WL_WARMLOCK, "wait", "--warm-sql", DIR_, "host=/nowhere");
+    assert_int_equal(r->status, 1);
+    assert_int_equal(count_lines(r->err), 1);
+    assert_non_null(strstr(r->err, "is a directory"));
+    RUN(r, 5000, WL_WARMLOCKD, "--foreground", "--shm", (char *)shm, "--config", DIR_);
+    assert_int_not_equal(r->status, 0);
+    assert_non_null(strstr(r->err, "is a directory"));
+    assert_null(strstr(r->err, "Input/output error"));
+    wl_unlink(shm); /* the daemon may have made it before reading its --config */
+
+    shm_path(path, sizeof(path), shm);
+    assert_int_equal(mkdir(path, 0700), 0);
+    for (i = 0; i < sizeof(every_cmd) / sizeof(every_cmd[0]); i++) {
+        expect_one_line(r, every_cmd[i][0], shm, every_cmd[i][1], 1,
+                        "not a regular shared-memory object (a directory)");
+        /* said once, not "cannot open segment X: cannot open segment X: ..." */
+        assert_null(strstr(r->err, "cannot open segment"));
+    }
+    rmdir(path);
+
+    for (i = 0; i < sizeof(every_cmd) / sizeof(every_cmd[0]); i++)
+        expect_one_line(r, every_cmd[i][0], "noslash", every_cmd[i][1], 2, "'noslash'");
+    /* the new options are accepted (not usage errors) */
+    RUN(r, 10000, WL_WARMLOCK, "wait", "--fail-fast", "--max-age", "2", "--timeout", "0.2",
+        "--shm", (char *)shm, "host=/nonexistent-dir port=1 dbname=x");
+    assert_int_equal(r->status, 1);
+    assert_int_equal(count_lines(r->err), 1);
+    wl_unlink(shm);
+    free(r);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fifo_at_the_name_hangs_no_command),
+        cmocka_unit_test(test_short_zero_object_is_left_untouched),
+        cmocka_unit_test(test_empty_object_is_finished_by_a_user_not_a_reader),
+        cmocka_unit_test(test_other_uids_segment_is_an_error_not_an_empty_one),
+        cmocka_unit_test(test_unlink_removes_a_broken_segment_and_spares_one_in_use),
+        cmocka_unit_test(test_metrics_are_valid_for_odd_and_long_keys),
+        cmocka_unit_test(test_invalidate_matches_long_keys_exactly),
+        cmocka_unit_test(test_invalidate_epoch_ignores_an_old_epoch),
+        cmocka_unit_test(test_directories_and_bad_names_get_clean_errors),
         cmocka_unit_test(test_usage_errors_exit_2_with_one_line),
         cmocka_unit_test(test_prometheus_checker_is_strict),
         cmocka_unit_test(test_exec_beside_warm_daemon_runs_no_warmup),
@@ -1212,5 +1627,7 @@ int main(void)
         cmocka_unit_test(test_daemon_notifies_readiness),
         cmocka_unit_test(test_daemon_reloads_config_and_survives_name_removal),
     };
+    if (getenv("WL_CLI_ONLY"))
+        cmocka_set_test_filter(getenv("WL_CLI_ONLY"));
     return cmocka_run_group_tests_name("cli", tests, setup, teardown);
 }

@@ -133,7 +133,7 @@ static void test_table_has_one_line_per_slot_and_every_column(void **state)
         assert_int_equal(lines, 4);
     }
     for (const char *c = "KEY STATE EPOCH LEADER WAITERS WARMUPS TAKEOVERS ATTEMPTS FAILURES "
-                         "READY_AGE TTR SQLSTATE LAST_ERROR";
+                         "READY_AGE TTR DOWN SQLSTATE LAST_ERROR";
          *c;) {
         char col[16];
         size_t n = strcspn(c, " ");
@@ -242,6 +242,130 @@ static void test_targets_file_skips_comments_and_blanks(void **state)
     (void)state;
 }
 
+
+/* A '#' after a target starts a comment and the target stays; a '#' inside a word or a
+ * quoted value belongs to it. */
+static void test_targets_file_comment_after_a_target_keeps_the_target(void **state)
+{
+    char path[64], err[256], **v;
+    size_t n;
+    int fd;
+    const char text[] = "host=/run/pg dbname=app # the primary\n"
+                        "host=/run/b dbname=b\t# tab before it\n"
+                        "host=/run/c password='se #cret' dbname=c # quoted '#' kept\n"
+                        "host=/run/d password=a#b dbname=d\n"
+                        "postgresql://u@db/app#frag   # fragment kept, comment dropped\n"
+                        "   # only a comment\n";
+
+    snprintf(path, sizeof(path), "/tmp/wltest-targets.XXXXXX");
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_true(write(fd, text, sizeof(text) - 1) == (ssize_t)sizeof(text) - 1);
+    close(fd);
+    assert_int_equal(wlc_read_targets(path, &v, &n, err, sizeof(err)), 0);
+    unlink(path);
+    assert_int_equal(n, 5);
+    assert_string_equal(v[0], "host=/run/pg dbname=app");
+    assert_string_equal(v[1], "host=/run/b dbname=b");
+    assert_string_equal(v[2], "host=/run/c password='se #cret' dbname=c");
+    assert_string_equal(v[3], "host=/run/d password=a#b dbname=d");
+    assert_string_equal(v[4], "postgresql://u@db/app#frag");
+    wlc_free_lines(v, n);
+    (void)state;
+}
+
+/* A directory where a file belongs says so (not "Input/output error"). */
+static void test_read_file_of_a_directory_says_so(void **state)
+{
+    char err[256], *text, **v;
+    size_t n;
+    assert_int_equal(wlc_read_file("/tmp", &text, err, sizeof(err)), -EISDIR);
+    assert_non_null(strstr(err, "/tmp: it is a directory"));
+    assert_int_equal(wlc_read_targets("/tmp", &v, &n, err, sizeof(err)), -EISDIR);
+    assert_non_null(strstr(err, "is a directory"));
+    (void)state;
+}
+
+static char *render_prom(const struct wl_slot_info *s, size_t n)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    assert_int_equal(wlc_format_prometheus(f, "/seg", s, n), 0);
+    fclose(f);
+    return buf;
+}
+
+/* Label values use only \\, \" and \n; every other control character is replaced, and the
+ * key then carries its hash, as does one cut at WL_KEY_MAX, so no two slots share a series
+ * (the end-to-end check with a strict parser is in test_cli). */
+static void test_prometheus_labels_escape_only_what_the_format_allows(void **state)
+{
+    static struct wl_slot_info s[6];
+    const char *keys[] = {"cr\rhere", "cr\there", "cr\x01here", "q\"b\\n\nx"};
+    char *out, *p;
+    size_t i;
+
+    memset(s, 0, sizeof(s));
+    for (i = 0; i < 4; i++) {
+        snprintf(s[i].key, sizeof(s[i].key), "%s", keys[i]);
+        s[i].key_len = (uint32_t)strlen(keys[i]);
+        s[i].key_hash = 0x1111 * (i + 1);
+        s[i].ready_age_ms = s[i].time_to_ready_ms = s[i].down_ms = -1;
+    }
+    for (i = 4; i < 6; i++) { /* two keys of 450 bytes, cut to the same 400 */
+        memset(s[i].key, 'k', WL_KEY_MAX);
+        s[i].key[WL_KEY_MAX] = '\0';
+        s[i].key_len = 450;
+        s[i].key_hash = 0xabc0 + i;
+        s[i].ready_age_ms = s[i].time_to_ready_ms = s[i].down_ms = -1;
+    }
+    out = render_prom(s, 6);
+    for (p = out; (p = strchr(p, '\\')); p += 2)
+        assert_non_null(strchr("\\\"n", p[1]));
+    for (p = out; *p; p++)
+        assert_false((unsigned char)*p < 0x20 && *p != '\n');
+    assert_non_null(strstr(out, "warmlock_epoch{key=\"cr\xef\xbf\xbdhere#0000000000001111\"} 0"));
+    assert_non_null(strstr(out, "warmlock_epoch{key=\"cr\xef\xbf\xbdhere#0000000000002222\"} 0"));
+    assert_non_null(strstr(out, "warmlock_epoch{key=\"q\\\"b\\\\n\\nx#0000000000004444\"} 0"));
+    assert_non_null(strstr(out, "kkkk#000000000000abc4\"} 0"));
+    assert_non_null(strstr(out, "kkkk#000000000000abc5\"} 0"));
+    free(out);
+    (void)state;
+}
+
+/* down_ms: a table column, a JSON number (null when not down), a gauge in seconds. */
+static void test_down_ms_shows_in_table_json_and_metrics(void **state)
+{
+    struct wl_slot_info s[2];
+    char *t;
+
+    memset(s, 0, sizeof(s));
+    snprintf(s[0].key, sizeof(s[0].key), "down");
+    snprintf(s[1].key, sizeof(s[1].key), "up");
+    s[0].state = WL_WARMING;
+    s[0].down_ms = 1500;
+    s[1].state = WL_READY;
+    s[0].ready_age_ms = s[0].time_to_ready_ms = s[1].down_ms = -1;
+    s[1].ready_age_ms = 5;
+    s[1].time_to_ready_ms = 7;
+    t = render(wlc_format_table, s, 2);
+    assert_non_null(strstr(t, " DOWN "));
+    assert_non_null(strstr(t, "1500ms"));
+    free(t);
+    t = render_json(s, 2);
+    assert_non_null(strstr(t, "\"down_ms\": 1500,"));
+    assert_non_null(strstr(t, "\"down_ms\": null,"));
+    free(t);
+    t = render_prom(s, 2);
+    assert_non_null(strstr(t, "# TYPE warmlock_down_seconds gauge\n"));
+    assert_non_null(strstr(t, "warmlock_down_seconds{key=\"down\"} 1.500\n"));
+    assert_null(strstr(t, "warmlock_down_seconds{key=\"up\"}"));
+    free(t);
+    (void)state;
+}
+
 static void test_sd_notify_sends_to_path_and_abstract_sockets(void **state)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -344,6 +468,10 @@ int main(void)
         cmocka_unit_test(test_oneline_collapses_whitespace),
         cmocka_unit_test(test_logfmt_quotes_and_escapes_values),
         cmocka_unit_test(test_targets_file_skips_comments_and_blanks),
+        cmocka_unit_test(test_targets_file_comment_after_a_target_keeps_the_target),
+        cmocka_unit_test(test_read_file_of_a_directory_says_so),
+        cmocka_unit_test(test_prometheus_labels_escape_only_what_the_format_allows),
+        cmocka_unit_test(test_down_ms_shows_in_table_json_and_metrics),
         cmocka_unit_test(test_sd_notify_sends_to_path_and_abstract_sockets),
         cmocka_unit_test(test_notify_fd_writes_a_newline_and_closes),
         cmocka_unit_test(test_snapshot_all_finds_every_slot),
