@@ -69,7 +69,7 @@ static const mode_t modes[4] = {0600, 0660, 0640, 0666};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct wl_open_opts o = {0, 0, 50};
+    struct wl_open_opts o = {0, 0, 50, 0};
     struct wl_segment *seg = NULL;
     const uint8_t *body;
     uint64_t magic_before = 0;

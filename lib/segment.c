@@ -330,8 +330,16 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
                 }
                 /* In use from now on. LOCK_EX is held only for moments (an initialiser
                  * that just published, an unlinker deciding): wait for it. */
-                if (flock(fd, LOCK_SH | LOCK_NB) == 0)
-                    break; /* validated; keep the mapping p */
+                if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+                    struct stat now;
+                    if (fstat(fd, &now) == 0 && now.st_nlink > 0)
+                        break; /* validated; keep the mapping p */
+                    /* an unlinker removed it while we waited for the lock: open the name
+                     * again (the caller does) rather than use an orphan */
+                    flock(fd, LOCK_UN);
+                    munmap(p, (size_t)st.st_size);
+                    return -EAGAIN;
+                }
                 r = errno == EWOULDBLOCK ? pause_until(deadline, &pause_ns) : -errno;
                 munmap(p, (size_t)st.st_size);
                 if (r == -ETIMEDOUT)
@@ -474,7 +482,7 @@ WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
     int existing = opts && (opts->flags & WL_OPEN_EXISTING);
     struct wl_segment *seg;
     struct wl__map *map = NULL;
-    int fd = -1, r, tries;
+    int fd = -1, r, tries, again = 0;
 
     if (!out)
         return wl__set_error(-EINVAL, "wl_open: out is NULL");
@@ -500,6 +508,7 @@ WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
      * with ELOOP instead of being followed. O_NONBLOCK: opening a FIFO planted at the name
      * returns at once (and fstat then refuses it) instead of waiting for a writer. The name
      * can vanish between a failed create and the open: try again a few times. */
+reopen:
     for (tries = 0; fd < 0 && tries < 8; tries++) {
         if (!existing) {
             fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL | O_NONBLOCK, mode);
@@ -517,6 +526,13 @@ WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
                     existing, &map);
     if (r < 0 || map->fd != fd)
         close(fd); /* a mapping made earlier keeps its own descriptor (and flock) */
+    if (r == -EAGAIN) { /* removed under us: the name may hold a new segment, or none */
+        if (++again > 8)
+            return wl__set_error(-EAGAIN, "segment %s was removed again and again while "
+                                          "being opened", nm);
+        fd = -1;
+        goto reopen;
+    }
     if (r < 0)
         return r;
 
