@@ -17,7 +17,8 @@
  *   mutex may publish, and a child's publish is refused (-ECHILD).
  * - The segment stays mapped until the process exits, even after wl_close(): unmapping
  *   memory that holds robust mutexes is unsafe (glibc bug 14485). Opening the same segment
- *   again reuses the mapping.
+ *   again reuses the mapping. Each mapping also keeps one descriptor open, holding a shared
+ *   flock(2) that tells wl_unlink_unused() the segment is in use.
  * - Leader pids shown in messages and status are those of the creator's PID namespace;
  *   liveness never depends on them (the kernel's robust-mutex cleanup does).
  * - A leader that is alive but stuck (SIGSTOP, a hung warm-up) keeps its slot: callers get

@@ -183,20 +183,13 @@ static void daemon_log(const struct daemon *d, char *buf, size_t len)
 static int slot(const char *shm, const char *key, struct wl_slot_info *out)
 {
     struct wl_segment *seg;
-    struct wl_slot_info *s;
-    int n, i;
+    int r;
 
     if (wl_open(shm, NULL, &seg) < 0)
         return -1;
-    n = wlc_snapshot_all(seg, &s);
+    r = wl_lookup(seg, key, out);
     wl_close(seg);
-    if (n < 0)
-        return -1;
-    i = wlc_find_slot(s, (size_t)n, key);
-    if (i >= 0)
-        *out = s[i];
-    free(s);
-    return i < 0 ? -1 : 0;
+    return r < 0 ? -1 : 0;
 }
 
 /* Wait until the slot is (want_ready) READY or (!want_ready) not READY; ms taken or -1. */
