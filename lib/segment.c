@@ -137,9 +137,15 @@ static size_t layout_size(uint32_t nslots)
 
 static const char *type_name(mode_t m)
 {
-    return S_ISFIFO(m) ? "a FIFO" : S_ISDIR(m) ? "a directory" : S_ISCHR(m) ? "a character device"
-         : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : S_ISLNK(m) ? "a symbolic link"
-         : "not a regular file";
+    if (S_ISFIFO(m))
+        return "a FIFO";
+    if (S_ISDIR(m))
+        return "a directory";
+    if (S_ISCHR(m) || S_ISBLK(m))
+        return "a device";
+    if (S_ISSOCK(m))
+        return "a socket";
+    return "not a regular file";
 }
 
 /* Is the object safe to use? Regular, ours (or a group we are in, when the object is
@@ -278,8 +284,8 @@ static int pause_until(uint64_t deadline, uint64_t *pause_ns)
 
 static int not_a_segment(const char *name, off_t size, const char *why)
 {
-    return wl__set_error(-EPROTO, "%s is not a warmlock segment (%lld bytes, %s); " REMOVE_HINT,
-                         name, (long long)size, why, name);
+    return wl__set_error(-EPROTO, "%s is not a warmlock segment (%lld bytes, %s); "
+                                  REMOVE_HINT, name, (long long)size, why, name);
 }
 
 /*

@@ -1,4 +1,5 @@
-/* coordinator/common.c: the status table, JSON, Prometheus text, logfmt, option and file parsing, notifications. */
+/* coordinator/common.c: the status table, JSON, Prometheus text, logfmt, option and file
+ * parsing, notifications. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
