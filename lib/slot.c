@@ -906,6 +906,10 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
             r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
             break;
         }
+        if (!counted) { /* from here on this caller waits (and is counted) until it decides */
+            tok = token_take(seg, sl, now ^ (uint64_t)getpid() * 0x9e3779b97f4a7c15ull);
+            counted = 1;
+        }
         if ((k.flags & WL_FAIL_FAST) && atomic_load_explicit(&sl->down_ns, memory_order_relaxed) &&
             (WL__IS_WARMING(s) || !claimable(sl, s, now, k.ttl_ns, &until))) {
             /* An outage, and someone probes (or probed a moment ago): answer now. */
@@ -927,8 +931,14 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
                 break;
             }
             /* Claimable: take the mutex (blocking: whoever holds it is deciding, or is a
-             * leader whose warm-up we then wait out), then decide under it. */
+             * leader whose warm-up we then wait out, counted as a waiter meanwhile), then
+             * decide under it. */
             r = wl__lock(&sl->mutex, k.deadline, repair_slot, sl);
+            if (r >= 0 && counted) { /* deciding, not waiting: a leader is no waiter */
+                token_give(sl, tok);
+                tok = NULL;
+                counted = 0;
+            }
             if (r == -ETIMEDOUT) {
                 r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
                 break;
@@ -949,10 +959,6 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
         }
 
         /* WARMING: follow. */
-        if (!counted) {
-            tok = token_take(seg, sl, now ^ (uint64_t)getpid() * 0x9e3779b97f4a7c15ull);
-            counted = 1;
-        }
         r = wl__lock(&sl->watch, 0, repair_none, NULL);
         if (r == -EBUSY && wl__lock(&sl->deputy, 0, repair_none, NULL) >= 0) {
             /* The deputy: block on the watcher's mutex; the kernel hands it over when the
@@ -969,6 +975,11 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
              * owner-dead, if the leader dies. */
             r = wl__lock(&sl->mutex, k.deadline, repair_slot, sl);
             wl__unlock(&sl->watch);
+            if (r >= 0 && counted) { /* deciding now */
+                token_give(sl, tok);
+                tok = NULL;
+                counted = 0;
+            }
             if (r < 0) {
                 /* Deadline (or an error): let another follower become the watcher. */
                 wl__futex_wake_all(&sl->state);
