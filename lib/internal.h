@@ -21,6 +21,10 @@
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
 #define WL__LAYOUT_VERSION 2
+/* The magic word while an initialiser works ("WLINIT.." little-endian), written before the
+ * object is sized: an object that carries it is a segment whose creator died half-way,
+ * which the next opener finishes. */
+#define WL__INIT_MARK 0x2e2e54494e494c57ull
 #define WL__LINE 64
 #define WL__LIBC_GLIBC 1
 #define WL__LIBC_OTHER 2

@@ -4,10 +4,11 @@
  *
  * Initialisation is race-free without a designated creator: whoever holds flock(LOCK_EX) on
  * an object whose magic is not yet written initialises it, and writes the magic last. The
- * kernel drops a flock when its holder dies. A creator sizes the object in one ftruncate
- * before it writes, so an empty object is one whose creator died before sizing it, and the
+ * kernel drops a flock when its holder dies. A creator first writes a mark (WL__INIT_MARK)
+ * where the magic goes, then sizes the object, then writes the rest and the magic, so an
+ * object that is empty or carries the mark is one whose creator died half-way, and the
  * next opener finishes it; anything else without the magic (a short object holding data, a
- * full-size one never given its magic) is not a warmlock segment and is never written.
+ * full-size one of zeros) is not a warmlock segment and is never written.
  *
  * Every process that maps a segment keeps a shared flock on it until it exits, so
  * wl_unlink_unused() can tell whether anyone still uses a segment before it removes it.
@@ -218,14 +219,23 @@ static int check_mapped(const char *name, const struct wl__header *h, size_t siz
     return r;
 }
 
+#define INIT_MARK WL__INIT_MARK
+
+static int init_marked(int fd)
+{
+    uint64_t w = 0;
+    return pread(fd, &w, sizeof(w), 0) == (ssize_t)sizeof(w) && w == INIT_MARK;
+}
+
 static void init_segment(struct wl__header *h, uint32_t nslots)
 {
     struct wl__slot *slots = (struct wl__slot *)(h + 1);
     uint32_t i;
 
     /* ftruncate() zero-filled the object; a previous initialiser that died may have left
-     * a partial header, so clear it again. */
-    memset(h, 0, layout_size(nslots));
+     * a partial header, so clear it again, all but the magic word (still INIT_MARK, so a
+     * death from here on leaves an object the next opener knows to finish). */
+    memset((char *)h + sizeof(h->magic), 0, layout_size(nslots) - sizeof(h->magic));
     h->layout_version = WL__LAYOUT_VERSION;
     h->header_size = sizeof(struct wl__header);
     h->total_size = layout_size(nslots);
@@ -317,13 +327,14 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
         if (*out) /* mapped already (it stays mapped): validate it as it is now */
             return check_mapped(name, (*out)->hdr, (size_t)st.st_size, want_slots);
 
-        if (st.st_size > 0 && (size_t)st.st_size < sizeof(struct wl__header))
-            /* An initialiser sets the full size in one ftruncate before it writes, so a
-             * shorter object that is not empty is someone else's (or a truncated segment
-             * that others may still map): never write to it. */
+        int ours = st.st_size >= 8 && init_marked(fd);
+        if (st.st_size > 0 && (size_t)st.st_size < sizeof(struct wl__header) && !ours)
+            /* An initialiser marks the object (INIT_MARK) before it sizes it, so a shorter
+             * object without the mark is someone else's (or a truncated segment that
+             * others may still map): never write to it. */
             return not_a_segment(name, st.st_size, "shorter than a segment header");
 
-        if (st.st_size > 0) {
+        if (st.st_size > 0 && !ours) {
             if ((r = map_fd(fd, (size_t)st.st_size, &p)) < 0)
                 return wl__set_error(r, "cannot map segment %s: %s", name, strerror(-r));
             h = p;
@@ -380,7 +391,7 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
             flock(fd, LOCK_UN);
             return wl__set_error(r, "cannot stat segment %s: %s", name, strerror(-r));
         }
-        if (st.st_size > 0) {
+        if (st.st_size > 0 && !(st.st_size >= 8 && init_marked(fd))) {
             uint64_t magic = 0;
             if ((size_t)st.st_size >= sizeof(*h)) {
                 if ((r = map_fd(fd, (size_t)st.st_size, &p)) < 0) {
@@ -404,9 +415,13 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
             return wl__set_error(-ENOENT, "segment %s is empty (its creator died before "
                                           "initialising it); the next process that opens it "
                                           "to use it finishes it", name);
+            /* (an object with the INIT_MARK only is "empty" in the same sense) */
         }
-        /* shm_open applied the umask: set the mode we were asked for. */
-        if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)layout_size(nslots)) < 0) {
+        /* shm_open applied the umask: set the mode we were asked for. The mark goes in
+         * before the size, so there is never a sized object of ours without it. */
+        if (fchmod(fd, mode) < 0 ||
+            pwrite(fd, &(uint64_t){INIT_MARK}, sizeof(uint64_t), 0) != sizeof(uint64_t) ||
+            ftruncate(fd, (off_t)layout_size(nslots)) < 0) {
             r = -errno;
             flock(fd, LOCK_UN);
             return wl__set_error(r, "cannot initialise segment %s: %s", name, strerror(-r));

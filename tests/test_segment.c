@@ -204,6 +204,11 @@ static int dying_creator(void *arg, int idx)
     flock(fd, LOCK_EX);
     if (idx == 1 && ftruncate(fd, 4096) != 0)
         return 2;
+    if (idx == 3) { /* as the library's creator does: the mark, the size, then killed */
+        uint64_t mark = WL__INIT_MARK;
+        if (pwrite(fd, &mark, sizeof(mark), 0) != sizeof(mark) || ftruncate(fd, 65536) != 0)
+            return 2;
+    }
     if (idx == 2) { /* hang holding the lock */
         raise(SIGSTOP);
         return 0;
@@ -239,6 +244,16 @@ static void test_open_finishes_only_an_empty_object(void **state)
     assert_int_equal(wlt_wait(p, 5000), 128 + SIGKILL);
     expect_refused_untouched(-EPROTO, "not a warmlock segment");
     expect_open(-EPROTO, "warmlock unlink --shm");
+    shm_unlink(name);
+
+    /* A creator of ours killed after sizing: its mark says so, and the next opener
+     * finishes it (a read-only opener does not). */
+    p = wlt_spawn(dying_creator, NULL, 3);
+    assert_int_equal(wlt_wait(p, 5000), 128 + SIGKILL);
+    expect_open_existing(-ENOENT, "empty");
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    assert_int_equal(wl_ensure(seg, "k", NULL, NULL, NULL, NULL), 0);
+    wl_close(seg);
 }
 
 static void test_open_times_out_on_hung_initialiser(void **state)
