@@ -20,7 +20,7 @@
  * every futex word and every mutex on its own cache line). ---- */
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
-#define WL__LAYOUT_VERSION 2
+#define WL__LAYOUT_VERSION 3
 /* The magic word while an initialiser works ("WLINIT.." little-endian), written before the
  * object is sized: an object that carries it is a segment whose creator died half-way,
  * which the next opener finishes. */
@@ -51,6 +51,7 @@ struct wl__header {
     int32_t creator_pid;
     uint64_t creator_pidns;  /* inode of the creator's /proc/self/ns/pid, 0 if unknown */
     uint64_t created_ms;     /* CLOCK_REALTIME */
+    uint8_t salt[16];        /* random (getrandom): keys the password digests in slot keys */
     /* Robust, process-shared; guards slot allocation (key_hash/key of free slots). */
     alignas(WL__LINE) pthread_mutex_t lock;
     /* Slots in use; written under `lock`, read with acquire. */
@@ -154,6 +155,8 @@ uint64_t wl__pidns(void);
 int wl__lock(pthread_mutex_t *m, uint64_t deadline_ns, void (*repair)(void *), void *arg);
 void wl__unlock(pthread_mutex_t *m);
 void wl__mutex_init(pthread_mutex_t *m);
+/* The segment's random 16-byte salt (the header's, fixed at creation). */
+const uint8_t *wl__segment_salt(const struct wl_segment *seg);
 
 /* slot.c */
 uint64_t wl__key_hash(const char *key, size_t len);
@@ -332,5 +335,18 @@ int wl__pg_classify(const char *sqlstate, const char *msg, int connecting, int *
  * ("...FATAL:  57P03: the database system is starting up"), the last one if several
  * hosts were tried; "" if none. */
 void wl__pg_sqlstate_of(const char *msg, char out[6]);
+
+/* pgkey.c: keys and the masking of passwords in libpq's messages about a conninfo. */
+struct _PQconninfoOption;
+/* libpq's message about conninfo (msg) as one line into dst, with every spelling of a
+ * password in conninfo masked as "***": the value libpq parsed, and where a conninfo
+ * libpq cannot parse spells one (a URI's user:password@, a "password" keyword, URI query
+ * keywords percent-decoded as libpq decodes them), raw and decoded. */
+void wl__pg_conninfo_message(char *dst, size_t len, const char *msg, const char *conninfo);
+/* The same for a message about options PQconninfoParse returned (their password masked). */
+void wl__pg_options_message(char *dst, size_t len, const char *msg,
+                            const struct _PQconninfoOption *opts);
+/* SipHash-2-4 of the n bytes at m under the 16-byte key k. */
+uint64_t wl__siphash24(const uint8_t k[16], const void *m, size_t n);
 
 #endif

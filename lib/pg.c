@@ -23,7 +23,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <poll.h>
-#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -35,9 +34,6 @@
 #define DEFAULT_ATTEMPT_TIMEOUT_MS 2000u
 #define DEFAULT_VERIFY_SQL         "SELECT 1"
 #define DEFAULT_TIMEOUT_MS         30000u
-/* libpq's compiled-in DEFAULT_PGSOCKET_DIR on Debian (upstream's is /tmp). */
-#define DEFAULT_SOCKET_DIR "/var/run/postgresql"
-#define DEFAULT_PORT       "5432"
 /* wl_pg_connect re-verifies a stale epoch only with at least this much time left. */
 #define MIN_REVERIFY_NS (50 * MS)
 
@@ -169,85 +165,6 @@ static void clean_message(char *dst, size_t len, const char *msg)
 
 /* ---------------------------------------------------------------- conninfo */
 
-/* Where conninfo spells a password: the URI's user:password@, and the value after every
- * "password" (key=value, or ?password= in a URI), quoted or not. Calls f on each. */
-static void each_password(const char *ci, void (*f)(void *, const char *, size_t), void *arg)
-{
-    const char *p, *q;
-    size_t n;
-
-    if (!strncmp(ci, "postgresql://", 13) || !strncmp(ci, "postgres://", 11)) {
-        q = strstr(ci, "://") + 3;
-        n = strcspn(q, "@/"); /* libpq looks for the '@' before the first '/' */
-        if (q[n] == '@' && (p = memchr(q, ':', n)))
-            f(arg, p + 1, (size_t)(q + n - p - 1));
-    }
-    for (p = ci; (p = strstr(p, "password"));) {
-        p += 8;
-        q = p + strspn(p, " \t\n\r\f\v");
-        if (*q != '=')
-            continue;
-        q++;
-        q += strspn(q, " \t\n\r\f\v");
-        if (*q == '\'') { /* up to the closing quote; \x escapes */
-            for (n = 1; q[n] && q[n] != '\''; n++)
-                if (q[n] == '\\' && q[n + 1])
-                    n++;
-            f(arg, q + 1, n - 1);
-        } else {
-            f(arg, q, strcspn(q, " \t\n\r\f\v&"));
-        }
-    }
-}
-
-struct redaction {
-    char *s; /* malloc'd, being redacted */
-};
-
-static void mask(void *arg, const char *pw, size_t n)
-{
-    struct redaction *r = arg;
-    char *hit, *out;
-    size_t len;
-
-    if (!n || !r->s)
-        return;
-    /* "***" may be longer than a 1- or 2-byte password: size for the worst case */
-    len = strlen(r->s);
-    if (!(out = malloc(len * 3 + 1))) {
-        free(r->s);
-        r->s = NULL;
-        return;
-    }
-    out[0] = '\0';
-    {
-        const char *from = r->s;
-        char *to = out;
-        while ((hit = memmem(from, strlen(from), pw, n))) {
-            memcpy(to, from, (size_t)(hit - from));
-            to += hit - from;
-            memcpy(to, "***", 3);
-            to += 3;
-            from = hit + n;
-        }
-        strcpy(to, from);
-    }
-    free(r->s);
-    r->s = out;
-}
-
-/* libpq's message about conninfo, as one line into dst, with every spelling of a password
- * in conninfo masked: its parser quotes what it cannot parse (a malformed URI whole, with
- * its user:password@), and that message goes to results, the segment's failure text and
- * logs. Masked before clean_message() truncates, so no prefix of a password survives. */
-static void conninfo_message(char *dst, size_t len, const char *msg, const char *conninfo)
-{
-    struct redaction r = {strdup(msg ? msg : "")};
-    each_password(conninfo ? conninfo : "", mask, &r);
-    clean_message(dst, len, r.s ? r.s : "(message withheld: out of memory)");
-    free(r.s);
-}
-
 /* The keywords and values of conninfo, plus gssencmode=disable unless it sets one. The
  * arrays point into *parsed. -EINVAL with libpq's message. */
 static int conn_params(const char *conninfo, PQconninfoOption **parsed, const char ***kw,
@@ -261,7 +178,7 @@ static int conn_params(const char *conninfo, PQconninfoOption **parsed, const ch
     *kw = *val = NULL;
     if (!(*parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
         char m[256];
-        conninfo_message(m, sizeof(m), perr ? perr : "out of memory", conninfo);
+        wl__pg_conninfo_message(m, sizeof(m), perr ? perr : "out of memory", conninfo);
         wl__fmt(err, errlen, "invalid conninfo: %s", m);
         PQfreemem(perr);
         return perr ? -EINVAL : -ENOMEM;
@@ -485,13 +402,8 @@ static int start_attempt(struct probe *p)
         const char *m = PQerrorMessage(p->conn);
         if (!is_connection_error(m)) {
             /* Rejected by libpq before any server contact (invalid sslmode, ...). */
-            struct redaction rd = {strdup(m)};
             char msg[256];
-            for (PQconninfoOption *o = p->parsed; o && o->keyword; o++)
-                if (!strcmp(o->keyword, "password") && o->val)
-                    mask(&rd, o->val, strlen(o->val));
-            clean_message(msg, sizeof(msg), rd.s ? rd.s : "(message withheld: out of memory)");
-            free(rd.s);
+            wl__pg_options_message(msg, sizeof(msg), m, p->parsed);
             wl__fmt(p->error, sizeof(p->error), "invalid conninfo: %s", msg);
             p->sqlstate[0] = '\0';
             p->attempts--; /* not an attempt: the server was never contacted */
@@ -747,129 +659,6 @@ int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t d
     return r;
 }
 
-/* ---------------------------------------------------------------- the key */
-
-/* Append s to the key, percent-encoding the separators in `special` (and '%'). */
-static void put(char *buf, size_t len, size_t *n, const char *s, const char *special)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '%' || c < 0x20 || c == 0x7f || strchr(special, c)) {
-            if (*n + 3 < len) {
-                buf[(*n)++] = '%';
-                buf[(*n)++] = hex[c >> 4];
-                buf[(*n)++] = hex[c & 15];
-            } else {
-                *n = len; /* overflow: reported by the caller */
-                return;
-            }
-        } else if (*n + 1 < len) {
-            buf[(*n)++] = (char)c;
-        } else {
-            *n = len;
-            return;
-        }
-    }
-}
-
-/* The value libpq would use: the conninfo's, else its environment variable's, else the
- * compiled-in default (each option record of PQconninfoParse names both; this is what
- * PQconndefaults does, without its cost). The user's fallback is the caller's. */
-static const char *eff(const PQconninfoOption *parsed, const char *kw)
-{
-    const PQconninfoOption *o;
-    const char *v;
-    for (o = parsed; o && o->keyword; o++) {
-        if (strcmp(o->keyword, kw) != 0)
-            continue;
-        if (o->val && o->val[0])
-            return o->val;
-        if (o->envvar && (v = getenv(o->envvar)) && v[0])
-            return v;
-        return o->compiled && o->compiled[0] ? o->compiled : NULL;
-    }
-    return NULL;
-}
-
-/* What selects the server and the session, besides user@host:port/dbname, in this order.
- * A value equal to libpq's default is left out, so spelling the default changes nothing. */
-static const struct {
-    const char *kw, *dflt;
-} key_extras[] = {
-    {"hostaddr", NULL}, /* only when host is also given (else it is the host part) */
-    {"options", NULL},     {"target_session_attrs", "any"},
-    {"replication", NULL}, {"sslmode", "prefer"},
-    {"sslcert", NULL},     {"service", NULL},
-};
-
-WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len)
-{
-    PQconninfoOption *parsed;
-    const char *user, *db, *host, *haddr, *port;
-    char *perr = NULL, m[256], uname[256] = "";
-    size_t n = 0, i;
-    int extra = 0, haddr_extra, r;
-
-    if (!buf || len < 2)
-        return -EINVAL;
-    if (!(parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
-        conninfo_message(m, sizeof(m), perr ? perr : "out of memory", conninfo);
-        wl__fmt(buf, len, "invalid conninfo: %s", m);
-        r = perr ? -EINVAL : -ENOMEM;
-        PQfreemem(perr);
-        return r;
-    }
-    user = eff(parsed, "user");
-    if (!user) {
-        struct passwd *pw = getpwuid(geteuid());
-        wl__copy(uname, sizeof(uname), pw ? pw->pw_name : "");
-        user = uname;
-    }
-    db = eff(parsed, "dbname");
-    if (!db)
-        db = user; /* libpq: dbname defaults to the user name */
-    host = eff(parsed, "host");
-    haddr = eff(parsed, "hostaddr");
-    /* The host part: host, else hostaddr, else libpq's default socket directory; hostaddr
-     * is an extra only when both are given (host then names it, e.g. for TLS). */
-    if (!host)
-        host = haddr ? haddr : DEFAULT_SOCKET_DIR, haddr_extra = 0;
-    else
-        haddr_extra = haddr && strcmp(host, haddr) != 0;
-    port = eff(parsed, "port");
-    if (!port)
-        port = DEFAULT_PORT;
-
-    put(buf, len, &n, user, "@:/?&=");
-    put(buf, len, &n, "@", "");
-    put(buf, len, &n, host, "@?&=:");
-    put(buf, len, &n, ":", "");
-    put(buf, len, &n, port, "/?&=");
-    put(buf, len, &n, "/", "");
-    put(buf, len, &n, db, "/?&=");
-    for (i = 0; i < sizeof(key_extras) / sizeof(key_extras[0]); i++) {
-        const char *v = eff(parsed, key_extras[i].kw);
-        if (!v)
-            continue;
-        if (!strcmp(key_extras[i].kw, "hostaddr") && !haddr_extra)
-            continue;
-        if (key_extras[i].dflt && !strcmp(v, key_extras[i].dflt))
-            continue;
-        put(buf, len, &n, extra++ ? "&" : "?", "");
-        put(buf, len, &n, key_extras[i].kw, "");
-        put(buf, len, &n, "=", "");
-        put(buf, len, &n, v, "&=?");
-    }
-    PQconninfoFree(parsed);
-    if (n >= len) {
-        wl__fmt(buf, len, "key too long");
-        return -ENAMETOOLONG;
-    }
-    buf[n] = '\0';
-    return (int)n;
-}
-
 /* ---------------------------------------------------------------- the public calls */
 
 struct warm_ctx {
@@ -925,12 +714,13 @@ static int ensure_key(struct wl_segment *seg, const char *conninfo, const char *
     return wl_ensure(seg, key, pg_warm, &ctx, &w, res);
 }
 
-/* Clear res and compute the key of conninfo; on a bad conninfo, libpq's message in res. */
-static int begin_call(const char *conninfo, char *key, size_t len, struct wl_result *res)
+/* Clear res and compute the slot key of conninfo; on a bad conninfo, libpq's message in res. */
+static int begin_call(struct wl_segment *seg, const char *conninfo, char *key, size_t len,
+                      struct wl_result *res)
 {
     int r;
     memset(res, 0, sizeof(*res));
-    if ((r = wl_pg_key(conninfo, key, len)) < 0)
+    if ((r = wl_pg_slot_key(seg, conninfo, key, len)) < 0)
         wl__copy(res->error, sizeof(res->error), key);
     return r;
 }
@@ -939,13 +729,13 @@ WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
                            const struct wl_pg_opts *opts, struct wl_result *res)
 {
     struct wl_result scratch;
-    char key[WL_KEY_MAX * 2 + 1];
+    char key[WL_PG_KEY_MAX];
     uint64_t deadline = wl__now_ns() + (uint64_t)call_timeout_ms(opts) * MS;
     int r;
 
     if (!res)
         res = &scratch;
-    if ((r = begin_call(conninfo, key, sizeof(key), res)) < 0)
+    if ((r = begin_call(seg, conninfo, key, sizeof(key), res)) < 0)
         return r;
     return ensure_key(seg, conninfo, key, opts, deadline, res);
 }
@@ -970,7 +760,7 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
                                 const struct wl_pg_opts *opts, struct wl_result *res)
 {
     struct wl_result scratch;
-    char key[WL_KEY_MAX * 2 + 1];
+    char key[WL_PG_KEY_MAX];
     uint64_t t0 = wl__now_ns(), deadline = t0 + (uint64_t)call_timeout_ms(opts) * MS;
     int r;
 
@@ -979,7 +769,7 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
     char full[200] = ""; /* the server's last "too many connections" refusal */
     unsigned own = 0;    /* connection attempts of our own */
 
-    if (begin_call(conninfo, key, sizeof(key), res) < 0)
+    if (begin_call(seg, conninfo, key, sizeof(key), res) < 0)
         return NULL;
     for (;;) {
         struct wl_pg_opts one;

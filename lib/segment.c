@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -247,6 +248,7 @@ static void init_segment(struct wl__header *h, uint32_t nslots)
     h->creator_pid = (int32_t)getpid();
     h->creator_pidns = wl__pidns();
     h->created_ms = wl__realtime_ms();
+    while (getrandom(h->salt, sizeof(h->salt), 0) != (ssize_t)sizeof(h->salt) && errno == EINTR) {}
     wl__mutex_init(&h->lock);
     for (i = 0; i < WL__NTOKENS; i++)
         wl__mutex_init(&h->tokens[i].m);
@@ -631,6 +633,11 @@ WL_EXPORT int wl_unlink_unused(const char *name)
 WL_EXPORT const char *wl_name(const struct wl_segment *seg)
 {
     return seg->name;
+}
+
+const uint8_t *wl__segment_salt(const struct wl_segment *seg)
+{
+    return seg->hdr->salt;
 }
 
 WL_EXPORT int wl_check(struct wl_segment *seg)

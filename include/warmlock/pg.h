@@ -58,9 +58,21 @@ WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
  * with res->error set. */
 WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
                                 const struct wl_pg_opts *opts, struct wl_result *res);
+/* The longest key wl_pg_key() and wl_pg_slot_key() make, with its NUL. */
+#define WL_PG_KEY_MAX 1024
 /* The canonical key of a conninfo (what selects the server and session; never the
- * password) into buf. Returns its length, or -EINVAL with libpq's message in buf. */
+ * password) into buf. A service= conninfo (or $PGSERVICE) is resolved by libpq first, so
+ * the key names the server the service file names. Returns its length, or -EINVAL with
+ * libpq's message in buf (passwords masked), -ENAMETOOLONG (longer than WL_PG_KEY_MAX - 1
+ * or than buf). Reads the service file; never connects. */
 WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len);
+/* The key under which seg holds conninfo's slot: wl_pg_key(), plus, when a password
+ * applies (the conninfo's, the service file's, $PGPASSWORD or the password file's, as
+ * libpq picks it), "pw=" and 8 hex digits of a digest of it keyed with seg's random salt
+ * ("...?sslmode=require&pw=4f2a9c1d"): two passwords get two slots, and the segment holds
+ * neither. What wl_pg_ensure() and wl_pg_connect() use. Errors as wl_pg_key(). */
+WL_EXPORT int wl_pg_slot_key(struct wl_segment *seg, const char *conninfo, char *buf,
+                             size_t len);
 
 #ifdef __cplusplus
 }
