@@ -109,8 +109,7 @@ static int fail(const char *what, const char *why)
 /* The key of conninfo's slot in seg, the key the engine itself uses. */
 static int slot_key(struct wl_segment *seg, const char *conninfo, char *buf, size_t len)
 {
-    (void)seg;
-    return wl_pg_key(conninfo, buf, len);
+    return wl_pg_slot_key(seg, conninfo, buf, len);
 }
 
 static int parse_epoch(const char *s, uint64_t *out)

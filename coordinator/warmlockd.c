@@ -257,7 +257,7 @@ static int add_target(const char *conninfo, int from_config)
     char key[KEYLEN], msg[512];
     struct target *t, **nv;
 
-    if (wl_pg_key(conninfo, key, sizeof(key)) < 0) {
+    if (wl_pg_slot_key(D.seg, conninfo, key, sizeof(key)) < 0) {
         /* libpq's message names the bad part; it never echoes a password value */
         LOG("error", NULL, "invalid target conninfo; skipped", "error", one(msg, sizeof(msg), key),
             "from", from_config ? D.config : "--target", NULL);
@@ -705,6 +705,8 @@ static void check_segment(void)
     }
     D.retired[D.nretired++] = old; /* warm-ups in flight may still use it */
     for (i = 0; i < D.nt; i++) {
+        /* the new segment's salt: the same targets, new password digests */
+        wl_pg_slot_key(D.seg, D.t[i]->conninfo, D.t[i]->key, sizeof(D.t[i]->key));
         D.t[i]->first_done = 0;
         D.t[i]->next_warm = 0;
         D.t[i]->backoff_ms = 0;

@@ -182,12 +182,23 @@ static void daemon_log(const struct daemon *d, char *buf, size_t len)
 
 static int slot(const char *shm, const char *key, struct wl_slot_info *out)
 {
+    static struct wl_slot_info s[64];
     struct wl_segment *seg;
-    int r;
+    size_t l = strlen(key);
+    int r, n;
 
     if (wl_open(shm, NULL, &seg) < 0)
         return -1;
     r = wl_lookup(seg, key, out);
+    /* a wl_pg_key() key: its slot's key carries the password digest ("?pw=" and 8 hex) */
+    if (r == -ENOENT && (n = wl_snapshot(seg, s, 64)) > 0)
+        for (int j = 0; j < n && j < 64; j++)
+            if (!strncmp(s[j].key, key, l) && strlen(s[j].key) == l + 12 &&
+                !strncmp(s[j].key + l + 1, "pw=", 3)) {
+                *out = s[j];
+                r = 0;
+                break;
+            }
     wl_close(seg);
     return r < 0 ? -1 : 0;
 }

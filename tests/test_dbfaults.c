@@ -196,8 +196,10 @@ static int worker(void *arg, int i)
         wlt_wake(&h->connected);
         wlt_wait_change(&h->go, 0, 60000);
         if (!query_one(c)) { /* the server went away under us: tell everyone */
+            char k[WL_PG_KEY_MAX];
             h->saw_broken[i] = 1;
-            wl_invalidate(seg, h->key, epoch);
+            if (wl_pg_slot_key(seg, h->ci, k, sizeof(k)) > 0)
+                wl_invalidate(seg, k, epoch);
         }
         PQfinish(c);
     } else if (h->n > 1) {

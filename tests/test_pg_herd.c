@@ -111,8 +111,10 @@ static int worker(void *arg, int i)
         wlt_wait_change(&h->go, 0, 30000);
         /* The server restarted under us: our connection is broken. Tell everyone. */
         if (!query_one(c)) {
+            char k[WL_PG_KEY_MAX];
             h->saw_broken[i] = 1;
-            wl_invalidate(seg, KEY, epoch);
+            if (wl_pg_slot_key(seg, h->ci, k, sizeof(k)) > 0)
+                wl_invalidate(seg, k, epoch);
         }
         PQfinish(c);
     } else if (h->n > 1) {
