@@ -13,6 +13,10 @@
  * - nor the error message: with a known password in a URI's user:password@ or a leading
  *   password=, followed by the input, neither the key nor libpq's parser message (which
  *   quotes what it cannot parse) holds it, even truncated;
+ * - wl_pg_slot_key gives wl_pg_key's key, or the same error, or -ENAMETOOLONG; a key it
+ *   gives is wl_pg_key's, then nothing or "?pw=" / "&pw=" and 8 hex digits; with a known
+ *   password in a password position (also ?pass%77ord=, and one holding an '@') the slot
+ *   keys of two passwords differ at most in those digits and hold neither;
  * - the SQLSTATE read from a message is "" or five characters [0-9A-Z] that stand after
  *   "FATAL:  ", "ERROR:  " or "PANIC:  " and before a ':' in it;
  * - classification returns one of the codes the engine documents.
@@ -29,8 +33,10 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-#define KEYBUF (WL_KEY_MAX * 2 + 1) /* what wl_pg_ensure gives it */
+#define KEYBUF WL_PG_KEY_MAX /* what wl_pg_ensure gives it */
 #define SMALL  24
+
+static struct wl_segment *seg;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -41,8 +47,21 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         "PGHOST",    "PGHOSTADDR",           "PGPORT",       "PGDATABASE",
         "PGUSER",    "PGPASSWORD",           "PGOPTIONS",    "PGSERVICE",
         "PGSSLMODE", "PGTARGETSESSIONATTRS", "PGSERVICEFILE"};
+    const char *name = getenv("WL_FUZZ_SHM");
+    char shm[128];
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
         unsetenv(vars[i]);
+    /* no password file, no service file: what a service names is not found */
+    setenv("PGPASSFILE", "/nonexistent/wl-fuzz/pgpass", 1);
+    setenv("PGSERVICEFILE", "/nonexistent/wl-fuzz/pg_service.conf", 1);
+    setenv("PGSYSCONFDIR", "/nonexistent/wl-fuzz", 1);
+    /* one segment for the slot keys' salt; its name goes at once (the mapping stays) */
+    snprintf(shm, sizeof(shm), "%s.key", name && *name ? name : "/wlfuzz.key");
+    if (wl_open(shm, NULL, &seg) < 0) {
+        fprintf(stderr, "fuzz_key: %s\n", wl_last_error());
+        abort();
+    }
+    wl_unlink(shm);
     return 0;
 }
 
@@ -63,6 +82,51 @@ static int key_of(const char *conninfo, size_t len, char **out)
     r = wl_pg_key(conninfo, buf, len);
     *out = buf;
     return r;
+}
+
+static int slot_key_of(const char *conninfo, size_t len, char **out)
+{
+    char *buf = malloc(len);
+    int r;
+    if (!buf)
+        abort();
+    r = wl_pg_slot_key(seg, conninfo, buf, len);
+    *out = buf;
+    return r;
+}
+
+/* The length of key without a trailing "?pw=" or "&pw=" and 8 hex digits. */
+static size_t without_digest(const char *key)
+{
+    size_t n = strlen(key);
+    if (n < 12 || (key[n - 12] != '?' && key[n - 12] != '&') || strncmp(key + n - 11, "pw=", 3))
+        return n;
+    for (size_t i = n - 8; i < n; i++)
+        if (!((key[i] >= '0' && key[i] <= '9') || (key[i] >= 'a' && key[i] <= 'f')))
+            return n;
+    return n - 12;
+}
+
+/* wl_pg_slot_key against wl_pg_key. */
+static void check_slot_key(const char *in, int r, const char *key)
+{
+    char *sk;
+    int rs = slot_key_of(in, KEYBUF, &sk);
+
+    if (r < 0 && rs != r && rs != -ENOMEM)
+        die("wl_pg_slot_key failed otherwise than wl_pg_key", in, key, sk);
+    if (r >= 0 && rs < 0 && rs != -ENAMETOOLONG && rs != -ENOMEM && rs != -EINVAL)
+        die("wl_pg_slot_key returned an undocumented code", in, key, sk);
+    if (r >= 0 && rs >= 0) {
+        size_t n = without_digest(sk);
+        if ((size_t)rs != strlen(sk))
+            die("wl_pg_slot_key's length is not the key's", in, sk, NULL);
+        if (n != (size_t)r || strncmp(sk, key, n) != 0)
+            die("the slot key is not wl_pg_key's key and a digest", in, key, sk);
+        if (n != strlen(sk) && sk[n] != (strchr(key, '?') ? '&' : '?'))
+            die("the digest's separator", in, key, sk);
+    }
+    free(sk);
 }
 
 /* Append s to a growing string. */
@@ -122,6 +186,7 @@ static void check_key(const char *in)
         die("wl_pg_key failed without a message", in, NULL, NULL);
     }
 
+    check_slot_key(in, r, key);
     rs = key_of(in, SMALL, &small);
     if (r >= 0 && rs >= 0 && (rs != r || strcmp(small, key) != 0))
         die("a smaller buffer gave another key", in, key, small);
@@ -157,31 +222,58 @@ static void check_key(const char *in)
  * percent-encoding). */
 #define SECRET_A "Fz9q-s3cr3t-K7"
 #define SECRET_B "Jw2x-p4ssw0-M1"
+/* With an '@' (raw in a URI, libpq ends user:password@ at it): the tail is "cr3t-K7". */
+#define SECRET_AT_A "Fz9q-s3@cr3t-K7"
+#define SECRET_AT_B "Jw2x-p4@ssw0-M1"
+
+/* The slot keys of a and b (which differ in their password only) differ at most in the
+ * digest: byte-identical otherwise, so they hold no piece of either password. */
+static void check_slot_keys(const char *a, const char *b)
+{
+    char *ka, *kb;
+    int ra = slot_key_of(a, KEYBUF, &ka), rb = slot_key_of(b, KEYBUF, &kb);
+    if (ra != rb && !(ra >= 0 && rb >= 0))
+        die("the slot key's outcome depends on the password", a, ka, kb);
+    if (ra < 0 && strcmp(ka, kb) != 0)
+        die("wl_pg_slot_key's message depends on the password", a, ka, kb);
+    if (ra >= 0 && (without_digest(ka) != without_digest(kb) ||
+                    strncmp(ka, kb, without_digest(ka)) != 0))
+        die("the slot key depends on the password beyond its digest", a, ka, kb);
+    free(ka);
+    free(kb);
+}
+
 static void check_no_secret(const char *in)
 {
     static const char *const fmts[] = {"postgresql://u:%s@%s", "postgres://:%s@%s",
-                                       "password=%s %s"};
+                                       "password=%s %s", "postgresql://h/d?pass%%77ord=%s&%s",
+                                       "postgresql://[::1]x/d?pass%%77ord=%s%s"};
+    static const char *const pairs[][2] = {{SECRET_A, SECRET_B}, {SECRET_AT_A, SECRET_AT_B}};
     static const size_t lens[] = {KEYBUF, SMALL};
-    size_t n = strlen(in) + 64;
+    size_t n = strlen(in) + 96;
     char *a = malloc(n), *b = malloc(n), *ka, *kb;
     int ra, rb;
 
     if (!a || !b)
         abort();
     /* an input that spells a password itself would be masked in one run and not the other */
-    if (!strstr(in, "Fz9q") && !strstr(in, "Jw2x")) {
-        for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++) {
-            snprintf(a, n, fmts[i], SECRET_A, in);
-            snprintf(b, n, fmts[i], SECRET_B, in);
-            for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
-                ra = key_of(a, lens[l], &ka);
-                rb = key_of(b, lens[l], &kb);
-                if (ra != rb || strcmp(ka, kb) != 0)
-                    die(ra < 0 ? "the error message depends on the password"
-                               : "the key depends on the password",
-                        a, ka, kb);
-                free(ka);
-                free(kb);
+    if (!strstr(in, "Fz9q") && !strstr(in, "Jw2x") && !strstr(in, "cr3t-K7") &&
+        !strstr(in, "ssw0-M1")) {
+        for (size_t p = 0; p < sizeof(pairs) / sizeof(pairs[0]); p++) {
+            for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++) {
+                snprintf(a, n, fmts[i], pairs[p][0], in);
+                snprintf(b, n, fmts[i], pairs[p][1], in);
+                for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+                    ra = key_of(a, lens[l], &ka);
+                    rb = key_of(b, lens[l], &kb);
+                    if (ra != rb || strcmp(ka, kb) != 0)
+                        die(ra < 0 ? "the error message depends on the password"
+                                   : "the key depends on the password",
+                            a, ka, kb);
+                    free(ka);
+                    free(kb);
+                }
+                check_slot_keys(a, b);
             }
         }
     }

@@ -28,6 +28,10 @@
 #define DEFAULT_PORT       "5432"
 /* An invalid ssl_max_protocol_version: makes PQconnectStartParams stop before connecting. */
 #define RESOLVE_ONLY "wl-resolve-only"
+/* Why a URI with an '@' after its user:password@ is refused (its tail is never quoted). */
+#define AT_MESSAGE                                                                              \
+    "the URI holds an '@' after its user:password@ (libpq ends that part at the first '@', "   \
+    "so the rest would be the host); write an '@' in a user name or password as %40"
 /* Spellings of passwords looked for in one conninfo; beyond this the message is withheld. */
 #define MAX_SPELLINGS 64
 
@@ -235,53 +239,46 @@ static void free_spellings(struct spellings *sp)
     sp->n = 0;
 }
 
-static int longer_first(const void *a, const void *b)
+/* msg with every occurrence of every spelling replaced by "***" (overlapping ones as one
+ * run), as one line into dst; masked before it is truncated, so no prefix of a password
+ * survives. */
+static void masked(char *dst, size_t len, const char *msg, const struct spellings *sp)
 {
-    size_t la = strlen(*(char *const *)a), lb = strlen(*(char *const *)b);
-    return la < lb ? 1 : la > lb ? -1 : 0;
-}
+    size_t n, i, o = 0;
+    char *hide, *out;
 
-/* msg with every spelling replaced by "***", as one line into dst; masked before it is
- * truncated, so no prefix of a password survives. */
-static void masked(char *dst, size_t len, const char *msg, struct spellings *sp)
-{
-    char *s = NULL, *out;
-    size_t i;
-
-    if (sp->overflow || !(s = strdup(msg ? msg : ""))) {
-        wl__copy(dst, len, "(message withheld: it may quote a password)");
-        free(s);
+    if (!msg)
+        msg = "";
+    n = strlen(msg);
+    hide = calloc(n + 1, 1);
+    out = malloc(n * 3 + 1); /* "***" may be longer than a 1- or 2-byte password */
+    if (sp->overflow || !hide || !out) {
+        wl__copy(dst, len, sp->overflow ? "(message withheld: it may quote a password)"
+                                        : "(message withheld: out of memory)");
+        free(hide);
+        free(out);
         return;
     }
-    qsort(sp->s, sp->n, sizeof(sp->s[0]), longer_first);
     for (i = 0; i < sp->n; i++) {
-        const char *pw = sp->s[i], *from = s, *hit;
-        size_t n = strlen(pw);
-        char *to;
-        /* "***" may be longer than a 1- or 2-byte password: size for the worst case */
-        if (!(out = malloc(strlen(s) * 3 + 1))) {
-            explicit_bzero(s, strlen(s));
-            free(s);
-            wl__copy(dst, len, "(message withheld: out of memory)");
-            return;
+        size_t l = strlen(sp->s[i]);
+        const char *from = msg, *hit;
+        while ((hit = memmem(from, (size_t)(msg + n - from), sp->s[i], l))) {
+            memset(hide + (hit - msg), 1, l);
+            from = hit + 1;
         }
-        to = out;
-        while ((hit = memmem(from, strlen(from), pw, n))) {
-            memcpy(to, from, (size_t)(hit - from));
-            to += hit - from;
-            memcpy(to, "***", 3);
-            to += 3;
-            from = hit + n;
-        }
-        strcpy(to, from);
-        explicit_bzero(s, strlen(s));
-        free(s);
-        s = out;
     }
-    wl__oneline(s);
-    wl__copy(dst, len, s);
-    explicit_bzero(s, strlen(s));
-    free(s);
+    for (i = 0; i < n; i++) {
+        if (!hide[i])
+            out[o++] = msg[i];
+        else if (i == 0 || !hide[i - 1])
+            memcpy(out + o, "***", 3), o += 3;
+    }
+    out[o] = '\0';
+    wl__oneline(out);
+    wl__copy(dst, len, out);
+    explicit_bzero(out, n * 3 + 1);
+    free(out);
+    free(hide);
 }
 
 void wl__pg_conninfo_message(char *dst, size_t len, const char *msg, const char *conninfo)
@@ -292,6 +289,15 @@ void wl__pg_conninfo_message(char *dst, size_t len, const char *msg, const char 
 
     if (!conninfo)
         conninfo = "";
+    if (is_uri(conninfo)) {
+        /* libpq ends user:password@ at the first '@': with another one, what follows it
+         * (the rest of a password) is parsed as the host and may be quoted whole */
+        const char *auth = strstr(conninfo, "://") + 3, *at = memchr(auth, '@', strcspn(auth, "/"));
+        if (at && memchr(at + 1, '@', strcspn(at + 1, "/"))) {
+            wl__copy(dst, len, AT_MESSAGE);
+            return;
+        }
+    }
     find_spellings(conninfo, &sp);
     if ((o = PQconninfoParse(conninfo, &perr))) { /* what libpq itself parsed, when it can */
         add_parsed(&sp, o);
@@ -675,9 +681,7 @@ static int parse(const char *conninfo, PQconninfoOption **out, char *msg, size_t
     if (is_uri(conninfo) && (h = val_of(*out, "host")) && strchr(h, '@')) {
         PQconninfoFree(*out);
         *out = NULL;
-        wl__fmt(msg, msglen, "invalid conninfo: the URI's host holds an '@' (libpq ends "
-                             "user:password@ at the first '@'; write an '@' in a user name "
-                             "or password as %%40)");
+        wl__fmt(msg, msglen, "invalid conninfo: %s", AT_MESSAGE);
         return -EINVAL;
     }
     return 0;
