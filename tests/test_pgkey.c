@@ -98,7 +98,7 @@ static void expect_no_secret(const char *what, const void *buf, size_t len,
         const struct {
             size_t off, n;
         } parts[] = {{0, sl}, {0, 8}, {sl - 8, 8}};
-        for (size_t k = 0; k < sizeof(parts) / sizeof(parts[0]); k++) {
+        for (size_t k = 0; k < (sl < 8 ? 1 : sizeof(parts) / sizeof(parts[0])); k++) {
             const char *hit = memmem(buf, len, secrets[i] + parts[k].off, parts[k].n);
             if (hit)
                 fail_msg("%s holds a password's bytes (%.*s) at offset %zu", what,
@@ -331,7 +331,7 @@ static void expect_refused_without_secret(const char *ci, const char *const *sec
 static void test_pgkey_masks_a_password_by_what_libpq_parses(void **state)
 {
     static const char *const hunter[] = {HUNTER};
-    static const char *const halves[] = {"Hunter2@", "Hunter2", "Secret@l"};
+    static const char *const halves[] = {"Hunter2", "Secret"};
     char k[WL_PG_KEY_MAX], m[256], want[WL_PG_KEY_MAX];
     const char *name = wlt_segname();
     struct wl_segment *seg;
@@ -346,7 +346,7 @@ static void test_pgkey_masks_a_password_by_what_libpq_parses(void **state)
                                   1);
     /* an '@' in a password: the rest would become the host, and be kept in the key */
     expect_refused_without_secret("postgresql://postgres:Hunter2@Secret@localhost:1/postgres",
-                                  halves, 3);
+                                  halves, 2);
     /* a URI libpq parses: the key holds no password, the slot key its digest */
     assert_true(wl_pg_key("postgresql://h:1/db?pass%77ord=" HUNTER, k, sizeof(k)) > 0);
     expect_no_secret("a key", k, strlen(k), hunter, 1);
