@@ -47,7 +47,7 @@ static int warm_fail(void *arg, struct wl_result *res)
 /* A fresh segment of nslots with two keys in use (one READY, one FAILED): its bytes. */
 static unsigned char *segment(const char *name, unsigned nslots, size_t *len)
 {
-    struct wl_open_opts o = {0600, nslots, 0};
+    struct wl_open_opts o = {0600, nslots, 0, 0};
     struct wl_segment *seg;
     struct wl_result res;
     struct stat st;
