@@ -18,6 +18,7 @@
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -693,13 +694,46 @@ static int service_named(const PQconninfoOption *parsed)
     return (s && *s) || (e && *e);
 }
 
+/* Could a password file give the password? Only if the file libpq would read exists: the
+ * passfile keyword's, else $PGPASSFILE, else ~/.pgpass in the effective user's home
+ * directory (libpq looks it up with getpwuid, not $HOME). libpq then decides what it holds. */
+static int passfile_exists(const PQconninfoOption *parsed)
+{
+    const char *pf = val_of(parsed, "passfile");
+    struct stat st;
+
+    if (!pf || !*pf)
+        pf = getenv("PGPASSFILE");
+    if (!pf || !*pf) {
+        /* the passwd lookup reads /etc/passwd: remembered per thread for its euid */
+        static _Thread_local struct {
+            int valid;
+            uid_t uid;
+            char path[512];
+        } home;
+        uid_t uid = geteuid();
+        if (!home.valid || home.uid != uid) {
+            struct passwd pwd, *res = NULL;
+            char buf[1024];
+            if (getpwuid_r(uid, &pwd, buf, sizeof(buf), &res) != 0 || !res ||
+                strlen(res->pw_dir) + sizeof("/.pgpass") > sizeof(home.path))
+                return 1; /* not known: let libpq look */
+            wl__fmt(home.path, sizeof(home.path), "%s/.pgpass", res->pw_dir);
+            home.uid = uid;
+            home.valid = 1;
+        }
+        pf = home.path;
+    }
+    return stat(pf, &st) == 0;
+}
+
 /* The key of conninfo into buf; with seg, the password digest under seg's salt. */
 static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, size_t len)
 {
     PQconninfoOption *parsed, *res = NULL;
     struct secret sec = {NULL, 0};
     char key[WL_PG_KEY_MAX], msg[512];
-    const char *pw;
+    const char *pw, *env;
     int r, n;
 
     if (!buf || len < 2)
@@ -709,9 +743,11 @@ static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, siz
     if ((r = parse(conninfo, &parsed, msg, sizeof(msg))) < 0)
         goto out;
     pw = val_of(parsed, "password");
-    /* libpq's own resolution when a service is named, or the password may come from the
-     * environment or the password file */
-    if (service_named(parsed) || (seg && !(pw && *pw))) {
+    if (seg && !pw && !service_named(parsed) && (env = getenv("PGPASSWORD")) && *env)
+        pw = env; /* libpq's next source when the conninfo names none */
+    /* libpq's own resolution when a service is named, or when the password may come from
+     * the password file */
+    if (service_named(parsed) || (seg && !(pw && *pw) && passfile_exists(parsed))) {
         r = resolve(parsed, conninfo, seg != NULL, &res, &sec, msg, sizeof(msg));
         PQconninfoFree(parsed);
         if (r < 0)
@@ -722,7 +758,7 @@ static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, siz
                 explicit_bzero(o->val, strlen(o->val));
         PQconninfoFree(res);
     } else {
-        if (seg && (r = secret_add(&sec, pw, 0)) < 0) {
+        if (seg && pw && *pw && (r = secret_add(&sec, pw, 0)) < 0) {
             PQconninfoFree(parsed);
             wl__fmt(msg, sizeof(msg), "out of memory");
             goto out;
