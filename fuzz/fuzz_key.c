@@ -236,8 +236,8 @@ static void check_slot_keys(const char *a, const char *b)
         die("the slot key's outcome depends on the password", a, ka, kb);
     if (ra < 0 && strcmp(ka, kb) != 0)
         die("wl_pg_slot_key's message depends on the password", a, ka, kb);
-    if (ra >= 0 && (without_digest(ka) != without_digest(kb) ||
-                    strncmp(ka, kb, without_digest(ka)) != 0))
+    if (ra >= 0 &&
+        (without_digest(ka) != without_digest(kb) || strncmp(ka, kb, without_digest(ka)) != 0))
         die("the slot key depends on the password beyond its digest", a, ka, kb);
     free(ka);
     free(kb);

@@ -30,8 +30,8 @@
 /* An invalid ssl_max_protocol_version: makes PQconnectStartParams stop before connecting. */
 #define RESOLVE_ONLY "wl-resolve-only"
 /* Why a URI with an '@' after its user:password@ is refused (its tail is never quoted). */
-#define AT_MESSAGE                                                                              \
-    "the URI holds an '@' after its user:password@ (libpq ends that part at the first '@', "   \
+#define AT_MESSAGE                                                                                 \
+    "the URI holds an '@' after its user:password@ (libpq ends that part at the first '@', "       \
     "so the rest would be the host); write an '@' in a user name or password as %40"
 /* Spellings of passwords looked for in one conninfo; beyond this the message is withheld. */
 #define MAX_SPELLINGS 64
@@ -254,8 +254,9 @@ static void masked(char *dst, size_t len, const char *msg, const struct spelling
     hide = calloc(n + 1, 1);
     out = malloc(n * 3 + 1); /* "***" may be longer than a 1- or 2-byte password */
     if (sp->overflow || !hide || !out) {
-        wl__copy(dst, len, sp->overflow ? "(message withheld: it may quote a password)"
-                                        : "(message withheld: out of memory)");
+        wl__copy(dst, len,
+                 sp->overflow ? "(message withheld: it may quote a password)"
+                              : "(message withheld: out of memory)");
         free(hide);
         free(out);
         return;
@@ -364,7 +365,8 @@ static int secret_add(struct secret *s, const char *pw, int sep)
 }
 
 /* opts as the keyword and value arrays of PQconnectStartParams (every option with a value),
- * with `over` replacing or adding the given keywords. NULL: out of memory. */
+ * with `over` replacing or adding the given keywords (a NULL value removes one). 0 or
+ * -ENOMEM. */
 static int as_params(const PQconninfoOption *opts, const char *const over[][2], size_t nover,
                      const char ***kw, const char ***val)
 {
@@ -403,9 +405,8 @@ static int as_params(const PQconninfoOption *opts, const char *const over[][2], 
  * validates ssl_max_protocol_version; given an invalid one it stops there, before any
  * network I/O. The PGconn then holds the resolved options (PQconninfo) and the password of
  * its first host (PQpass). Returns the PGconn, or NULL with the error set. */
-static PGconn *resolve_conn(const PQconninfoOption *opts, const char *const over[][2],
-                            size_t nover, const char *conninfo, int *err, char *msg,
-                            size_t msglen)
+static PGconn *resolve_conn(const PQconninfoOption *opts, const char *const over[][2], size_t nover,
+                            const char *conninfo, int *err, char *msg, size_t msglen)
 {
     const char **kw, **val;
     const char *const stop[] = {"ssl_max_protocol_version", RESOLVE_ONLY};
@@ -432,9 +433,10 @@ static PGconn *resolve_conn(const PQconninfoOption *opts, const char *const over
     if (PQstatus(c) != CONNECTION_BAD) {
         /* a libpq that does not validate the option before connecting */
         PQfinish(c);
-        *err = -ENOTSUP;
-        wl__fmt(msg, msglen, "this libpq cannot resolve a service or password file without "
-                             "connecting");
+        *err = -EINVAL;
+        wl__fmt(msg, msglen,
+                "this libpq cannot resolve a service or password file without "
+                "connecting");
         return NULL;
     }
     if (!strstr(PQerrorMessage(c), RESOLVE_ONLY)) { /* an earlier option is invalid */

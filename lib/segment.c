@@ -248,7 +248,8 @@ static void init_segment(struct wl__header *h, uint32_t nslots)
     h->creator_pid = (int32_t)getpid();
     h->creator_pidns = wl__pidns();
     h->created_ms = wl__realtime_ms();
-    while (getrandom(h->salt, sizeof(h->salt), 0) != (ssize_t)sizeof(h->salt) && errno == EINTR) {}
+    while (getrandom(h->salt, sizeof(h->salt), 0) != (ssize_t)sizeof(h->salt) && errno == EINTR) {
+    }
     wl__mutex_init(&h->lock);
     for (i = 0; i < WL__NTOKENS; i++)
         wl__mutex_init(&h->tokens[i].m);

@@ -57,9 +57,10 @@ static void write_file(const char *path, mode_t mode, const char *text)
 /* No PG* variable of the caller's environment steers a key. */
 static void clean_env(void)
 {
-    static const char *const vars[] = {"PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE",
-                                       "PGUSER", "PGPASSWORD", "PGOPTIONS", "PGSERVICE",
-                                       "PGSSLMODE", "PGTARGETSESSIONATTRS", "PGSERVICEFILE"};
+    static const char *const vars[] = {
+        "PGHOST",    "PGHOSTADDR",           "PGPORT",       "PGDATABASE",
+        "PGUSER",    "PGPASSWORD",           "PGOPTIONS",    "PGSERVICE",
+        "PGSSLMODE", "PGTARGETSESSIONATTRS", "PGSERVICEFILE"};
     char none[128];
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
         unsetenv(vars[i]);
@@ -101,9 +102,8 @@ static void expect_no_secret(const char *what, const void *buf, size_t len,
         for (size_t k = 0; k < (sl < 8 ? 1 : sizeof(parts) / sizeof(parts[0])); k++) {
             const char *hit = memmem(buf, len, secrets[i] + parts[k].off, parts[k].n);
             if (hit)
-                fail_msg("%s holds a password's bytes (%.*s) at offset %zu", what,
-                         (int)parts[k].n, secrets[i] + parts[k].off,
-                         (size_t)(hit - (const char *)buf));
+                fail_msg("%s holds a password's bytes (%.*s) at offset %zu", what, (int)parts[k].n,
+                         secrets[i] + parts[k].off, (size_t)(hit - (const char *)buf));
         }
     }
 }
@@ -159,8 +159,8 @@ static void test_pgkey_slot_keys_differ_only_by_a_salted_password_digest(void **
     /* a key with options: "&pw=" */
     slot_key(a, "host=/run/pg dbname=app user=u sslmode=disable password=" PASSWORD, ks,
              sizeof(ks));
-    assert_true(wl_pg_key("host=/run/pg dbname=app user=u sslmode=disable", base,
-                          sizeof(base)) > 0);
+    assert_true(wl_pg_key("host=/run/pg dbname=app user=u sslmode=disable", base, sizeof(base)) >
+                0);
     digest_of(ks, base);
     assert_int_equal(wl_pg_slot_key(NULL, "host=/x", ks, sizeof(ks)), -EINVAL);
     wl_close(a);
@@ -265,8 +265,9 @@ static void test_pgkey_service_is_keyed_on_what_the_service_file_names(void **st
     snprintf(f1, sizeof(f1), "%s/svc1.conf", DIR_);
     snprintf(f2, sizeof(f2), "%s/svc2.conf", DIR_);
     write_file(f1, 0600, "[app]\nhost=/run/one\nport=6001\ndbname=d1\nuser=u1\n");
-    write_file(f2, 0600, "# another file\n[app]\nhost=10.1.2.3\nport=6002\ndbname=d2\nuser=u2\n"
-                         "sslmode=require\npassword=" PASSWORD "\n");
+    write_file(f2, 0600,
+               "# another file\n[app]\nhost=10.1.2.3\nport=6002\ndbname=d2\nuser=u2\n"
+               "sslmode=require\npassword=" PASSWORD "\n");
     setenv("PGSERVICEFILE", f1, 1);
     assert_true(wl_pg_key("service=app", k1, sizeof(k1)) > 0);
     setenv("PGSERVICEFILE", f2, 1);
@@ -498,8 +499,10 @@ static void test_pgkey_one_service_name_in_two_files_gets_two_verified_slots(voi
     for (i = 0; i < 2; i++) {
         snprintf(s[i].seg, sizeof(s[i].seg), "%s", i ? s[0].seg : wlt_segname());
         snprintf(s[i].file, sizeof(s[i].file), "%s/service%d.conf", DIR_, i);
-        snprintf(text, sizeof(text), "[app]\nhost=%s\nport=%d\ndbname=postgres\nuser=postgres\n"
-                 "password=%s\n", hs[i]->sockdir, hs[i]->port, pws[i]);
+        snprintf(text, sizeof(text),
+                 "[app]\nhost=%s\nport=%d\ndbname=postgres\nuser=postgres\n"
+                 "password=%s\n",
+                 hs[i]->sockdir, hs[i]->port, pws[i]);
         write_file(s[i].file, 0600, text);
         mark[i] = pgh_log_mark(hs[i]);
     }
@@ -611,8 +614,8 @@ static int group_teardown(void **state)
     if (have_pg)
         pgh_destroy(&H);
     if (DIR_[0]) {
-        static const char *const files[] = {"pgpass", "pgpass.server", "svc1.conf", "svc2.conf",
-                                            "service0.conf", "service1.conf"};
+        static const char *const files[] = {"pgpass",    "pgpass.server", "svc1.conf",
+                                            "svc2.conf", "service0.conf", "service1.conf"};
         for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
             snprintf(cmd, sizeof(cmd), "%s/%s", DIR_, files[i]);
             unlink(cmd);

@@ -71,8 +71,7 @@ WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len);
  * libpq picks it), "pw=" and 8 hex digits of a digest of it keyed with seg's random salt
  * ("...?sslmode=require&pw=4f2a9c1d"): two passwords get two slots, and the segment holds
  * neither. What wl_pg_ensure() and wl_pg_connect() use. Errors as wl_pg_key(). */
-WL_EXPORT int wl_pg_slot_key(struct wl_segment *seg, const char *conninfo, char *buf,
-                             size_t len);
+WL_EXPORT int wl_pg_slot_key(struct wl_segment *seg, const char *conninfo, char *buf, size_t len);
 
 #ifdef __cplusplus
 }
