@@ -118,7 +118,7 @@ static void test_pgkey_siphash_matches_the_reference_vectors(void **state)
         k[i] = (uint8_t)i;
     for (int i = 0; i < 64; i++)
         m[i] = (uint8_t)i;
-    /* SipHash-2-4 with key 00..0f over messages 00..(n-1), from the algorithm's paper */
+    /* SipHash-2-4's reference vectors: key 00..0f, messages 00..(n-1) */
     assert_true(wl__siphash24(k, m, 0) == 0x726fdb47dd0e0e31ull);
     assert_true(wl__siphash24(k, m, 1) == 0x74f839c593dc67fdull);
     assert_true(wl__siphash24(k, m, 15) == 0xa129ca6149be45e5ull);
