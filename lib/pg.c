@@ -762,13 +762,12 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
     struct wl_result scratch;
     char key[WL_PG_KEY_MAX];
     uint64_t t0 = wl__now_ns(), deadline = t0 + (uint64_t)call_timeout_ms(opts) * MS;
+    char full[200] = ""; /* the server's last "too many connections" refusal */
+    unsigned own = 0;    /* connection attempts of our own */
     int r;
 
     if (!res)
         res = &scratch;
-    char full[200] = ""; /* the server's last "too many connections" refusal */
-    unsigned own = 0;    /* connection attempts of our own */
-
     if (begin_call(seg, conninfo, key, sizeof(key), res) < 0)
         return NULL;
     for (;;) {
@@ -812,8 +811,8 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
          * (max_attempts is 1): the epoch the leader verified is gone for us too. */
         if (r != -ECONNREFUSED && r != -ETIMEDOUT)
             return NULL; /* class 28, 3D000, bad conninfo...: as is */
-        if (!attempted)
-            return NULL; /* our deadline was spent before we tried: nothing learnt */
+        if (!attempted) /* our deadline was spent before we tried: nothing learnt */
+            return full[0] ? connect_deadline(res, t0, own, full) : NULL;
         if (slow) {
             /* Our attempt ran out of time: the server is slow (overloaded), not gone.
              * Invalidating would send one more prober at it; just try again. */

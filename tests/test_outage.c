@@ -647,7 +647,7 @@ static void test_pg_connect_names_53300_and_the_deadline(void **state)
 {
     struct wl_segment *seg;
     struct wl_result res;
-    struct wl_pg_opts o = {.wait = {.timeout_ms = 1500}};
+    struct wl_pg_opts o = {.wait = {.timeout_ms = 3000}};
     PGconn *held[16];
     int n = 0;
     (void)state;
