@@ -1088,7 +1088,19 @@ static int move_port(struct pgh *h)
     return set_port(h, port);
 }
 
-int pgh_start(struct pgh *h, int wait)
+#define STANDBY_SIGNAL "standby.signal"
+
+/* Remove the standby.signal a held start wrote, so the next start is a normal one. */
+static void drop_standby_signal(struct pgh *h)
+{
+    char path[PATH_MAX];
+    if (fmt(path, sizeof(path), "%s/" STANDBY_SIGNAL, h->datadir) == 0 && unlink(path) < 0 &&
+        errno != ENOENT)
+        fprintf(stderr, "pgharness: cannot remove %s: %s\n", path, strerror(errno));
+}
+
+/* pg_ctl start; `held` adds "-c hot_standby=off" (the caller wrote standby.signal). */
+static int start_server(struct pgh *h, int wait, int held)
 {
     if (!h->dir[0]) {
         fprintf(stderr, "pgharness: pgh_start without pgh_init\n");
@@ -1098,8 +1110,10 @@ int pgh_start(struct pgh *h, int wait)
     bin_path(pg_ctl, sizeof(pg_ctl), "pg_ctl");
     for (int attempt = 0;; attempt++) {
         h->start_mark = pgh_log_mark(h);
-        const char *argv[] = {pg_ctl, "-D", h->datadir, "-l", h->logpath, wait ? "-w" : "-W",
-                              "-t",   "60", "start",    NULL};
+        const char *argv[] = {pg_ctl, "-D", h->datadir, "-l",  h->logpath,
+                              wait ? "-w" : "-W",
+                              "-t",   "60", "start",    held ? "-o" : NULL,
+                              "-c hot_standby=off", NULL};
         static char err[ERRBUF];
         struct run r = {.argv = argv,
                         .as_server = 1,
@@ -1125,6 +1139,96 @@ int pgh_start(struct pgh *h, int wait)
         pgh_dump_log(h, h->start_mark);
         return -1;
     }
+}
+
+int pgh_start(struct pgh *h, int wait)
+{
+    if (h->dir[0])
+        drop_standby_signal(h);
+    h->held = 0;
+    return start_server(h, wait, 0);
+}
+
+/* Is `pid` a child of `ppid` whose command line starts with `prefix`? */
+static int child_named(pid_t pid, pid_t ppid, const char *prefix)
+{
+    char p[64], buf[1024], state;
+    int parent = 0;
+    snprintf(p, sizeof(p), "/proc/%d/stat", (int)pid);
+    if (read_small(p, buf, sizeof(buf)) <= 0)
+        return 0;
+    char *s = strrchr(buf, ')');
+    if (!s || sscanf(s + 1, " %c %d", &state, &parent) != 2 || parent != ppid)
+        return 0;
+    snprintf(p, sizeof(p), "/proc/%d/cmdline", (int)pid);
+    return read_small(p, buf, sizeof(buf)) > 0 && strncmp(buf, prefix, strlen(prefix)) == 0;
+}
+
+pid_t pgh_startup_pid(const struct pgh *h)
+{
+    pid_t pm = pgh_postmaster_pid(h), found = 0;
+    DIR *d = pm ? opendir("/proc") : NULL;
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        if (isdigit((unsigned char)e->d_name[0]) &&
+            child_named((pid_t)atoi(e->d_name), pm, "postgres: startup"))
+            found = (pid_t)atoi(e->d_name);
+    }
+    closedir(d);
+    return found;
+}
+
+int pgh_start_held(struct pgh *h)
+{
+    if (!h->dir[0]) {
+        fprintf(stderr, "pgharness: pgh_start_held without pgh_init\n");
+        return -1;
+    }
+    char path[PATH_MAX];
+    if (fmt(path, sizeof(path), "%s/" STANDBY_SIGNAL, h->datadir) ||
+        write_file(path, "", 0, 0600) || give(path))
+        return -1;
+    /* pg_ctl -w returns once the pid file says "standby": the sockets listen and recovery has
+     * begun. With hot_standby off and nothing to stream from, it never ends by itself. */
+    if (start_server(h, 1, 1) < 0) {
+        drop_standby_signal(h);
+        return -1;
+    }
+    h->held = 1;
+    long long end = now_ms() + 10000;
+    while (!pgh_startup_pid(h)) {
+        if (now_ms() > end) {
+            fprintf(stderr, "pgharness: held server in %s has no startup process; log:\n",
+                    h->dir);
+            pgh_dump_log(h, h->start_mark);
+            return -1;
+        }
+        sleep_ms(2);
+    }
+    return 0;
+}
+
+int pgh_release(struct pgh *h, int wait)
+{
+    if (!h->held || !h->running) {
+        fprintf(stderr, "pgharness: pgh_release without a held server\n");
+        return -1;
+    }
+    /* What pg_ctl promote does, without its check that the control file already says "in
+     * archive recovery": while the crash's WAL is still being replayed it says "in crash
+     * recovery", and pg_ctl refuses. The startup process looks for the file once it is past
+     * that WAL, so the promotion happens then. */
+    char path[PATH_MAX];
+    pid_t pm = pgh_postmaster_pid(h);
+    if (!pm || fmt(path, sizeof(path), "%s/promote", h->datadir) ||
+        write_file(path, "", 0, 0600) || give(path) || kill(pm, SIGUSR1) < 0) {
+        fprintf(stderr, "pgharness: cannot promote the server in %s\n", h->dir);
+        return -1;
+    }
+    h->held = 0;
+    return wait ? pgh_wait_ready(h, 60000) : 0;
 }
 
 /* Does the text from `*pos` on hold a complete line with `needle`? Advances *pos past the
@@ -1191,13 +1295,16 @@ int pgh_stop(struct pgh *h, const char *mode)
     if (run_server_cmd(h, argv, 90000))
         return -1;
     h->running = 0;
+    if (h->held)
+        drop_standby_signal(h);
+    h->held = 0;
     return 0;
 }
 
 int pgh_crash_rows(struct pgh *h, long rows)
 {
-    if (!h->running || rows < 0) {
-        fprintf(stderr, "pgharness: pgh_crash needs a running server\n");
+    if (!h->running || h->held || rows < 0) {
+        fprintf(stderr, "pgharness: pgh_crash needs a running server out of recovery\n");
         return -1;
     }
     /* CHECKPOINT first, so recovery replays exactly the WAL written here. */

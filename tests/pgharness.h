@@ -8,7 +8,8 @@
  * Timings on the 2-core reference machine: the first pgh_init of a process runs initdb (1.3-3 s,
  * into a template kept until exit); later ones copy the template (0.3-0.5 s). pgh_start(h, 1)
  * takes about 0.25 s, pgh_stop "fast" 0.1-0.2 s, pgh_crash about 1 s, and the restart after it
- * answers 57P03 for about 1.5-2 s.
+ * answers 57P03 for about 1.5-2 s. How long replay takes depends on the machine: a test that
+ * needs the server to stay in recovery holds it there (pgh_start_held, pgh_release).
  *
  * Caveats:
  * - PostgreSQL refuses to run as root. When euid is 0 every program is run as the `postgres`
@@ -40,7 +41,8 @@
 
 /* Rows pgh_crash() inserts by default: about 60 MB of WAL. Replaying it keeps the server
  * answering 57P03 for about 1.5-2 s on the 2-core reference machine (redo about 1 s, then the
- * end-of-recovery checkpoint), while writing it takes under 1 s. */
+ * end-of-recovery checkpoint), while writing it takes under 1 s; a faster machine replays it
+ * sooner, so no test's verdict may rest on that window (hold it: pgh_start_held). */
 #define PGH_CRASH_ROWS 400000L
 
 struct pgh {
@@ -63,6 +65,8 @@ struct pgh {
     char bouncer_tcp_conninfo[600]; /* "hostaddr=127.0.0.1 port=<bouncer_port> ..." */
     char bouncer_logpath[320];      /* dir/pgbouncer.log */
     int bouncer_running;
+
+    int held; /* 1 after pgh_start_held, until pgh_release or a stop */
 };
 
 /* In a cmocka test: skip, printing why, unless the suite's PostgreSQL is up (expands to
@@ -94,6 +98,22 @@ int pgh_init(struct pgh *h, const char *auth, const char *password, const char *
  * port taken meanwhile, retried on another port); wait=0: launch it and return at once (the
  * socket may not exist yet). 0 or -1. */
 int pgh_start(struct pgh *h, int wait);
+/* Start the server held in recovery, for as long as the test needs: it starts as a standby
+ * (standby.signal, hot_standby off) with nothing to stream from, so it replays the WAL there is
+ * (after pgh_crash, the crash's) and then stays in recovery; every connection meanwhile is
+ * refused with 57P03 (PGH_LOG_NOT_ACCEPTING, "Hot standby mode is disabled"; in the first
+ * milliseconds PGH_LOG_STARTING_UP) however fast or slow the machine is. Returns once the socket
+ * listens and the startup process runs (pg_ctl -w, bounded 60 s), so the first connection after
+ * it is already refused. pgh_release ends the hold; pgh_stop works too (the next pgh_start is a
+ * normal one). 0 or -1. */
+int pgh_start_held(struct pgh *h);
+/* End the hold: promote the server out of recovery (pg_ctl promote; a new timeline, as after a
+ * failover). It then logs "redo done" and "database system is ready to accept connections".
+ * wait=1: return once it is ready (pgh_wait_ready, bounded 60 s); wait=0: at once. 0 or -1. */
+int pgh_release(struct pgh *h, int wait);
+/* The pid of the postmaster's startup process (the one replaying WAL), or 0 when there is none
+ * (not started yet, or recovery is over). */
+pid_t pgh_startup_pid(const struct pgh *h);
 /* Wait, polling the log (no connections), until the server started by the last pgh_start logs
  * "database system is ready to accept connections". 0, or -1 on timeout or a dead server. */
 int pgh_wait_ready(struct pgh *h, int timeout_ms);
