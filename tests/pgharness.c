@@ -1405,6 +1405,17 @@ int pgh_count_log_57P03_since(const struct pgh *h, long mark)
            pgh_count_log_since(h, mark, PGH_LOG_NOT_ACCEPTING);
 }
 
+int pgh_wait_57P03_since(const struct pgh *h, long mark, int n, int timeout_ms)
+{
+    long long end = now_ms() + timeout_ms;
+    while (pgh_count_log_57P03_since(h, mark) < n) {
+        if (now_ms() > end)
+            return -1;
+        sleep_ms(2);
+    }
+    return 0;
+}
+
 void pgh_dump_log(const struct pgh *h, long mark)
 {
     enum { TAIL = 16384 };

@@ -144,6 +144,9 @@ int pgh_count_log_since(const struct pgh *h, long mark, const char *needle);
 /* Number of connections refused with 57P03 while starting (any of the three messages above)
  * after `mark`. */
 int pgh_count_log_57P03_since(const struct pgh *h, long mark);
+/* Wait, polling the log, until at least `n` connections after `mark` were refused with 57P03
+ * (as counted by pgh_count_log_57P03_since). 0, or -1 after timeout_ms. */
+int pgh_wait_57P03_since(const struct pgh *h, long mark, int n, int timeout_ms);
 /* Print the log from `mark` to stderr (for failing tests). */
 void pgh_dump_log(const struct pgh *h, long mark);
 

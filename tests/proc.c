@@ -104,6 +104,21 @@ int wlt_wait(pid_t pid, unsigned timeout_ms)
     return 128 + WTERMSIG(st);
 }
 
+int wlt_wait_stopped(pid_t pid, unsigned timeout_ms)
+{
+    uint64_t end = wlt_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    for (;;) {
+        siginfo_t si = {0};
+        if (waitid(P_PID, (id_t)pid, &si, WSTOPPED | WNOHANG | WNOWAIT) < 0 && errno != EINTR)
+            return -1;
+        if (si.si_pid == pid)
+            return si.si_code == CLD_STOPPED ? 0 : -1;
+        if (wlt_now_ns() >= end)
+            return -1;
+        wlt_sleep_ms(1);
+    }
+}
+
 static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timespec *ts)
 {
     return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);

@@ -23,6 +23,10 @@ pid_t wlt_spawn_exec(char *const argv[], const char *out, const char *err, int k
  * a signal, or -1 if it did not end in time (it is then SIGKILLed and reaped). */
 int wlt_wait(pid_t pid, unsigned timeout_ms);
 
+/* Wait up to timeout_ms until child pid is stopped by a signal (SIGSTOP, raise(SIGSTOP)); it
+ * stays stopped and unreaped. 0, or -1 if it ended or did not stop in time. */
+int wlt_wait_stopped(pid_t pid, unsigned timeout_ms);
+
 /* A start line for n processes: each calls wlt_barrier_wait; all leave together. */
 struct wlt_barrier {
     _Atomic uint32_t arrived;

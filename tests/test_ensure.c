@@ -390,9 +390,10 @@ static void test_ensure_times_out_on_stopped_leader(void **state)
         assert_int_equal(S->rc[i], -ETIMEDOUT);
         if (!strstr(S->err[i], want))
             fail_msg("message '%s' does not name '%s'", S->err[i], want);
-        /* each started after t0 and gave up at its own 500 ms deadline, +- 50 ms */
+        /* each started after t0 and gave up at its own 500 ms deadline (a loaded machine
+         * wakes it late: a generous upper bound) */
         uint64_t took = S->done_ns[i] - t0;
-        if (took < 450000000ull || took > 650000000ull)
+        if (took < 450000000ull || took > 1500000000ull)
             fail_msg("process %d returned after %.1f ms", i, took / 1e6);
     }
     kill(leader, SIGKILL);

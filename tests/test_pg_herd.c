@@ -275,7 +275,10 @@ static void test_herd_crash_recovery_start(void **state)
     long mark = pgh_log_mark(&H);
     spawn(h, pids);
     uint64_t t0 = wlt_now_ns();
-    assert_int_equal(pgh_start(&H, 0), 0);
+    /* held in recovery until the leader has been refused with 57P03, however fast replay is */
+    assert_int_equal(pgh_start_held(&H), 0);
+    assert_int_equal(pgh_wait_57P03_since(&H, mark, 1, 20000), 0);
+    assert_int_equal(pgh_release(&H, 0), 0);
     reap(h, pids);
     expect_all_ready(h);
     uint64_t last = 0;
@@ -335,7 +338,8 @@ static void test_herd_server_never_up_times_out(void **state)
     for (uint32_t i = 0; i < h->n; i++) {
         assert_int_equal(h->rc[i], -ETIMEDOUT);
         uint64_t took = h->done_ns[i] - t0;
-        if (took < 950000000ull || took > 1600000000ull)
+        if (took < 950000000ull || took > 3000000000ull) /* from before the spawn: a loaded
+                                                             machine forks and wakes late */
             fail_msg("worker %u returned after %.0f ms", i, took / 1e6);
         /* the leader: "N attempts over M ms; last error: ..."; a follower whose deadline
          * came first: "leader pid P has been warming for M ms; its last attempt: ..." */

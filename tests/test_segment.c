@@ -265,7 +265,7 @@ static void test_open_times_out_on_hung_initialiser(void **state)
     snprintf(path, sizeof(path), "/dev/shm%s", name);
     for (int i = 0; i < 200 && stat(path, &st) != 0; i++)
         wlt_sleep_ms(5);
-    wlt_sleep_ms(50); /* it holds the flock now, and is stopped */
+    assert_int_equal(wlt_wait_stopped(p, 10000), 0); /* it holds the flock now, and is stopped */
     struct wl_segment *seg;
     struct wl_open_opts o = {.init_timeout_ms = 300};
     uint64_t t0 = wlt_now_ns();
