@@ -249,11 +249,16 @@ static void test_ensure_survives_killed_watcher(void **state)
     S->warm_ms_later = 10;
     spawn_all(pids, N);
     assert_int_equal(wlt_wait_change(&S->started, 0, 5000), 0);
-    wlt_sleep_ms(100);
     pid_t leader = atomic_load(&S->warm_pid[0]);
     assert_int_equal(wl_open(S->name, NULL, &seg), 0);
     assert_int_equal(wl__slot_find(seg, "db", 0, &sl), 0);
-    pid_t watcher = sl->watch.__data.__owner & 0x3fffffff; /* glibc: the owner's tid */
+    /* until one follower has taken the watch mutex (glibc: __owner is the owner's tid) */
+    pid_t watcher = 0;
+    for (int i = 0; i < 2000 && watcher <= 0; i++) {
+        watcher = __atomic_load_n(&sl->watch.__data.__owner, __ATOMIC_ACQUIRE) & 0x3fffffff;
+        if (watcher <= 0)
+            wlt_sleep_ms(5);
+    }
     assert_true(watcher > 0 && watcher != leader);
     kill(watcher, SIGKILL);
     for (int i = 0; i < N; i++)

@@ -290,10 +290,28 @@ static void test_secrets_never_reach_status_metrics_or_cli_errors(void **state)
 
 /* ---------------------------------------------------------------- warmlockd */
 
-/* Run warmlockd for DAEMON_MS (with a SIGHUP half-way), then SIGTERM; its stderr into
- * log. Returns its exit status. */
+/* Poll file `path` (into log) until it holds every string of `needles` (NULL-terminated) or
+ * is longer than `longer_than`; bounded by timeout_ms. */
+static void wait_log(const char *path, char *log, size_t loglen, const char *const *needles,
+                     size_t longer_than, unsigned timeout_ms)
+{
+    uint64_t end = wlt_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    while (wlt_now_ns() < end) {
+        size_t n = slurp(path, log, loglen), i = 0;
+        while (needles && needles[i] && strstr(log, needles[i]))
+            i++;
+        if (needles ? !needles[i] : n > longer_than)
+            return;
+        wlt_sleep_ms(10);
+    }
+}
+
+/* Run warmlockd until its log shows what the test needs (the ready target and the wrong
+ * password's failure; bounded by DAEMON_MS each step), SIGHUP it and wait for the reload's
+ * lines, then SIGTERM; its stderr into log. Returns its exit status. */
 static int daemon_run(char *const argv[], char *log, size_t loglen)
 {
+    static const char *const want[] = {"ready", "28P01", NULL};
     char out[128], err[128];
     pid_t pid;
     int st;
@@ -301,9 +319,10 @@ static int daemon_run(char *const argv[], char *log, size_t loglen)
     snprintf(out, sizeof(out), "%s/warmlockd.out", DIR_);
     snprintf(err, sizeof(err), "%s/warmlockd.err", DIR_);
     pid = wlt_spawn_exec(argv, out, err, -1);
-    wlt_sleep_ms(DAEMON_MS / 2);
+    wait_log(err, log, loglen, want, 0, 5 * DAEMON_MS);
+    size_t before = slurp(err, log, loglen);
     kill(pid, SIGHUP); /* reload: the config file's targets are read (and logged) again */
-    wlt_sleep_ms(DAEMON_MS / 2);
+    wait_log(err, log, loglen, NULL, before, 5 * DAEMON_MS);
     kill(pid, SIGTERM);
     st = wlt_wait(pid, 10000);
     slurp(err, log, loglen);
