@@ -55,7 +55,7 @@
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
-#include "../tests/pgharness.h"
+#include "pgharness.h"
 
 #ifndef WL_WARMLOCKD
 #define WL_WARMLOCKD "warmlockd"

@@ -11,7 +11,9 @@
 void *wlt_shared(size_t size);
 /* A unique segment name for this test process: "/wltest.<pid>.<n>". */
 const char *wlt_segname(void);
+/* CLOCK_MONOTONIC and CLOCK_REALTIME in ns. */
 uint64_t wlt_now_ns(void);
+uint64_t wlt_realtime_ns(void);
 void wlt_sleep_ms(unsigned ms);
 
 /* Fork a child running fn(arg, index); its return value is the exit status. */
@@ -27,6 +29,25 @@ int wlt_wait(pid_t pid, unsigned timeout_ms);
  * stays stopped and unreaped. 0, or -1 if it ended or did not stop in time. */
 int wlt_wait_stopped(pid_t pid, unsigned timeout_ms);
 
+/* A program run to completion: see wlt_run_v. */
+struct wlt_run {
+    int status; /* exit status, 128+signal, or -1 if it did not end in time (then SIGKILLed) */
+    uint64_t ms; /* how long it ran */
+    char out[65536];
+    char err[16384];
+};
+/* Run argv (argv[0] a path; NULL-terminated) to completion, bounded by timeout_ms, its stdout
+ * and stderr captured (as much as fits) through files in dir, removed afterwards. */
+void wlt_run_v(struct wlt_run *r, const char *dir, unsigned timeout_ms, char *const argv[]);
+#define WLT_RUN(r, dir, timeout, ...)                                                              \
+    do {                                                                                           \
+        char *const argv_[] = {__VA_ARGS__, NULL};                                                 \
+        wlt_run_v((r), (dir), (timeout), argv_);                                                   \
+    } while (0)
+/* Read up to len-1 bytes of a file into buf, NUL-terminated ("" if it cannot be read);
+ * returns the length. */
+size_t wlt_slurp(const char *path, char *buf, size_t len);
+
 /* A start line for n processes: each calls wlt_barrier_wait; all leave together. */
 struct wlt_barrier {
     _Atomic uint32_t arrived;
@@ -39,5 +60,6 @@ void wlt_wake(_Atomic uint32_t *word);
 
 /* Sort helpers for latency figures. */
 void wlt_sort_u64(uint64_t *v, size_t n);
+void wlt_sort_double(double *v, size_t n);
 
 #endif

@@ -1026,6 +1026,7 @@ static int init_cluster(struct pgh *h, const char *auth, const char *password,
             "logging_collector = off\n"
             "log_connections = on\n"
             "log_line_prefix = '%%m [%%p] '\n"
+            "log_timezone = 'UTC'\n"
             "lc_messages = 'C'\n"
             "password_encryption = 'scram-sha-256'\n"
             "fsync = off\n"
@@ -1231,6 +1232,26 @@ int pgh_release(struct pgh *h, int wait)
     return wait ? pgh_wait_ready(h, 60000) : 0;
 }
 
+int pgh_up(struct pgh *h)
+{
+    if (h->held && h->running && pgh_release(h, 0) < 0)
+        return -1;
+    if (!h->running && pgh_start(h, 1) < 0)
+        return -1;
+    return pgh_wait_ready(h, 60000);
+}
+
+const char *pgh_suite_up(struct pgh *h, const char *password, const char *extra_conf)
+{
+    const char *why = pgh_unavailable();
+    if (why)
+        return why;
+    if (pgh_init(h, password ? "scram" : "trust", password, extra_conf) < 0 ||
+        pgh_start(h, 1) < 0)
+        return "the throwaway PostgreSQL did not start";
+    return NULL;
+}
+
 /* Does the text from `*pos` on hold a complete line with `needle`? Advances *pos past the
  * complete lines read, so polling a growing log costs only its new part. */
 static int log_has_since(const struct pgh *h, long *pos, const char *needle)
@@ -1403,6 +1424,33 @@ int pgh_count_log_57P03_since(const struct pgh *h, long mark)
     return pgh_count_log_since(h, mark, PGH_LOG_STARTING_UP) +
            pgh_count_log_since(h, mark, PGH_LOG_NOT_YET_ACCEPTING) +
            pgh_count_log_since(h, mark, PGH_LOG_NOT_ACCEPTING);
+}
+
+long long pgh_log_ready_realtime_ns(const struct pgh *h, long mark)
+{
+    FILE *f = h->dir[0] ? fopen(h->logpath, "re") : NULL;
+    if (!f)
+        return 0;
+    long long t = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    if (fseek(f, mark, SEEK_SET) == 0) {
+        while (!t && getline(&line, &cap, f) > 0) {
+            struct tm tm;
+            int msec = 0;
+            memset(&tm, 0, sizeof(tm));
+            if (strstr(line, READY_LINE) &&
+                sscanf(line, "%d-%d-%d %d:%d:%d.%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                       &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &msec) == 7) {
+                tm.tm_year -= 1900;
+                tm.tm_mon -= 1;
+                t = (long long)timegm(&tm) * 1000000000LL + (long long)msec * 1000000LL;
+            }
+        }
+    }
+    free(line);
+    fclose(f);
+    return t;
 }
 
 int pgh_wait_57P03_since(const struct pgh *h, long mark, int n, int timeout_ms)

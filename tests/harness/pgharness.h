@@ -89,6 +89,7 @@ const char *pgh_bindir(void);
 /* A new cluster in a new temp dir (a copy of this process's initdb'd template). auth: "trust"
  * (or NULL) or "scram" (scram-sha-256 for local and host, with `password` set for user postgres
  * before the server first starts). Sets log_connections=on, log_line_prefix='%m [%p] ',
+ * log_timezone='UTC',
  * unix_socket_directories, port, listen_addresses='127.0.0.1', fsync=off, lc_messages=C,
  * checkpoint_timeout=1d, max_wal_size=4GB. extra_conf: lines appended to postgresql.conf after
  * those, so they win (but leave port and sockets alone), or NULL. Does not start the server.
@@ -117,6 +118,13 @@ pid_t pgh_startup_pid(const struct pgh *h);
 /* Wait, polling the log (no connections), until the server started by the last pgh_start logs
  * "database system is ready to accept connections". 0, or -1 on timeout or a dead server. */
 int pgh_wait_ready(struct pgh *h, int timeout_ms);
+/* The server up and past recovery, whatever a failed test left behind: started if stopped,
+ * released if held, then pgh_wait_ready (bounded 60 s). 0 or -1. */
+int pgh_up(struct pgh *h);
+/* A suite's server, set up once for its group: pgh_init (auth "scram" with `password`, or
+ * "trust" when it is NULL; extra_conf as there) and pgh_start(h, 1). NULL when it is up, else
+ * why not (PostgreSQL unavailable, or it did not start), for the suite's tests to skip with. */
+const char *pgh_suite_up(struct pgh *h, const char *password, const char *extra_conf);
 /* Stop: mode "fast" or "immediate" (pg_ctl -w; a SIGSTOPped postmaster is continued first).
  * 0 or -1. */
 int pgh_stop(struct pgh *h, const char *mode);
@@ -147,6 +155,10 @@ int pgh_count_log_57P03_since(const struct pgh *h, long mark);
 /* Wait, polling the log, until at least `n` connections after `mark` were refused with 57P03
  * (as counted by pgh_count_log_57P03_since). 0, or -1 after timeout_ms. */
 int pgh_wait_57P03_since(const struct pgh *h, long mark, int n, int timeout_ms);
+/* The wall-clock time (CLOCK_REALTIME, ns since the epoch) of the first "database system is
+ * ready to accept connections" line after `mark` (the log's '%m' stamps are UTC), or 0 if there
+ * is none yet. Millisecond resolution. */
+long long pgh_log_ready_realtime_ns(const struct pgh *h, long mark);
 /* Print the log from `mark` to stderr (for failing tests). */
 void pgh_dump_log(const struct pgh *h, long mark);
 

@@ -38,6 +38,13 @@ uint64_t wlt_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t wlt_realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 void wlt_sleep_ms(unsigned ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -119,6 +126,33 @@ int wlt_wait_stopped(pid_t pid, unsigned timeout_ms)
     }
 }
 
+size_t wlt_slurp(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "re");
+    size_t n = 0;
+    if (f) {
+        n = fread(buf, 1, len - 1, f);
+        fclose(f);
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+void wlt_run_v(struct wlt_run *r, const char *dir, unsigned timeout_ms, char *const argv[])
+{
+    char out[320], err[320];
+    static unsigned n;
+    uint64_t t0 = wlt_now_ns();
+    snprintf(out, sizeof(out), "%s/run%d.%u.out", dir, (int)getpid(), n);
+    snprintf(err, sizeof(err), "%s/run%d.%u.err", dir, (int)getpid(), n++);
+    r->status = wlt_wait(wlt_spawn_exec(argv, out, err, -1), timeout_ms);
+    r->ms = (wlt_now_ns() - t0) / 1000000u;
+    wlt_slurp(out, r->out, sizeof(r->out));
+    wlt_slurp(err, r->err, sizeof(r->err));
+    unlink(out);
+    unlink(err);
+}
+
 static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timespec *ts)
 {
     return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
@@ -163,4 +197,15 @@ static int cmp_u64(const void *a, const void *b)
 void wlt_sort_u64(uint64_t *v, size_t n)
 {
     qsort(v, n, sizeof(*v), cmp_u64);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+void wlt_sort_double(double *v, size_t n)
+{
+    qsort(v, n, sizeof(*v), cmp_double);
 }
