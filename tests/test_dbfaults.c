@@ -32,8 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "pgharness.h"
-#include "proc.h"
+#include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
@@ -81,20 +80,14 @@ struct herd {
     char err[MAXP][256];
 };
 
-#define NEED_PG() PGH_NEED(have_pg, pg_reason)
-
 static int group_setup(void **state)
 {
     (void)state;
     char conf[128];
-    if ((pg_reason = pgh_unavailable()))
-        return 0;
     snprintf(conf, sizeof(conf), "max_connections = %d\nsuperuser_reserved_connections = 0\n",
              MAX_CONNECTIONS);
-    if (pgh_init(&H, "scram", PASSWORD, conf) < 0 || pgh_start(&H, 1) < 0) {
-        pg_reason = "the throwaway PostgreSQL did not start";
+    if ((pg_reason = pgh_suite_up(&H, PASSWORD, conf)))
         return 0;
-    }
     have_pg = 1;
     snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
     return 0;
@@ -113,25 +106,14 @@ static int group_teardown(void **state)
     release_held();
     for (size_t i = 0; i < nsegs; i++)
         wl_unlink(segs[i]); /* -ENOENT for those a passing test removed already */
-    if (have_pg)
-        pgh_destroy(&H);
+    pgh_destroy(&H);
     return 0;
-}
-
-static const char *backend(void **state)
-{
-    const char *io = (const char *)*state;
-    setenv("WARMLOCK_IO", io, 1);
-    print_message("backend: %s\n", io);
-    return io;
 }
 
 static void ensure_running(void)
 {
     release_held();
-    if (!H.running)
-        assert_int_equal(pgh_start(&H, 1), 0);
-    assert_int_equal(pgh_wait_ready(&H, 60000), 0);
+    assert_int_equal(pgh_up(&H), 0);
 }
 
 static double ms_since(uint64_t t0, uint64_t t)
@@ -430,7 +412,7 @@ static int wait_active(const char *tag, unsigned timeout_ms)
  * warm_sql again and everyone succeeds in one epoch. */
 static void test_immediate_stop_mid_warmup_then_restart(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     struct herd *h = new_herd(6, CI, 10000);
@@ -470,7 +452,7 @@ static void test_immediate_stop_mid_warmup_then_restart(void **state)
  * back and a fresh call succeeds. */
 static void test_immediate_stop_mid_verify_server_stays_down(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     struct herd *h = new_herd(6, CI, 2000);
@@ -520,7 +502,7 @@ static uint32_t broken_count(struct herd *h)
  * gets -ETIMEDOUT naming 57P03; then the server is released. */
 static void test_crash_after_ready_restart_into_recovery(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     struct herd *h = new_herd(6, CI, 15000);
@@ -608,7 +590,7 @@ static int fill_connections(void)
  * the calls and the rest 1 s later: the leader retries and everyone succeeds. */
 static void test_too_many_connections_53300(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     int n = fill_connections();
@@ -706,7 +688,7 @@ static void bouncer_round(const char *what, const char *bci, const struct expect
  * tries again: set to 1 s here through its admin console, to keep the suite short. */
 static void test_pgbouncer_server_down_then_up(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     const char *why = pgh_bouncer_unavailable();
     if (why) {
@@ -738,17 +720,14 @@ static void test_pgbouncer_server_down_then_up(void **state)
     pgh_bouncer_stop(&H);
 }
 
-#define BOTH(fn)                                                                                   \
-    cmocka_unit_test_prestate(fn, (void *)"uring"), cmocka_unit_test_prestate(fn, (void *)"poll")
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        BOTH(test_immediate_stop_mid_warmup_then_restart),
-        BOTH(test_immediate_stop_mid_verify_server_stays_down),
-        BOTH(test_crash_after_ready_restart_into_recovery),
-        BOTH(test_too_many_connections_53300),
-        BOTH(test_pgbouncer_server_down_then_up),
+        WLT_BOTH(test_immediate_stop_mid_warmup_then_restart),
+        WLT_BOTH(test_immediate_stop_mid_verify_server_stays_down),
+        WLT_BOTH(test_crash_after_ready_restart_into_recovery),
+        WLT_BOTH(test_too_many_connections_53300),
+        WLT_BOTH(test_pgbouncer_server_down_then_up),
     };
     /* WL_DBF_ONLY=pattern runs only the matching tests (cmocka's filter, '*' wildcards). */
     if (getenv("WL_DBF_ONLY"))

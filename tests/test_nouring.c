@@ -25,8 +25,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 
-#include "pgharness.h"
-#include "proc.h"
+#include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
@@ -45,8 +44,6 @@
 static struct pgh H;
 static int have_pg;
 static const char *pg_reason;
-
-#define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
 /* What a child reports back through shared memory. */
 struct outcome {
@@ -313,21 +310,14 @@ static void test_nouring_herd_has_one_leader_on_poll(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    if ((pg_reason = pgh_unavailable()))
-        return 0;
-    if (pgh_init(&H, "trust", NULL, NULL) < 0 || pgh_start(&H, 1) < 0) {
-        pg_reason = "the throwaway PostgreSQL did not start";
-        return 0;
-    }
-    have_pg = 1;
+    have_pg = (pg_reason = pgh_suite_up(&H, NULL, NULL)) == NULL;
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    if (have_pg)
-        pgh_destroy(&H);
+    pgh_destroy(&H);
     return 0;
 }
 

@@ -25,8 +25,7 @@
 #include <unistd.h>
 
 #include "lib/internal.h"
-#include "pgharness.h"
-#include "proc.h"
+#include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
@@ -39,19 +38,11 @@ static const char *pg_reason;
 static char CI[1024];     /* H.conninfo with the password */
 static char BAD_PW[1024]; /* ... with a wrong one */
 
-static const char *IO_URING = "uring", *IO_POLL = "poll";
-
-#define NEED_PG() PGH_NEED(have_pg, pg_reason)
-
 static int group_setup(void **state)
 {
     (void)state;
-    if ((pg_reason = pgh_unavailable()))
+    if ((pg_reason = pgh_suite_up(&H, PASSWORD, NULL)))
         return 0;
-    if (pgh_init(&H, "scram", PASSWORD, NULL) < 0 || pgh_start(&H, 1) < 0) {
-        pg_reason = "the throwaway PostgreSQL did not start";
-        return 0;
-    }
     have_pg = 1;
     snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
     snprintf(BAD_PW, sizeof(BAD_PW), "%s password=wrong-%s", H.conninfo, "pw");
@@ -61,26 +52,14 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    if (have_pg)
-        pgh_destroy(&H);
+    pgh_destroy(&H);
     return 0;
 }
 
-/* Each engine test runs once per backend: the prestate names it. */
-static const char *use_backend(void **state)
-{
-    const char *io = *state ? (const char *)*state : IO_POLL;
-    setenv("WARMLOCK_IO", io, 1);
-    print_message("backend: %s\n", io);
-    return io;
-}
-
-/* The server up and past recovery (a failed test may have left it starting). */
+/* The server up and past recovery (a failed test may have left it starting, or held). */
 static void ensure_running(void)
 {
-    if (!H.running)
-        assert_int_equal(pgh_start(&H, 1), 0);
-    assert_int_equal(pgh_wait_ready(&H, 60000), 0);
+    assert_int_equal(pgh_up(&H), 0);
 }
 
 static int probe(const char *conninfo, const struct wl_pg_opts *o, struct wl_result *r,
@@ -103,7 +82,7 @@ static void test_pg_probe_succeeds_with_one_connection(void **state)
 {
     struct wl_result r;
     long mark;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     mark = pgh_log_mark(&H);
@@ -135,7 +114,7 @@ static void test_pg_probe_retries_until_a_late_server_starts(void **state)
     struct wl_result r;
     pthread_t th;
     uint64_t ms;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     assert_int_equal(pgh_stop(&H, "fast"), 0);
@@ -148,30 +127,6 @@ static void test_pg_probe_retries_until_a_late_server_starts(void **state)
     assert_true(ms < 10000);
     assert_true(r.attempts > 1);
     assert_string_equal(r.sqlstate, ""); /* success clears the last failure */
-}
-
-/* Wall-clock ms of the last "ready to accept connections" line (log_line_prefix '%m '),
- * or 0. */
-static uint64_t server_ready_ms(void)
-{
-    FILE *f = fopen(H.logpath, "r");
-    char line[1024];
-    uint64_t at = 0;
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof(line), f)) {
-        struct tm tm = {0};
-        int ms = 0;
-        char *p;
-        if (!strstr(line, "ready to accept connections"))
-            continue;
-        if (!(p = strptime(line, "%Y-%m-%d %H:%M:%S", &tm)) || sscanf(p, ".%3d", &ms) != 1 ||
-            strncmp(p + 4, " UTC ", 5) != 0)
-            continue; /* only UTC stamps are read (log_timezone follows initdb's TZ) */
-        at = (uint64_t)timegm(&tm) * 1000u + (uint64_t)ms; /* the harness logs in UTC */
-    }
-    fclose(f);
-    return at;
 }
 
 /* Release a held server once `n` connections after `mark` were refused with 57P03 (or after
@@ -198,7 +153,7 @@ static void test_pg_probe_rides_out_crash_recovery_57P03(void **state)
     uint64_t ms, done_ms, ready_ms;
     long mark;
     int n57;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     assert_int_equal(pgh_crash(&H), 0);
@@ -212,7 +167,7 @@ static void test_pg_probe_rides_out_crash_recovery_57P03(void **state)
     pthread_join(th, NULL);
     assert_int_equal(rl.rc, 0);
     n57 = pgh_count_log_57P03_since(&H, mark);
-    ready_ms = server_ready_ms();
+    ready_ms = (uint64_t)(pgh_log_ready_realtime_ns(&H, mark) / 1000000);
     print_message("crash-recovery start: ready after %llu ms, %u attempts, server sent %d "
                   "57P03 rejections; verified %lld ms after the server logged ready\n",
                   (unsigned long long)ms, r.attempts, n57,
@@ -238,7 +193,7 @@ static void test_pg_connect_error_during_recovery_reads_sqlstate_57P03(void **st
     struct wl_result r;
     char st[6] = "";
     int i, refused, rc = 1;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     /* held in recovery for as long as the attempt takes: the amount of WAL does not matter */
@@ -274,7 +229,7 @@ static void test_pg_probe_wrong_password_fails_fast_with_28P01(void **state)
     struct wl_result r;
     uint64_t ms;
     long mark;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     mark = pgh_log_mark(&H);
@@ -292,7 +247,7 @@ static void test_pg_probe_missing_database_is_enoent(void **state)
 {
     char ci[1200];
     struct wl_result r;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     snprintf(ci, sizeof(ci), "%s dbname=no_such_db", CI);
@@ -311,7 +266,7 @@ static void test_pg_probe_bad_conninfo_is_einval_without_server_contact(void **s
     struct wl_result r;
     long mark;
     size_t i;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     mark = pgh_log_mark(&H);
@@ -333,7 +288,7 @@ static void test_pg_probe_never_up_times_out_at_the_deadline(void **state)
     char ci[300], dir[64];
     struct wl_result r;
     uint64_t ms;
-    use_backend(state);
+    wlt_backend(state);
     snprintf(dir, sizeof(dir), "/tmp/wltest-nosock.%d", (int)getpid());
     snprintf(ci, sizeof(ci), "host=%s port=5432 dbname=x user=x password=%s", dir, PASSWORD);
     assert_int_equal(probe(ci, &o, &r, &ms), -ETIMEDOUT);
@@ -366,7 +321,7 @@ static void test_pg_probe_refused_until_attempts_run_out_is_econnrefused(void **
     char ci[300];
     struct wl_result r;
     uint64_t ms;
-    use_backend(state);
+    wlt_backend(state);
     snprintf(ci, sizeof(ci), "hostaddr=127.0.0.1 port=%d dbname=x user=x", free_tcp_port());
     assert_int_equal(probe(ci, &o, &r, &ms), -ECONNREFUSED);
     assert_int_equal(r.attempts, 4);
@@ -385,7 +340,7 @@ static void test_pg_probe_silent_server_hits_the_attempt_timeout(void **state)
     struct wl_result r;
     uint64_t ms;
     int fd;
-    use_backend(state);
+    wlt_backend(state);
     snprintf(dir, sizeof(dir), "/tmp/wltest-silent.%d", (int)getpid());
     mkdir(dir, 0700);
     snprintf(a.sun_path, sizeof(a.sun_path), "%s/.s.PGSQL.5999", dir);
@@ -435,7 +390,7 @@ static void test_pg_probe_warm_sql_error_is_eio_with_sqlstate(void **state)
 {
     struct wl_pg_opts o = {.warm_sql = "SELECT 1; SELECT * FROM no_such_table; SELECT 2"};
     struct wl_result r;
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     assert_int_equal(probe(CI, &o, &r, NULL), -EIO);
@@ -459,7 +414,7 @@ static void test_pg_probe_runs_every_statement_of_warm_sql(void **state)
         .verify_sql = "SELECT 1 FROM wl_warm HAVING count(*) >= 2"};
     struct wl_result r;
     char out[64];
-    use_backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     assert_int_equal(pgh_psql(&H, "DROP TABLE IF EXISTS wl_warm"), 0);
@@ -806,9 +761,6 @@ static void test_pg_connect_invalidates_a_stale_epoch_and_reconnects(void **stat
     wl_unlink(name);
 }
 
-#define BOTH(fn)                                                                                   \
-    cmocka_unit_test_prestate(fn, (void *)IO_URING), cmocka_unit_test_prestate(fn, (void *)IO_POLL)
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -819,19 +771,19 @@ int main(void)
         cmocka_unit_test(test_pg_key_never_holds_the_password),
         cmocka_unit_test(test_pg_key_fills_defaults_like_libpq),
         cmocka_unit_test(test_pg_key_rejects_garbage_with_libpqs_message),
-        BOTH(test_pg_probe_succeeds_with_one_connection),
-        BOTH(test_pg_probe_retries_until_a_late_server_starts),
-        BOTH(test_pg_probe_rides_out_crash_recovery_57P03),
-        BOTH(test_pg_connect_error_during_recovery_reads_sqlstate_57P03),
-        BOTH(test_pg_probe_wrong_password_fails_fast_with_28P01),
-        BOTH(test_pg_probe_missing_database_is_enoent),
-        BOTH(test_pg_probe_bad_conninfo_is_einval_without_server_contact),
-        BOTH(test_pg_probe_never_up_times_out_at_the_deadline),
-        BOTH(test_pg_probe_refused_until_attempts_run_out_is_econnrefused),
-        BOTH(test_pg_probe_silent_server_hits_the_attempt_timeout),
+        WLT_BOTH(test_pg_probe_succeeds_with_one_connection),
+        WLT_BOTH(test_pg_probe_retries_until_a_late_server_starts),
+        WLT_BOTH(test_pg_probe_rides_out_crash_recovery_57P03),
+        WLT_BOTH(test_pg_connect_error_during_recovery_reads_sqlstate_57P03),
+        WLT_BOTH(test_pg_probe_wrong_password_fails_fast_with_28P01),
+        WLT_BOTH(test_pg_probe_missing_database_is_enoent),
+        WLT_BOTH(test_pg_probe_bad_conninfo_is_einval_without_server_contact),
+        WLT_BOTH(test_pg_probe_never_up_times_out_at_the_deadline),
+        WLT_BOTH(test_pg_probe_refused_until_attempts_run_out_is_econnrefused),
+        WLT_BOTH(test_pg_probe_silent_server_hits_the_attempt_timeout),
         cmocka_unit_test(test_pg_probe_uses_connect_timeout_as_the_attempt_timeout),
-        BOTH(test_pg_probe_warm_sql_error_is_eio_with_sqlstate),
-        BOTH(test_pg_probe_runs_every_statement_of_warm_sql),
+        WLT_BOTH(test_pg_probe_warm_sql_error_is_eio_with_sqlstate),
+        WLT_BOTH(test_pg_probe_runs_every_statement_of_warm_sql),
         cmocka_unit_test(test_pg_ensure_herd_one_leader_through_crash_recovery),
         cmocka_unit_test(test_pg_ensure_publishes_auth_failure_to_followers),
         cmocka_unit_test(test_pg_connect_invalidates_a_stale_epoch_and_reconnects),

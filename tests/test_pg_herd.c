@@ -16,8 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "pgharness.h"
-#include "proc.h"
+#include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
@@ -44,17 +43,11 @@ struct herd {
     char err[MAXP][256];
 };
 
-#define NEED_PG() PGH_NEED(have_pg, pg_reason)
-
 static int group_setup(void **state)
 {
     (void)state;
-    if ((pg_reason = pgh_unavailable()))
+    if ((pg_reason = pgh_suite_up(&H, PASSWORD, "max_connections = 150")))
         return 0;
-    if (pgh_init(&H, "scram", PASSWORD, "max_connections = 150") < 0 || pgh_start(&H, 1) < 0) {
-        pg_reason = "the throwaway PostgreSQL did not start";
-        return 0;
-    }
     have_pg = 1;
     snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
     snprintf(BAD_PW, sizeof(BAD_PW), "%s password=not-the-password", H.conninfo);
@@ -66,22 +59,13 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    if (have_pg)
-        pgh_destroy(&H);
+    pgh_destroy(&H);
     return 0;
-}
-
-static void backend(void **state)
-{
-    setenv("WARMLOCK_IO", (const char *)*state, 1);
-    print_message("backend: %s\n", (const char *)*state);
 }
 
 static void ensure_running(void)
 {
-    if (!H.running)
-        assert_int_equal(pgh_start(&H, 1), 0);
-    assert_int_equal(pgh_wait_ready(&H, 60000), 0);
+    assert_int_equal(pgh_up(&H), 0);
 }
 
 static int query_one(PGconn *c)
@@ -197,7 +181,7 @@ static int leader_attempts(struct herd *h)
  * the engine's; each opens only its own). */
 static void test_herd_server_up_then_ready_path(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     struct herd *h = new_herd(1, CI);
@@ -234,7 +218,7 @@ static void test_herd_server_up_then_ready_path(void **state)
 /* 2. Cold start: 64 processes start, the server 500 ms later. */
 static void test_herd_cold_start_server_late(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     assert_int_equal(pgh_stop(&H, "fast"), 0);
@@ -266,7 +250,7 @@ static void test_herd_cold_start_server_late(void **state)
 /* 3. Crash-recovery start: 57P03 is retried by the one leader. */
 static void test_herd_crash_recovery_start(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     assert_int_equal(pgh_crash(&H), 0);
@@ -300,7 +284,7 @@ static void test_herd_crash_recovery_start(void **state)
  * server sees one authentication attempt per fail_ttl_ms, not one per process. */
 static void test_herd_wrong_password_one_attempt_per_ttl(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     struct herd *h = new_herd(16, BAD_PW);
@@ -325,7 +309,7 @@ static void test_herd_wrong_password_one_attempt_per_ttl(void **state)
  * tried and the last error. */
 static void test_herd_server_never_up_times_out(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     if (H.running)
         assert_int_equal(pgh_stop(&H, "fast"), 0);
@@ -355,7 +339,7 @@ static void test_herd_server_never_up_times_out(void **state)
  * epoch, one process re-verifies, the others wait, all succeed in the new epoch. */
 static void test_herd_restart_after_ready_one_reverification(void **state)
 {
-    backend(state);
+    wlt_backend(state);
     NEED_PG();
     ensure_running();
     struct herd *h = new_herd(16, CI);
@@ -389,18 +373,15 @@ static void test_herd_restart_after_ready_one_reverification(void **state)
     wl_unlink(h->seg);
 }
 
-#define BOTH(fn)                                                                                   \
-    cmocka_unit_test_prestate(fn, (void *)"uring"), cmocka_unit_test_prestate(fn, (void *)"poll")
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        BOTH(test_herd_server_up_then_ready_path),
-        BOTH(test_herd_cold_start_server_late),
-        BOTH(test_herd_crash_recovery_start),
-        BOTH(test_herd_wrong_password_one_attempt_per_ttl),
-        BOTH(test_herd_server_never_up_times_out),
-        BOTH(test_herd_restart_after_ready_one_reverification),
+        WLT_BOTH(test_herd_server_up_then_ready_path),
+        WLT_BOTH(test_herd_cold_start_server_late),
+        WLT_BOTH(test_herd_crash_recovery_start),
+        WLT_BOTH(test_herd_wrong_password_one_attempt_per_ttl),
+        WLT_BOTH(test_herd_server_never_up_times_out),
+        WLT_BOTH(test_herd_restart_after_ready_one_reverification),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -24,16 +24,15 @@
 #include <linux/seccomp.h>
 
 #include "lib/internal.h"
+#include "suite.h"
 
 #define MS 1000000ull
-
-static int B_URING = WL__IO_URING, B_POLL = WL__IO_POLL;
 
 static struct wl__loop *new_loop(void **state)
 {
     struct wl__loop *l = NULL;
     char err[200];
-    int backend = *(int *)*state, r;
+    int backend = strcmp((const char *)*state, "uring") == 0 ? WL__IO_URING : WL__IO_POLL, r;
     r = wl__loop_new(backend, &l, err, sizeof(err));
     if (r < 0) {
         print_message("cannot create the %s loop: %s\n",
@@ -410,18 +409,16 @@ static void test_ring_falls_back_to_poll_when_io_uring_is_refused(void **state)
     assert_null(strstr(strstr(buf, "io_uring unavailable") + 1, "io_uring unavailable"));
 }
 
-#define BOTH(fn) cmocka_unit_test_prestate(fn, &B_URING), cmocka_unit_test_prestate(fn, &B_POLL)
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        BOTH(test_ring_readable_pipe_wakes_the_task),
-        BOTH(test_ring_linked_timeout_fires_on_a_silent_fd),
-        BOTH(test_ring_timer_fires_within_bounds),
-        BOTH(test_ring_drives_several_tasks_at_once),
-        BOTH(test_ring_run_deadline_returns_remaining_tasks),
-        BOTH(test_ring_removed_task_is_never_called_again),
-        BOTH(test_ring_task_can_be_added_again_after_it_finished),
+        WLT_BOTH(test_ring_readable_pipe_wakes_the_task),
+        WLT_BOTH(test_ring_linked_timeout_fires_on_a_silent_fd),
+        WLT_BOTH(test_ring_timer_fires_within_bounds),
+        WLT_BOTH(test_ring_drives_several_tasks_at_once),
+        WLT_BOTH(test_ring_run_deadline_returns_remaining_tasks),
+        WLT_BOTH(test_ring_removed_task_is_never_called_again),
+        WLT_BOTH(test_ring_task_can_be_added_again_after_it_finished),
         cmocka_unit_test(test_ring_env_forces_the_backend),
         cmocka_unit_test(test_ring_falls_back_to_poll_when_io_uring_is_refused),
     };
