@@ -21,8 +21,7 @@
 #include <grp.h>
 #include <unistd.h>
 
-#include "pgharness.h"
-#include "proc.h"
+#include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
 #include "coordinator/common.h"
@@ -47,48 +46,8 @@ static char DIR_[64];          /* the suite's scratch directory */
 
 /* ---------------------------------------------------------------- processes */
 
-struct run {
-    int status; /* exit status, 128+signal, or -1 if it did not end in time */
-    char out[65536];
-    char err[8192];
-    uint64_t ms;
-};
-
-static void slurp(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "r");
-    size_t n = 0;
-    if (f) {
-        n = fread(buf, 1, len - 1, f);
-        fclose(f);
-    }
-    buf[n] = '\0';
-}
-
-/* Run a program to completion (bounded), capturing its output. argv ends with NULL. */
-static void run_v(struct run *r, unsigned timeout_ms, char *const argv[])
-{
-    char out[128], err[128];
-    static unsigned n;
-    uint64_t t0 = wlt_now_ns();
-    pid_t pid;
-
-    snprintf(out, sizeof(out), "%s/run%u.out", DIR_, n);
-    snprintf(err, sizeof(err), "%s/run%u.err", DIR_, n++);
-    pid = wlt_spawn_exec(argv, out, err, -1);
-    r->status = wlt_wait(pid, timeout_ms);
-    r->ms = (wlt_now_ns() - t0) / 1000000u;
-    slurp(out, r->out, sizeof(r->out));
-    slurp(err, r->err, sizeof(r->err));
-    unlink(out);
-    unlink(err);
-}
-
-#define RUN(r, timeout, ...)                                                   \
-    do {                                                                       \
-        char *const argv_[] = {__VA_ARGS__, NULL};                             \
-        run_v((r), (timeout), argv_);                                          \
-    } while (0)
+/* Run a program to completion (bounded), capturing its output (wlt_run_v). */
+#define RUN(r, timeout, ...) WLT_RUN((r), DIR_, (timeout), __VA_ARGS__)
 
 static int count_lines(const char *s)
 {
@@ -98,9 +57,9 @@ static int count_lines(const char *s)
     return n;
 }
 
-static struct run *newrun(void)
+static struct wlt_run *newrun(void)
 {
-    struct run *r = calloc(1, sizeof(*r));
+    struct wlt_run *r = calloc(1, sizeof(*r));
     assert_non_null(r);
     return r;
 }
@@ -175,7 +134,7 @@ static int daemon_stop(struct daemon *d)
 
 static void daemon_log(const struct daemon *d, char *buf, size_t len)
 {
-    slurp(d->log, buf, len);
+    wlt_slurp(d->log, buf, len);
 }
 
 /* ---------------------------------------------------------------- the segment */
@@ -572,12 +531,8 @@ static int setup(void **state)
     snprintf(DIR_, sizeof(DIR_), "/tmp/wltest-cli.XXXXXX");
     if (!mkdtemp(DIR_))
         return -1;
-    if ((pg_reason = pgh_unavailable()))
+    if ((pg_reason = pgh_suite_up(&H, PASSWORD, NULL)))
         return 0;
-    if (pgh_init(&H, "scram", PASSWORD, NULL) < 0 || pgh_start(&H, 1) < 0) {
-        pg_reason = "the throwaway PostgreSQL did not start";
-        return 0;
-    }
     have_pg = 1;
     /* The harness's conninfo, with the password spelled out (a later keyword wins). */
     snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
@@ -601,8 +556,6 @@ static int teardown(void **state)
     (void)state;
     return 0;
 }
-
-#define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
 static void ensure_server_up(void)
 {
@@ -645,11 +598,11 @@ static void test_usage_errors_exit_2_with_one_line(void **state)
         {WL_WARMLOCKD, "--target", "host=/nowhere", "--mode", "999"},
         {WL_WARMLOCKD, "--target", "host=/nowhere", "--notify-fd", "77"},
     };
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     size_t i;
 
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        run_v(r, 5000, (char *const *)cases[i]);
+        wlt_run_v(r, DIR_, 5000, (char *const *)cases[i]);
         if (r->status != 2 || count_lines(r->err) != 1 || r->out[0])
             fail_msg("case %zu (%s %s %s): status %d, stderr '%s', stdout '%s'", i,
                      cases[i][1] ? cases[i][1] : "", cases[i][2] ? cases[i][2] : "",
@@ -682,7 +635,7 @@ static void test_exec_beside_warm_daemon_runs_no_warmup(void **state)
     const char *shm = segname();
     struct daemon d;
     struct wl_slot_info before, after;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     pid_t pids[NPROC];
     char epoch[64];
     int i;
@@ -782,7 +735,7 @@ static void test_server_stop_is_seen_and_recovery_needs_no_restart(void **state)
 {
     const char *shm = segname();
     struct daemon d;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     int stop_ms[5], seen_ms[5], back_ms[5], round;
 
     NEED_PG();
@@ -852,7 +805,7 @@ static void test_status_json_parses_and_no_password_anywhere(void **state)
                                           "READY_AGE", "TTR", "SQLSTATE", "LAST_ERROR"};
     const char *shm = segname();
     struct daemon d;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     char cmd[2048], *log = calloc(1, 65536), badci[1200];
     size_t i;
 
@@ -929,7 +882,7 @@ static void test_metrics_are_valid_and_counters_never_decrease(void **state)
 {
     const char *shm = segname();
     struct daemon d;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     struct prom *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
     int i, j, found, counters = 0;
 
@@ -1040,7 +993,7 @@ static void test_killed_daemon_is_taken_over_and_restart_adopts(void **state)
 {
     const char *shm = segname();
     struct daemon d;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     struct wl_slot_info si, si2;
     char sql[128], *log = calloc(1, 65536);
     uint64_t end;

@@ -22,8 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "pgharness.h"
-#include "proc.h"
+#include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
@@ -56,8 +55,6 @@ static char KEY[1024];
 
 static const char *const secrets[] = {PASSWORD, WRONG};
 
-#define NEED_PG() PGH_NEED(have_pg, pg_reason)
-
 /* Fail if buf (len bytes, any content) holds a password, or a long piece of one. */
 static void expect_no_secret(const char *what, const void *buf, size_t len)
 {
@@ -81,45 +78,11 @@ static void expect_no_secret(const char *what, const void *buf, size_t len)
 
 /* ---------------------------------------------------------------- processes */
 
-struct run {
-    int status; /* exit status, 128+signal, or -1 if it did not end in time */
-    char out[65536];
-    char err[16384];
-};
-
-static size_t slurp(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "r");
-    size_t n = 0;
-    if (f) {
-        n = fread(buf, 1, len - 1, f);
-        fclose(f);
-    }
-    buf[n] = '\0';
-    return n;
-}
-
-static void run_v(struct run *r, unsigned timeout_ms, char *const argv[])
-{
-    char out[128], err[128];
-    static unsigned n;
-    snprintf(out, sizeof(out), "%s/run%u.out", DIR_, n);
-    snprintf(err, sizeof(err), "%s/run%u.err", DIR_, n++);
-    r->status = wlt_wait(wlt_spawn_exec(argv, out, err, -1), timeout_ms);
-    slurp(out, r->out, sizeof(r->out));
-    slurp(err, r->err, sizeof(r->err));
-    unlink(out);
-    unlink(err);
-}
-
-#define RUN(r, timeout, ...)                                                                       \
-    do {                                                                                           \
-        char *const argv_[] = {__VA_ARGS__, NULL};                                                 \
-        run_v((r), (timeout), argv_);                                                              \
-    } while (0)
+/* Run a program to completion (bounded), capturing its output (wlt_run_v). */
+#define RUN(r, timeout, ...) WLT_RUN((r), DIR_, (timeout), __VA_ARGS__)
 
 /* A run's stdout and stderr must hold no password. */
-static void expect_clean_run(const char *what, const struct run *r)
+static void expect_clean_run(const char *what, const struct wlt_run *r)
 {
     char label[160];
     snprintf(label, sizeof(label), "the stdout of %s", what);
@@ -230,7 +193,7 @@ static void test_secrets_never_reach_the_segment(void **state)
 static void test_secrets_never_reach_status_metrics_or_cli_errors(void **state)
 {
     char name[64];
-    struct run *r = calloc(1, sizeof(*r));
+    struct wlt_run *r = calloc(1, sizeof(*r));
     (void)state;
     NEED_PG();
     assert_non_null(r);
@@ -297,7 +260,7 @@ static void wait_log(const char *path, char *log, size_t loglen, const char *con
 {
     uint64_t end = wlt_now_ns() + (uint64_t)timeout_ms * 1000000u;
     while (wlt_now_ns() < end) {
-        size_t n = slurp(path, log, loglen), i = 0;
+        size_t n = wlt_slurp(path, log, loglen), i = 0;
         while (needles && needles[i] && strstr(log, needles[i]))
             i++;
         if (needles ? !needles[i] : n > longer_than)
@@ -320,12 +283,12 @@ static int daemon_run(char *const argv[], char *log, size_t loglen)
     snprintf(err, sizeof(err), "%s/warmlockd.err", DIR_);
     pid = wlt_spawn_exec(argv, out, err, -1);
     wait_log(err, log, loglen, want, 0, 5 * DAEMON_MS);
-    size_t before = slurp(err, log, loglen);
+    size_t before = wlt_slurp(err, log, loglen);
     kill(pid, SIGHUP); /* reload: the config file's targets are read (and logged) again */
     wait_log(err, log, loglen, NULL, before, 5 * DAEMON_MS);
     kill(pid, SIGTERM);
     st = wlt_wait(pid, 10000);
-    slurp(err, log, loglen);
+    wlt_slurp(err, log, loglen);
     unlink(out);
     unlink(err);
     return st;
@@ -368,7 +331,7 @@ static void test_secrets_never_reach_warmlockd_logs(void **state)
     /* a target libpq cannot parse: skipped with a message saying why, without the URI's
      * password (warmlockd keeps running; it is stopped after 1.5 s) */
     snprintf(name, sizeof(name), "%s", wlt_segname());
-    struct run *r = calloc(1, sizeof(*r));
+    struct wlt_run *r = calloc(1, sizeof(*r));
     assert_non_null(r);
     RUN(r, 1500, WL_WARMLOCKD, "--foreground", "--shm", name, "--target", MALFORMED, "--target",
         ENCODED_KW, "--target", ENCODED_TOK, "--target", AT_IN_PW, "--target", CI);
@@ -388,12 +351,8 @@ static int group_setup(void **state)
     snprintf(DIR_, sizeof(DIR_), "/tmp/wlsecrets.XXXXXX");
     if (!mkdtemp(DIR_))
         return -1;
-    if ((pg_reason = pgh_unavailable()))
+    if ((pg_reason = pgh_suite_up(&H, PASSWORD, NULL)))
         return 0;
-    if (pgh_init(&H, "scram", PASSWORD, NULL) < 0 || pgh_start(&H, 1) < 0) {
-        pg_reason = "the throwaway PostgreSQL did not start";
-        return 0;
-    }
     snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
     snprintf(CI_URI, sizeof(CI_URI), "postgresql://postgres:%s@/postgres?host=%s&port=%d", PASSWORD,
              H.sockdir, H.port);
