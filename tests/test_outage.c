@@ -28,8 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "pgharness.h"
-#include "proc.h"
+#include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
@@ -60,20 +59,14 @@ static struct pgh H;
 static int have_pg;
 static const char *pg_reason;
 
-#define NEED_PG() PGH_NEED(have_pg, pg_reason)
-
 static int group_setup(void **state)
 {
     char conf[128];
     (void)state;
     S = wlt_shared(sizeof(*S));
-    if ((pg_reason = pgh_unavailable()))
-        return 0;
     snprintf(conf, sizeof(conf), "max_connections = 6\nsuperuser_reserved_connections = 0\n");
-    if (pgh_init(&H, NULL, NULL, conf) < 0 || pgh_start(&H, 1) < 0) {
-        pg_reason = "the throwaway PostgreSQL did not start";
+    if ((pg_reason = pgh_suite_up(&H, NULL, conf)))
         return 0;
-    }
     have_pg = 1;
     return 0;
 }
@@ -81,8 +74,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    if (have_pg)
-        pgh_destroy(&H);
+    pgh_destroy(&H);
     return 0;
 }
 
