@@ -30,7 +30,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -40,11 +39,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -56,6 +53,7 @@
 #include "warmlock/pg.h"
 
 #include "pgharness.h"
+#include "proc.h"
 
 #ifndef WL_WARMLOCKD
 #define WL_WARMLOCKD "warmlockd"
@@ -108,27 +106,16 @@ static struct shared *sh;
 
 /* ---------------------------------------------------------------- utilities */
 
+/* The harness's clocks as signed ns, for differences. */
 static int64_t mono_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static int64_t real_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return (int64_t)wlt_now_ns();
 }
 
 static void sleep_ms(int64_t ms)
 {
-    if (ms <= 0)
-        return;
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
+    if (ms > 0)
+        wlt_sleep_ms((unsigned)ms);
 }
 
 static void copy_str(char *dst, size_t len, const char *src)
@@ -305,13 +292,8 @@ static void worker_main(const struct run_cfg *cfg, int idx, uint32_t gen)
     if (getppid() == 1)
         _exit(3);
     /* The barrier: bounded, in case the driver never releases us. */
-    int64_t give_up = mono_ns() + 120 * 1000 * MS;
-    while (atomic_load_explicit(&sh->go, memory_order_acquire) == gen) {
-        struct timespec ts = {1, 0};
-        syscall(SYS_futex, (uint32_t *)&sh->go, FUTEX_WAIT, gen, &ts, NULL, 0);
-        if (mono_ns() > give_up)
-            _exit(4);
-    }
+    if (wlt_wait_change(&sh->go, gen, 120 * 1000) < 0)
+        _exit(4);
     int rc;
     switch (cfg->st) {
     case ST_INCIDENT: rc = incident_policy(cfg, r, 1); break;
@@ -368,12 +350,6 @@ static double ms_of(int64_t ns)
     return (double)ns / 1e6;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Nearest-rank percentile of a sorted array. */
 static double pct(const double *v, int n, double p)
 {
@@ -381,37 +357,6 @@ static double pct(const double *v, int n, double p)
         return NAN;
     int k = (int)ceil(p / 100.0 * n) - 1;
     return v[k < 0 ? 0 : k >= n ? n - 1 : k];
-}
-
-/* The wall-clock time of the first "ready to accept connections" line after `mark`, in ns
- * since the epoch (log_timezone is UTC, log_line_prefix '%m [%p] '), or 0. */
-static int64_t server_ready_real_ns(const struct pgh *h, long mark)
-{
-    FILE *f = fopen(h->logpath, "re");
-    if (!f)
-        return 0;
-    int64_t t = 0;
-    char *line = NULL;
-    size_t cap = 0;
-    if (fseek(f, mark, SEEK_SET) == 0) {
-        while (getline(&line, &cap, f) > 0) {
-            if (!strstr(line, "database system is ready to accept connections"))
-                continue;
-            struct tm tm;
-            int msec = 0;
-            memset(&tm, 0, sizeof(tm));
-            if (sscanf(line, "%d-%d-%d %d:%d:%d.%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                       &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &msec) == 7) {
-                tm.tm_year -= 1900;
-                tm.tm_mon -= 1;
-                t = (int64_t)timegm(&tm) * 1000000000LL + (int64_t)msec * MS;
-            }
-            break;
-        }
-    }
-    free(line);
-    fclose(f);
-    return t;
 }
 
 static void kill_daemon(struct rusage *ru)
@@ -585,10 +530,10 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
     memset(&ru_sum, 0, sizeof(ru_sum));
 
     /* T0: release the workers and launch the server start. */
-    int64_t t0_real = real_ns();
+    int64_t t0_real = (int64_t)wlt_realtime_ns();
     sh->t0_mono_ns = mono_ns();
     atomic_fetch_add_explicit(&sh->go, 1, memory_order_release);
-    syscall(SYS_futex, (uint32_t *)&sh->go, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    wlt_wake(&sh->go);
     if (cfg->st == ST_COORD)
         g_daemon = spawn_daemon(cfg);
     int start_pending = cfg->sc != SC_UP;
@@ -679,7 +624,7 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
     }
 
     /* The server's side. */
-    int64_t ready_real = cfg->sc == SC_UP ? 0 : server_ready_real_ns(&g_h, mark);
+    int64_t ready_real = cfg->sc == SC_UP ? 0 : (int64_t)pgh_log_ready_realtime_ns(&g_h, mark);
     res->server_ready = cfg->sc == SC_UP ? 0.0
                         : ready_real  ? ms_of(ready_real - t0_real)
                                       : NAN;
@@ -715,8 +660,8 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
         }
     }
     res->ok = nok;
-    qsort(sorted, (size_t)nok, sizeof(double), cmp_double);
-    qsort(lags, (size_t)nok, sizeof(double), cmp_double);
+    wlt_sort_double(sorted, (size_t)nok);
+    wlt_sort_double(lags, (size_t)nok);
     res->p50 = pct(sorted, nok, 50);
     res->p99 = pct(sorted, nok, 99);
     res->max = nok ? sorted[nok - 1] : NAN;
@@ -724,7 +669,7 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
     res->lag_p50 = pct(lags, nok, 50);
     res->lag_p99 = pct(lags, nok, 99);
     res->lag_max = nok ? lags[nok - 1] : NAN;
-    qsort(rels, (size_t)nrel, sizeof(double), cmp_double);
+    wlt_sort_double(rels, (size_t)nrel);
     res->rel_p50 = pct(rels, nrel, 50);
     res->rel_max = nrel ? rels[nrel - 1] : NAN;
 
@@ -938,7 +883,7 @@ static int write_plot(const char *dir, const int *ns, int nn)
                 if (r && !isnan(r->server_ready))
                     v[m++] = r->server_ready;
             }
-            qsort(v, (size_t)m, sizeof(double), cmp_double);
+            wlt_sort_double(v, (size_t)m);
             if (m)
                 fprintf(f, "%d %.3f\n", ns[j], v[(m - 1) / 2] / 1000.0);
         }
@@ -1213,12 +1158,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     atexit(cleanup);
 
-    sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (sh == MAP_FAILED) {
-        perror("coldstart: mmap");
-        return 1;
-    }
-    memset(sh, 0, sizeof(*sh));
+    sh = wlt_shared(sizeof(*sh));
     int total = nsc * nst * nn;
     g_res = calloc((size_t)total, sizeof(*g_res));
     if (!g_res) {

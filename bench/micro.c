@@ -6,8 +6,6 @@
  * Prints a Markdown table; with --csv FILE also writes CSV. --quick: fewer rounds.
  */
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -15,58 +13,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "proc.h"
 #include "warmlock.h"
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void *shared(size_t n)
-{
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        perror("mmap");
-        exit(1);
-    }
-    memset(p, 0, n);
-    return p;
-}
-
-static long futex(_Atomic uint32_t *w, int op, uint32_t v)
-{
-    return syscall(SYS_futex, (uint32_t *)w, op, v, NULL, NULL, 0);
-}
-
-static void wait_word(_Atomic uint32_t *w, uint32_t v)
-{
-    while (atomic_load(w) == v)
-        futex(w, FUTEX_WAIT, v);
-}
-
-static void wake_word(_Atomic uint32_t *w)
-{
-    futex(w, FUTEX_WAKE, INT_MAX);
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 static uint64_t median(uint64_t *v, size_t n)
 {
-    qsort(v, n, sizeof(*v), cmp_u64);
+    wlt_sort_u64(v, n);
     return v[n / 2];
 }
+
+/* How long a child may take before it is counted as wedged (then SIGKILLed). */
+#define CHILD_MS 60000u
 
 static FILE *csv;
 static char segname[64];
@@ -93,7 +52,7 @@ static void bench_ready_path(unsigned iters)
 {
     struct wl_segment *seg;
     struct wl_result res;
-    pthread_mutex_t *m = shared(sizeof(*m));
+    pthread_mutex_t *m = wlt_shared(sizeof(*m));
     pthread_mutexattr_t a;
     uint64_t t0, t1, t2, sink = 0;
 
@@ -107,17 +66,17 @@ static void bench_ready_path(unsigned iters)
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     pthread_mutex_init(m, &a);
     for (int round = 0; round < 2; round++) { /* first round warms caches */
-        t0 = now_ns();
+        t0 = wlt_now_ns();
         for (unsigned i = 0; i < iters; i++) {
             wl_ensure(seg, "bench-ready", noop_warm, NULL, NULL, &res);
             sink += res.epoch;
         }
-        t1 = now_ns();
+        t1 = wlt_now_ns();
         for (unsigned i = 0; i < iters; i++) {
             pthread_mutex_lock(m);
             pthread_mutex_unlock(m);
         }
-        t2 = now_ns();
+        t2 = wlt_now_ns();
     }
     if (sink == 0)
         abort();
@@ -135,15 +94,16 @@ struct rel {
     _Atomic uint32_t leave;   /* children may exit */
     _Atomic uint64_t last_ns; /* latest wake time */
     uint64_t publish_ns;
+    struct wl_segment *seg;   /* the parent's, inherited by the children */
 };
 
 static void note_wake(struct rel *r)
 {
-    uint64_t t = now_ns(), prev = atomic_load(&r->last_ns);
+    uint64_t t = wlt_now_ns(), prev = atomic_load(&r->last_ns);
     while (t > prev && !atomic_compare_exchange_weak(&r->last_ns, &prev, t))
         ;
     atomic_fetch_add(&r->done, 1);
-    wait_word(&r->leave, 0);
+    wlt_wait_change(&r->leave, 0, WLT_FOREVER);
 }
 
 static int release_warm(void *arg, struct wl_result *res)
@@ -154,7 +114,7 @@ static int release_warm(void *arg, struct wl_result *res)
     unsigned n = r->ready;
     (void)res;
     atomic_store(&r->go, 1); /* claimed: the followers may come */
-    wake_word(&r->go);
+    wlt_wake(&r->go);
     /* Wait until every child is asleep in wl_ensure (the slot counts its waiters). */
     if (wl_open(segname, NULL, &seg) < 0)
         return -EIO;
@@ -168,13 +128,43 @@ static int release_warm(void *arg, struct wl_result *res)
     }
     usleep(2000); /* let the last ones reach the futex */
     wl_close(seg);
-    r->publish_ns = now_ns();
+    r->publish_ns = wlt_now_ns();
     return 0;
+}
+
+/* Baseline: asleep on the raw futex word until the broadcast. */
+static int release_baseline_child(void *arg, int index)
+{
+    struct rel *r = arg;
+    (void)index;
+    wlt_wait_change(&r->go, 0, WLT_FOREVER);
+    note_wake(r);
+    return 0;
+}
+
+/* Ours: once the leader has claimed, asleep in wl_ensure until it publishes. */
+static int release_child(void *arg, int index)
+{
+    struct rel *r = arg;
+    struct wl_result res;
+    (void)index;
+    wlt_wait_change(&r->go, 0, WLT_FOREVER);
+    wl_ensure(r->seg, r->key, noop_warm, NULL, NULL, &res);
+    note_wake(r);
+    return 0;
+}
+
+static int release_leader(void *arg, int index)
+{
+    struct rel *r = arg;
+    struct wl_result res;
+    (void)index;
+    return wl_ensure(r->seg, r->key, release_warm, r, NULL, &res) == 0 ? 0 : 1;
 }
 
 static uint64_t release_once(unsigned n, int baseline, unsigned round)
 {
-    struct rel *r = shared(sizeof(*r));
+    struct rel *r = wlt_shared(sizeof(*r));
     char key[32];
     pid_t *pids = calloc(n, sizeof(pid_t));
     struct wl_segment *seg;
@@ -185,44 +175,26 @@ static uint64_t release_once(unsigned n, int baseline, unsigned round)
     if (wl_open(segname, NULL, &seg) < 0)
         exit(1);
     r->ready = n;
-    for (unsigned i = 0; i < n; i++) {
-        pids[i] = fork();
-        if (pids[i] == 0) {
-            if (baseline) {
-                wait_word(&r->go, 0);
-                note_wake(r);
-            } else {
-                struct wl_result res;
-                while (atomic_load(&r->go) == 0) /* the leader has claimed */
-                    wait_word(&r->go, 0);
-                wl_ensure(seg, key, noop_warm, NULL, NULL, &res);
-                note_wake(r);
-            }
-            _exit(0);
-        }
-    }
+    r->seg = seg;
+    for (unsigned i = 0; i < n; i++)
+        pids[i] = wlt_spawn(baseline ? release_baseline_child : release_child, r, (int)i);
     if (baseline) {
         usleep(20000 + n * 100); /* let them all reach FUTEX_WAIT */
-        r->publish_ns = now_ns();
+        r->publish_ns = wlt_now_ns();
         atomic_store(&r->go, 1);
-        wake_word(&r->go);
+        wlt_wake(&r->go);
     } else {
         /* A leader claims first (release_warm then lets the followers in), and publishes
          * once all n are asleep in wl_ensure. */
-        pid_t leader = fork();
-        if (leader == 0) {
-            struct wl_result res;
-            _exit(wl_ensure(seg, key, release_warm, r, NULL, &res) == 0 ? 0 : 1);
-        }
-        waitpid(leader, NULL, 0);
+        wlt_wait(wlt_spawn(release_leader, r, 0), CHILD_MS);
     }
     while (atomic_load(&r->done) < n)
         usleep(500);
     lat = atomic_load(&r->last_ns) - r->publish_ns;
     atomic_store(&r->leave, 1);
-    wake_word(&r->leave);
+    wlt_wake(&r->leave);
     for (unsigned i = 0; i < n; i++)
-        waitpid(pids[i], NULL, 0);
+        wlt_wait(pids[i], CHILD_MS);
     free(pids);
     munmap(r, sizeof(*r));
     wl_close(seg);
@@ -259,51 +231,53 @@ static int tk_warm(void *arg, struct wl_result *res)
     uint32_t n = atomic_fetch_add(&t->started, 1);
     if (n == 0) {
         atomic_store(&t->leader, getpid());
-        wake_word(&t->started);
+        wlt_wake(&t->started);
         pause(); /* until killed */
     }
-    atomic_store(&t->start2, now_ns());
-    wake_word(&t->started);
+    atomic_store(&t->start2, wlt_now_ns());
+    wlt_wake(&t->started);
     return 0;
+}
+
+/* The first one leads (and is killed); the others follow once it has started. */
+static int tk_child(void *arg, int index)
+{
+    struct tk *t = arg;
+    struct wl_segment *seg;
+    struct wl_result res;
+    if (index > 0)
+        wlt_wait_change(&t->started, 0, WLT_FOREVER);
+    if (wl_open(segname, NULL, &seg) < 0)
+        return 1;
+    /* one slot, reset after each round */
+    return wl_ensure(seg, "tk", tk_warm, t, NULL, &res) == 0 ? 0 : 1;
 }
 
 static void bench_takeover(unsigned kills)
 {
     uint64_t *lat = calloc(kills, sizeof(uint64_t));
-    struct tk *t = shared(sizeof(*t));
+    struct tk *t = wlt_shared(sizeof(*t));
     for (unsigned k = 0; k < kills; k++) {
-        char key[32];
         pid_t p[3];
         memset(t, 0, sizeof(*t));
-        snprintf(key, sizeof(key), "tk"); /* one slot, reset after each round */
-        for (int i = 0; i < 3; i++) {
-            p[i] = fork();
-            if (p[i] == 0) {
-                struct wl_segment *seg;
-                struct wl_result res;
-                if (i > 0)
-                    wait_word(&t->started, 0);
-                if (wl_open(segname, NULL, &seg) < 0)
-                    _exit(1);
-                _exit(wl_ensure(seg, key, tk_warm, t, NULL, &res) == 0 ? 0 : 1);
-            }
-        }
-        wait_word(&t->started, 0);
+        for (int i = 0; i < 3; i++)
+            p[i] = wlt_spawn(tk_child, t, i);
+        wlt_wait_change(&t->started, 0, WLT_FOREVER);
         usleep(5000); /* followers asleep */
-        uint64_t k0 = now_ns();
+        uint64_t k0 = wlt_now_ns();
         kill(atomic_load(&t->leader), SIGKILL);
         while (atomic_load(&t->start2) == 0)
-            wait_word(&t->started, 1);
+            wlt_wait_change(&t->started, 1, WLT_FOREVER);
         lat[k] = atomic_load(&t->start2) - k0;
         for (int i = 0; i < 3; i++)
-            waitpid(p[i], NULL, 0);
+            wlt_wait(p[i], CHILD_MS);
         struct wl_segment *seg;
         if (wl_open(segname, NULL, &seg) == 0) { /* back to COLD for the next round */
             wl_reset(seg, 1);
             wl_close(seg);
         }
     }
-    qsort(lat, kills, sizeof(*lat), cmp_u64);
+    wlt_sort_u64(lat, kills);
     char nbuf[16];
     snprintf(nbuf, sizeof(nbuf), "%u kills", kills);
     printf("| takeover after SIGKILL: median / p99 / max | %s | %.3f / %.3f / %.3f ms | "

@@ -171,6 +171,11 @@ void wlt_barrier_wait(struct wlt_barrier *b, uint32_t n)
 
 int wlt_wait_change(_Atomic uint32_t *word, uint32_t value, unsigned timeout_ms)
 {
+    if (timeout_ms == WLT_FOREVER) {
+        while (atomic_load(word) == value)
+            futex(word, FUTEX_WAIT, value, NULL);
+        return 0;
+    }
     uint64_t end = wlt_now_ns() + (uint64_t)timeout_ms * 1000000u;
     while (atomic_load(word) == value) {
         uint64_t now = wlt_now_ns();

@@ -54,7 +54,9 @@ struct wlt_barrier {
     _Atomic uint32_t go;
 };
 void wlt_barrier_wait(struct wlt_barrier *b, uint32_t n);
-/* Wait (futex) until *word != value or timeout_ms passes; 0 or -1 on timeout. */
+/* Wait (futex) until *word != value or timeout_ms passes (WLT_FOREVER: no timeout, a plain
+ * FUTEX_WAIT); 0 or -1 on timeout. */
+#define WLT_FOREVER 0xffffffffu
 int wlt_wait_change(_Atomic uint32_t *word, uint32_t value, unsigned timeout_ms);
 void wlt_wake(_Atomic uint32_t *word);
 
