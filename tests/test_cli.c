@@ -26,13 +26,6 @@
 #include "warmlock/pg.h"
 #include "coordinator/common.h"
 
-#ifndef WL_WARMLOCK
-#define WL_WARMLOCK WL_TEST_BUILDDIR "/coordinator/warmlock"
-#endif
-#ifndef WL_WARMLOCKD
-#define WL_WARMLOCKD WL_TEST_BUILDDIR "/coordinator/warmlockd"
-#endif
-
 #define PASSWORD "Sw0rdf1sh-7c1e"
 #define NPROC 32
 #define INTERVAL_MS 1000u

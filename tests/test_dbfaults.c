@@ -47,13 +47,11 @@
  * that the test fills it quickly for 53300. */
 #define MAX_CONNECTIONS 12
 
-static struct pgh H;
+WLT_PG_SUITE
 static PGconn *held[MAX_CONNECTIONS + 4]; /* connections the 53300 test holds */
 static int nheld;
 static char segs[64][64]; /* every segment name this run used */
 static size_t nsegs;
-static int have_pg;
-static const char *pg_reason;
 static char CI[1024];
 
 enum mode {
@@ -102,18 +100,16 @@ static void release_held(void)
 
 static int group_teardown(void **state)
 {
-    (void)state;
     release_held();
     for (size_t i = 0; i < nsegs; i++)
         wl_unlink(segs[i]); /* -ENOENT for those a passing test removed already */
-    pgh_destroy(&H);
-    return 0;
+    return pg_group_teardown(state);
 }
 
 static void ensure_running(void)
 {
     release_held();
-    assert_int_equal(pgh_up(&H), 0);
+    pg_ensure_up();
 }
 
 static double ms_since(uint64_t t0, uint64_t t)

@@ -17,13 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 
 #include "suite.h"
 #include "warmlock.h"
@@ -35,15 +31,7 @@
 #define NHERD            6
 #define FALLBACK_MSG     "msg=\"io_uring unavailable, using poll\""
 
-#if defined(__x86_64__)
-#define THIS_AUDIT_ARCH AUDIT_ARCH_X86_64
-#elif defined(__aarch64__)
-#define THIS_AUDIT_ARCH AUDIT_ARCH_AARCH64
-#endif
-
-static struct pgh H;
-static int have_pg;
-static const char *pg_reason;
+WLT_PG_SUITE
 
 /* What a child reports back through shared memory. */
 struct outcome {
@@ -63,29 +51,6 @@ struct scenario {
     char seg[64];
     struct outcome *out;
 };
-
-/* Make io_uring_setup fail with err; everything else is allowed. 0, or -errno. */
-static int deny_io_uring(int err)
-{
-#ifdef THIS_AUDIT_ARCH
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, THIS_AUDIT_ARCH, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        return -errno;
-    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0 ? -errno : 0;
-#else
-    (void)err;
-    return -ENOTSUP;
-#endif
-}
 
 /* One caller: open the segment, wl_pg_ensure, record. Runs in a process of its own. */
 static int caller(void *arg, int i)
@@ -121,7 +86,7 @@ static int child_main(struct scenario *sc, int errfd)
 
     if (dup2(errfd, 2) < 0)
         return 1;
-    if ((r = deny_io_uring(sc->deny_errno)) < 0) {
+    if ((r = wlt_deny_io_uring(sc->deny_errno)) < 0) {
         out->stage = 77;
         snprintf(out->why, sizeof(out->why), "cannot install a seccomp filter: %s", strerror(-r));
         return 0;
@@ -314,13 +279,6 @@ static int group_setup(void **state)
     return 0;
 }
 
-static int group_teardown(void **state)
-{
-    (void)state;
-    pgh_destroy(&H);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -331,5 +289,5 @@ int main(void)
         cmocka_unit_test(test_nouring_forced_poll_never_tries_io_uring),
         cmocka_unit_test(test_nouring_herd_has_one_leader_on_poll),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
 }

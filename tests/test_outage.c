@@ -55,9 +55,7 @@ struct shared {
 };
 
 static struct shared *S;
-static struct pgh H;
-static int have_pg;
-static const char *pg_reason;
+WLT_PG_SUITE
 
 static int group_setup(void **state)
 {
@@ -68,13 +66,6 @@ static int group_setup(void **state)
     if ((pg_reason = pgh_suite_up(&H, NULL, conf)))
         return 0;
     have_pg = 1;
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    pgh_destroy(&H);
     return 0;
 }
 
@@ -685,5 +676,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pg_connect_names_53300_and_the_deadline, setup,
                                         teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
 }

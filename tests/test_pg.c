@@ -32,9 +32,7 @@
 #define MS       1000000ull
 #define PASSWORD "s3cret-Pa55"
 
-static struct pgh H;
-static int have_pg;
-static const char *pg_reason;
+WLT_PG_SUITE
 static char CI[1024];     /* H.conninfo with the password */
 static char BAD_PW[1024]; /* ... with a wrong one */
 
@@ -47,19 +45,6 @@ static int group_setup(void **state)
     snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
     snprintf(BAD_PW, sizeof(BAD_PW), "%s password=wrong-%s", H.conninfo, "pw");
     return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    pgh_destroy(&H);
-    return 0;
-}
-
-/* The server up and past recovery (a failed test may have left it starting, or held). */
-static void ensure_running(void)
-{
-    assert_int_equal(pgh_up(&H), 0);
 }
 
 static int probe(const char *conninfo, const struct wl_pg_opts *o, struct wl_result *r,
@@ -84,7 +69,7 @@ static void test_pg_probe_succeeds_with_one_connection(void **state)
     long mark;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     mark = pgh_log_mark(&H);
     assert_int_equal(probe(CI, NULL, &r, NULL), 0);
     assert_int_equal(r.attempts, 1);
@@ -116,7 +101,7 @@ static void test_pg_probe_retries_until_a_late_server_starts(void **state)
     uint64_t ms;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(pgh_stop(&H, "fast"), 0);
     assert_int_equal(pthread_create(&th, NULL, start_later, &l), 0);
     assert_int_equal(probe(CI, &o, &r, &ms), 0);
@@ -155,7 +140,7 @@ static void test_pg_probe_rides_out_crash_recovery_57P03(void **state)
     int n57;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(pgh_crash(&H), 0);
     mark = pgh_log_mark(&H);
     /* held in recovery until the prober has been refused twice, however fast replay is */
@@ -195,7 +180,7 @@ static void test_pg_connect_error_during_recovery_reads_sqlstate_57P03(void **st
     int i, refused, rc = 1;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     /* held in recovery for as long as the attempt takes: the amount of WAL does not matter */
     assert_int_equal(pgh_crash_rows(&H, 10000), 0);
     assert_int_equal(pgh_start_held(&H), 0);
@@ -231,7 +216,7 @@ static void test_pg_probe_wrong_password_fails_fast_with_28P01(void **state)
     long mark;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     mark = pgh_log_mark(&H);
     assert_int_equal(probe(BAD_PW, NULL, &r, &ms), -EACCES);
     assert_int_equal(r.attempts, 1);
@@ -249,7 +234,7 @@ static void test_pg_probe_missing_database_is_enoent(void **state)
     struct wl_result r;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     snprintf(ci, sizeof(ci), "%s dbname=no_such_db", CI);
     assert_int_equal(probe(ci, NULL, &r, NULL), -ENOENT);
     assert_int_equal(r.attempts, 1);
@@ -268,7 +253,7 @@ static void test_pg_probe_bad_conninfo_is_einval_without_server_contact(void **s
     size_t i;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     mark = pgh_log_mark(&H);
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         snprintf(ci, sizeof(ci), "%s %s", CI, bad[i]);
@@ -392,7 +377,7 @@ static void test_pg_probe_warm_sql_error_is_eio_with_sqlstate(void **state)
     struct wl_result r;
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(probe(CI, &o, &r, NULL), -EIO);
     assert_int_equal(r.attempts, 1); /* not retried */
     assert_string_equal(r.sqlstate, "42P01");
@@ -416,7 +401,7 @@ static void test_pg_probe_runs_every_statement_of_warm_sql(void **state)
     char out[64];
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(pgh_psql(&H, "DROP TABLE IF EXISTS wl_warm"), 0);
     assert_int_equal(probe(CI, &o, &r, NULL), 0);
     assert_int_equal(pgh_query(&H, "SELECT count(*) FROM wl_warm", out, sizeof(out)), 0);
@@ -646,7 +631,7 @@ static void test_pg_ensure_herd_one_leader_through_crash_recovery(void **state)
     uint64_t first = UINT64_MAX, last = 0;
     (void)state;
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     h->n = 32;
     snprintf(h->seg, sizeof(h->seg), "%s", wlt_segname());
     snprintf(h->ci, sizeof(h->ci), "%s", CI);
@@ -690,7 +675,7 @@ static void test_pg_ensure_publishes_auth_failure_to_followers(void **state)
     const char *name = wlt_segname();
     (void)state;
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(wl_open(name, NULL, &seg), 0);
     mark = pgh_log_mark(&H);
     assert_int_equal(wl_pg_ensure(seg, BAD_PW, &o, &r1), -EACCES);
@@ -732,7 +717,7 @@ static void test_pg_connect_invalidates_a_stale_epoch_and_reconnects(void **stat
     const char *name = wlt_segname();
     (void)state;
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(wl_open(name, NULL, &seg), 0);
     c = wl_pg_connect(seg, CI, &o, &r);
     assert_non_null(c);
@@ -788,5 +773,5 @@ int main(void)
         cmocka_unit_test(test_pg_ensure_publishes_auth_failure_to_followers),
         cmocka_unit_test(test_pg_connect_invalidates_a_stale_epoch_and_reconnects),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
 }

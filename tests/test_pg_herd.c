@@ -23,9 +23,7 @@
 #define PASSWORD "herd-Pa55word"
 #define MAXP 64
 
-static struct pgh H;
-static int have_pg;
-static const char *pg_reason;
+WLT_PG_SUITE
 static char CI[1024], BAD_PW[1024], KEY[512];
 
 struct herd {
@@ -54,18 +52,6 @@ static int group_setup(void **state)
     if (wl_pg_key(CI, KEY, sizeof(KEY)) < 0)
         have_pg = 0, pg_reason = "wl_pg_key failed on the harness's conninfo";
     return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    pgh_destroy(&H);
-    return 0;
-}
-
-static void ensure_running(void)
-{
-    assert_int_equal(pgh_up(&H), 0);
 }
 
 static int query_one(PGconn *c)
@@ -183,7 +169,7 @@ static void test_herd_server_up_then_ready_path(void **state)
 {
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     struct herd *h = new_herd(1, CI);
     pid_t pids[MAXP];
     spawn(h, pids);
@@ -220,7 +206,7 @@ static void test_herd_cold_start_server_late(void **state)
 {
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(pgh_stop(&H, "fast"), 0);
     struct herd *h = new_herd(64, CI);
     pid_t pids[MAXP];
@@ -252,7 +238,7 @@ static void test_herd_crash_recovery_start(void **state)
 {
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     assert_int_equal(pgh_crash(&H), 0);
     struct herd *h = new_herd(64, CI);
     pid_t pids[MAXP];
@@ -286,7 +272,7 @@ static void test_herd_wrong_password_one_attempt_per_ttl(void **state)
 {
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     struct herd *h = new_herd(16, BAD_PW);
     h->o.wait.fail_ttl_ms = 1000;
     h->repeat_ms = 1500; /* everyone keeps asking for 1.5 s */
@@ -332,7 +318,7 @@ static void test_herd_server_never_up_times_out(void **state)
             fail_msg("worker %u: message '%s' does not say what was tried", i, h->err[i]);
     }
     wl_unlink(h->seg);
-    ensure_running();
+    pg_ensure_up();
 }
 
 /* 9. After READY the server restarts: everyone's connection breaks, they invalidate the
@@ -341,7 +327,7 @@ static void test_herd_restart_after_ready_one_reverification(void **state)
 {
     wlt_backend(state);
     NEED_PG();
-    ensure_running();
+    pg_ensure_up();
     struct herd *h = new_herd(16, CI);
     h->broken_conn = 1;
     pid_t pids[MAXP];
@@ -383,5 +369,5 @@ int main(void)
         WLT_BOTH(test_herd_server_never_up_times_out),
         WLT_BOTH(test_herd_restart_after_ready_one_reverification),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
 }

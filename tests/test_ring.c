@@ -333,29 +333,12 @@ static void test_ring_env_forces_the_backend(void **state)
 
 /* In a child: make io_uring_setup fail with EPERM (what Docker's default seccomp profile
  * and kernel.io_uring_disabled do), capture stderr, and check the fallback. */
-static int deny_io_uring(void)
-{
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        return -1;
-    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
-}
-
 static int fallback_child(int out)
 {
     struct wl__loop *l;
     char err[200];
     struct rec r;
-    if (dup2(out, 2) < 0 || deny_io_uring() < 0)
+    if (dup2(out, 2) < 0 || wlt_deny_io_uring(EPERM) < 0)
         return 10;
     unsetenv("WARMLOCK_IO");
     if (wl__loop_new(WL__IO_AUTO, &l, err, sizeof(err)) != 0)

@@ -26,13 +26,6 @@
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
-#ifndef WL_WARMLOCK
-#define WL_WARMLOCK WL_TEST_BUILDDIR "/coordinator/warmlock"
-#endif
-#ifndef WL_WARMLOCKD
-#define WL_WARMLOCKD WL_TEST_BUILDDIR "/coordinator/warmlockd"
-#endif
-
 /* Distinctive, so that finding one can only mean a leak. */
 #define PASSWORD  "Zq7vK-s3cr3t-9f2e"
 #define WRONG     "Wx4rT-wr0ng-b81c"

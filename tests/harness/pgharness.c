@@ -466,13 +466,16 @@ static void report(const struct run *r, int status, const char *out)
         fprintf(stderr, "%s%s", r->err, r->err[strlen(r->err) - 1] == '\n' ? "" : "\n");
 }
 
-/* Run as the server user in h->dir; 0 on exit status 0, else -1 with the output on stderr. */
-static int run_server_cmd(struct pgh *h, const char *const *argv, int timeout_ms)
+/* Run as the server user in h->dir (with PGPASSWORD=password unless NULL); 0 on exit status
+ * 0, else -1 with the output on stderr. */
+static int run_as_server(struct pgh *h, const char *const *argv, int timeout_ms,
+                         const char *password)
 {
     static char err[ERRBUF];
     struct run r = {.argv = argv,
                     .as_server = 1,
                     .cwd = h->dir,
+                    .password = password,
                     .timeout_ms = timeout_ms,
                     .err = err,
                     .errsz = sizeof(err)};
@@ -482,6 +485,11 @@ static int run_server_cmd(struct pgh *h, const char *const *argv, int timeout_ms
         return -1;
     }
     return 0;
+}
+
+static int run_server_cmd(struct pgh *h, const char *const *argv, int timeout_ms)
+{
+    return run_as_server(h, argv, timeout_ms, NULL);
 }
 
 /* ---------------------------------------------------------------- finding PostgreSQL */
@@ -1333,7 +1341,6 @@ int pgh_crash_rows(struct pgh *h, long rows)
     snprintf(insert, sizeof(insert),
              "INSERT INTO wl_crash SELECT g, repeat('x', 100) FROM generate_series(1, %ld) g",
              rows);
-    static char err[ERRBUF];
     char psql[PATH_MAX];
     bin_path(psql, sizeof(psql), "psql");
     const char *argv[] = {psql,
@@ -1354,18 +1361,8 @@ int pgh_crash_rows(struct pgh *h, long rows)
                           "-c",
                           insert,
                           NULL};
-    struct run r = {.argv = argv,
-                    .as_server = 1,
-                    .cwd = h->dir,
-                    .password = h->password[0] ? h->password : NULL,
-                    .timeout_ms = 300000,
-                    .err = err,
-                    .errsz = sizeof(err)};
-    int status = run(&r);
-    if (status != 0) {
-        report(&r, status, NULL);
+    if (run_as_server(h, argv, 300000, h->password[0] ? h->password : NULL))
         return -1;
-    }
     return pgh_stop(h, "immediate");
 }
 

@@ -48,6 +48,11 @@ void wlt_run_v(struct wlt_run *r, const char *dir, unsigned timeout_ms, char *co
  * returns the length. */
 size_t wlt_slurp(const char *path, char *buf, size_t len);
 
+/* In the calling process (and its later children), for good: make io_uring_setup fail with
+ * err (EPERM: what Docker's default seccomp profile and kernel.io_uring_disabled do; ENOSYS:
+ * an old kernel), everything else allowed. 0, or -errno (-ENOTSUP on an unknown arch). */
+int wlt_deny_io_uring(int err);
+
 /* A start line for n processes: each calls wlt_barrier_wait; all leave together. */
 struct wlt_barrier {
     _Atomic uint32_t arrived;

@@ -2,7 +2,10 @@
  * throwaway PostgreSQL, and the skip when it is missing. Include after <cmocka.h>: the macros
  * and the inline function expand to cmocka's.
  *
- * A suite with a server keeps it in `static struct pgh H` with `have_pg` and `pg_reason`:
+ * A suite with a server declares it with WLT_PG_SUITE at file scope and starts it in its
+ * group setup:
+ *
+ *     WLT_PG_SUITE
  *
  *     static int group_setup(void **state)
  *     {
@@ -11,9 +14,10 @@
  *         have_pg = 1;
  *         ...
  *     }
+ *     ... cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
  *
- * and each test begins with NEED_PG() and, for one that runs on both backends (WLT_BOTH),
- * wlt_backend(state).
+ * Each test begins with NEED_PG() (and, registered with WLT_BOTH, wlt_backend(state)), then
+ * pg_ensure_up() if it needs the server running.
  */
 #ifndef WL_TEST_SUITE_H
 #define WL_TEST_SUITE_H
@@ -22,6 +26,14 @@
 
 #include "pgharness.h"
 #include "proc.h"
+
+/* The built programs, for the suites that run them (meson passes their paths). */
+#if defined(WL_TEST_BUILDDIR) && !defined(WL_WARMLOCK)
+#define WL_WARMLOCK WL_TEST_BUILDDIR "/coordinator/warmlock"
+#endif
+#if defined(WL_TEST_BUILDDIR) && !defined(WL_WARMLOCKD)
+#define WL_WARMLOCKD WL_TEST_BUILDDIR "/coordinator/warmlockd"
+#endif
 
 /* Register a test once per backend: its prestate names it ("uring", then "poll"). */
 #define WLT_BOTH(fn)                                                                               \
@@ -39,5 +51,24 @@ static inline const char *wlt_backend(void **state)
 
 /* Skip unless the suite's server is up (its `have_pg` and `pg_reason`). */
 #define NEED_PG() PGH_NEED(have_pg, pg_reason)
+
+/* The suite's throwaway server, one per test program: `H`, whether it is up (`have_pg`) and
+ * why not (`pg_reason`); pg_group_teardown (a cmocka group teardown) stops and removes it;
+ * pg_ensure_up, in a test, brings it up and past recovery whatever a failed test left behind
+ * (stopped, starting, held), failing the test if it cannot. */
+#define WLT_PG_SUITE                                                                               \
+    static struct pgh H;                                                                           \
+    static int have_pg;                                                                            \
+    static const char *pg_reason;                                                                  \
+    __attribute__((unused)) static int pg_group_teardown(void **state)                             \
+    {                                                                                              \
+        (void)state;                                                                               \
+        pgh_destroy(&H);                                                                           \
+        return 0;                                                                                  \
+    }                                                                                              \
+    __attribute__((unused)) static void pg_ensure_up(void)                                         \
+    {                                                                                              \
+        assert_int_equal(pgh_up(&H), 0);                                                           \
+    }
 
 #endif
