@@ -401,6 +401,16 @@ static int wait_active(const char *tag, unsigned timeout_ms)
     return found ? 0 : -1;
 }
 
+/* Spawn the herd and wait until its leader runs the query tagged `tag`. */
+static void spawn_until_active(struct herd *h, pid_t *pids, const char *tag)
+{
+    spawn(h, pids);
+    if (wait_active(tag, 5000) < 0) {
+        reap(h, pids);
+        fail_msg("the query tagged %s never showed up in pg_stat_activity", tag);
+    }
+}
+
 /* ------------------------------------------------------------------------ scenarios */
 
 /* 1. Immediate stop while the leader runs warm_sql; the server restarts 300 ms later (crash
@@ -414,11 +424,7 @@ static void test_immediate_stop_mid_warmup_then_restart(void **state)
     struct herd *h = new_herd(6, CI, 10000);
     h->o.warm_sql = "SELECT pg_sleep(0.5) /* wl-dbf-warm */";
     pid_t pids[MAXP];
-    spawn(h, pids);
-    if (wait_active("wl-dbf-warm", 5000) < 0) {
-        reap(h, pids);
-        fail_msg("warm_sql never showed up in pg_stat_activity");
-    }
+    spawn_until_active(h, pids, "wl-dbf-warm");
     uint64_t t_stop = wlt_now_ns();
     assert_int_equal(pgh_stop(&H, "immediate"), 0);
     wlt_sleep_ms(300);
@@ -454,11 +460,7 @@ static void test_immediate_stop_mid_verify_server_stays_down(void **state)
     struct herd *h = new_herd(6, CI, 2000);
     h->o.verify_sql = "SELECT pg_sleep(0.5) /* wl-dbf-verify */";
     pid_t pids[MAXP];
-    spawn(h, pids);
-    if (wait_active("wl-dbf-verify", 5000) < 0) {
-        reap(h, pids);
-        fail_msg("verify_sql never showed up in pg_stat_activity");
-    }
+    spawn_until_active(h, pids, "wl-dbf-verify");
     assert_int_equal(pgh_stop(&H, "immediate"), 0);
     reap(h, pids);
     static const struct expect e = {0, 1, {"deadline passed", "timed out after", NULL}};

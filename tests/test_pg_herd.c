@@ -201,6 +201,15 @@ static void test_herd_server_up_then_ready_path(void **state)
     wl_unlink(h->seg);
 }
 
+/* When the herd's last caller returned. */
+static uint64_t last_done(const struct herd *h)
+{
+    uint64_t last = 0;
+    for (uint32_t i = 0; i < h->n; i++)
+        last = h->done_ns[i] > last ? h->done_ns[i] : last;
+    return last;
+}
+
 /* 2. Cold start: 64 processes start, the server 500 ms later. */
 static void test_herd_cold_start_server_late(void **state)
 {
@@ -217,9 +226,7 @@ static void test_herd_cold_start_server_late(void **state)
     assert_int_equal(pgh_start(&H, 0), 0);
     reap(h, pids);
     expect_all_ready(h);
-    uint64_t last = 0;
-    for (uint32_t i = 0; i < h->n; i++)
-        last = h->done_ns[i] > last ? h->done_ns[i] : last;
+    uint64_t last = last_done(h);
     /* Rejections by the server; a client that gave up on a slow login (a loaded machine)
      * shows as "connection to client lost", which is not a rejection. */
     int fatal = pgh_count_log_since(&H, mark, "FATAL") -
@@ -251,9 +258,7 @@ static void test_herd_crash_recovery_start(void **state)
     assert_int_equal(pgh_release(&H, 0), 0);
     reap(h, pids);
     expect_all_ready(h);
-    uint64_t last = 0;
-    for (uint32_t i = 0; i < h->n; i++)
-        last = h->done_ns[i] > last ? h->done_ns[i] : last;
+    uint64_t last = last_done(h);
     int n57 = pgh_count_log_57P03_since(&H, mark);
     int fatal = pgh_count_log_since(&H, mark, "FATAL") -
                 pgh_count_log_since(&H, mark, "connection to client lost");

@@ -75,6 +75,18 @@ static pid_t parent_of(pid_t pid)
     return (pid_t)ppid;
 }
 
+/* The pid on the first line of dir/name (the file must exist). */
+static pid_t pid_file(const char *dir, const char *name)
+{
+    char path[400], buf[32];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    fclose(f);
+    return (pid_t)atoi(buf);
+}
+
 static int destroy_then_exit(void *arg, int index)
 {
     (void)index;
@@ -389,13 +401,7 @@ static void test_pgharness_bouncer_passes_sessions_to_the_server(void **state)
     assert_int_equal(pgh_bouncer_start(h, &port), 0);
     assert_int_equal(
         pgh_psql_conn(h, h->bouncer_conninfo, h->password, "SELECT 1", out, sizeof(out)), 0);
-    char pidpath[400], buf[32];
-    snprintf(pidpath, sizeof(pidpath), "%s/pgbouncer.pid", h->dir);
-    FILE *f = fopen(pidpath, "r");
-    assert_non_null(f);
-    assert_non_null(fgets(buf, sizeof(buf), f));
-    fclose(f);
-    pid_t bpid = (pid_t)atoi(buf), pm = pgh_postmaster_pid(h);
+    pid_t bpid = pid_file(h->dir, "pgbouncer.pid"), pm = pgh_postmaster_pid(h);
     assert_true(bpid > 0 && pm > 0);
     pgh_destroy(h);
     assert_false(pgh_pid_alive(bpid));
@@ -438,13 +444,7 @@ static void test_pgharness_cleans_up_after_dead_test_processes(void **state)
     a->dir[0] = '\0';
     assert_int_equal(wlt_wait(wlt_spawn(abandon, a, 0), 60000), 0);
     assert_int_equal(access(a->dir, F_OK), 0);
-    char pidpath[400], buf[32];
-    snprintf(pidpath, sizeof(pidpath), "%s/data/postmaster.pid", a->dir);
-    FILE *f = fopen(pidpath, "r");
-    assert_non_null(f);
-    assert_non_null(fgets(buf, sizeof(buf), f));
-    fclose(f);
-    pid_t pm = (pid_t)atoi(buf);
+    pid_t pm = pid_file(a->dir, "data/postmaster.pid");
     assert_true(pgh_pid_alive(pm));
 
     assert_int_equal(pgh_init(h, "trust", NULL, NULL), 0);
