@@ -809,7 +809,17 @@ static void test_status_json_parses_and_no_password_anywhere(void **state)
              PASSWORD);
     daemon_start(&d, shm, (const char *const[]){"--target", CI, "--target", badci, NULL}, -1);
     assert_true(wait_ready(shm, KEY, 1, 15000) >= 0);
-    wlt_sleep_ms(300);
+    {
+        /* until the wrong password's failure is published */
+        static char badkey[WL_KEY_MAX + 1024];
+        struct wl_slot_info bi;
+        uint64_t end = wlt_now_ns() + 15000000000ull;
+        assert_true(wl_pg_key(badci, badkey, sizeof(badkey)) > 0);
+        while (!(slot(shm, badkey, &bi) == 0 && bi.last_error[0])) {
+            assert_true(wlt_now_ns() < end);
+            wlt_sleep_ms(5);
+        }
+    }
 
     RUN(r, 5000, WL_WARMLOCK, "status", "--json", "--shm", (char *)shm);
     assert_int_equal(r->status, 0);
