@@ -1169,7 +1169,7 @@ static void shm_path(char *buf, size_t len, const char *shm)
 
 /* Run `warmlock CMD --shm shm [ARG]`: it must end within the bound with `want`, print one
  * line on stderr holding `needle`, and nothing on stdout. */
-static void expect_one_line(struct run *r, const char *cmd, const char *shm, const char *arg,
+static void expect_one_line(struct wlt_run *r, const char *cmd, const char *shm, const char *arg,
                             int want, const char *needle)
 {
     RUN(r, 10000, WL_WARMLOCK, (char *)cmd, "--shm", (char *)shm, (char *)arg);
@@ -1192,7 +1192,7 @@ static void test_fifo_at_the_name_hangs_no_command(void **state)
 {
     const char *shm = segname();
     char path[128];
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     size_t i;
 
     shm_path(path, sizeof(path), shm);
@@ -1212,7 +1212,7 @@ static void test_short_zero_object_is_left_untouched(void **state)
     const char *shm = segname();
     unsigned char zero[10] = {0}, got[64];
     char path[128];
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     struct stat st;
     size_t i;
     int fd;
@@ -1244,7 +1244,7 @@ static void test_empty_object_is_finished_by_a_user_not_a_reader(void **state)
 {
     const char *shm = segname();
     char path[128];
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     struct stat st;
     struct wl_segment *seg;
     int fd;
@@ -1273,7 +1273,7 @@ static void test_empty_object_is_finished_by_a_user_not_a_reader(void **state)
 /* A segment of another uid: metrics, status, reset and invalidate print the real reason on
  * one line and exit 1 (metrics prints no "0 slots" exposition that a monitor would take for
  * an empty segment). Runs the commands as `nobody`, so it needs root. */
-static void run_as_nobody(struct run *r, char *const argv[])
+static void run_as_nobody(struct wlt_run *r, char *const argv[])
 {
     char out[128], err[128];
     static unsigned n;
@@ -1296,8 +1296,8 @@ static void run_as_nobody(struct run *r, char *const argv[])
     }
     r->status = wlt_wait(pid, 10000);
     r->ms = (wlt_now_ns() - t0) / 1000000u;
-    slurp(out, r->out, sizeof(r->out));
-    slurp(err, r->err, sizeof(r->err));
+    wlt_slurp(out, r->out, sizeof(r->out));
+    wlt_slurp(err, r->err, sizeof(r->err));
     unlink(out);
     unlink(err);
 }
@@ -1306,7 +1306,7 @@ static void test_other_uids_segment_is_an_error_not_an_empty_one(void **state)
 {
     const char *shm = segname();
     struct wl_segment *seg;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     size_t i;
 
     if (geteuid() != 0) {
@@ -1351,7 +1351,7 @@ static void test_unlink_removes_a_broken_segment_and_spares_one_in_use(void **st
     const char *shm = segname();
     char path[128], want[160];
     unsigned char junk[4096];
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     struct wl_segment *seg;
     struct stat st;
     int fd;
@@ -1393,7 +1393,7 @@ static void test_metrics_are_valid_for_odd_and_long_keys(void **state)
     size_t nk = sizeof(keys) / sizeof(keys[0]), i;
     struct wl_segment *seg;
     struct prom *p = calloc(1, sizeof(*p));
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     int states = 0;
 
     memset(longa, 'p', sizeof(longa) - 1);
@@ -1448,7 +1448,7 @@ static void test_invalidate_matches_long_keys_exactly(void **state)
     static char ca[1024], cc[1024], ka[4096], kc[4096];
     struct wl_segment *seg;
     struct wl_slot_info ia, ic;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
 
     long_conninfo(ca, sizeof(ca), 'A');
     long_conninfo(cc, sizeof(cc), 'C');
@@ -1485,7 +1485,7 @@ static void test_invalidate_epoch_ignores_an_old_epoch(void **state)
     struct wl_segment *seg;
     struct wl_slot_info si;
     struct wl_result res;
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
 
     assert_true(wl_pg_key(ci, key, sizeof(key)) > 0);
     assert_int_equal(wl_open(shm, NULL, &seg), 0);
@@ -1529,7 +1529,7 @@ static void test_directories_and_bad_names_get_clean_errors(void **state)
 {
     const char *shm = segname();
     char path[128];
-    struct run *r = newrun();
+    struct wlt_run *r = newrun();
     size_t i;
 
     RUN(r, 5000, WL_WARMLOCK, "wait", "--warm-sql", DIR_, "host=/nowhere");
