@@ -26,6 +26,10 @@
  * A progress line per run on stderr. Exit status: 0; 1 if a run could not be carried out
  * (harness failure, a worker that had to be killed) or if a warmlock worker surfaced an
  * error or had no successful query; 2 usage; 77 PostgreSQL is not available here.
+ *
+ * Files: coldstart.c the driver (runs, the server, warmlockd, options), coldstart_clients.c
+ * the client strategies (one worker process each), coldstart_report.c the table, CSV and
+ * plot; coldstart.h what they share.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +57,7 @@
 #include "warmlock/pg.h"
 
 #include "pgharness.h"
+#include "coldstart.h"
 #include "proc.h"
 
 #ifndef WL_WARMLOCKD
@@ -62,280 +67,20 @@
 #define WL_MICRO "micro"
 #endif
 
-#define MAX_N           512
-#define MS              1000000LL
-#define WARMUP_SLEEP_MS 2500 /* the incident's fixed warm-up */
-#define VERIFY_TRIES    3    /* the incident's verification: SELECT 1 up to 3 times ... */
-#define VERIFY_GAP_MS   500  /* ... 500 ms apart */
-#define RETRY_TRIES     5    /* the incident's retry wrapper: maxRetries = 5 attempts ... */
-#define RETRY_INIT_MS   200  /* ... initialDelayMs */
-#define RETRY_MAX_MS    3000 /* ... maxDelayMs */
-#define CONNECT_TIMEOUT "5"  /* libpq connect_timeout of the baselines' attempts, seconds */
-#define WL_TIMEOUT_MS   30000 /* warmlock workers' whole-call deadline (the default) */
-#define WL_ATTEMPT_MS   5000  /* warmlock's per-attempt timeout: the baselines' connect_timeout */
+const char *const sc_name[SC_COUNT] = {"clean", "crash-recovery", "already-up", "outage"};
+const char *const st_name[ST_COUNT] = {"incident", "naive", "flock", "warmlock",
+                                       "warmlock+coordinator"};
 
-enum scenario { SC_CLEAN, SC_CRASH, SC_UP, SC_OUTAGE, SC_COUNT };
-static const char *const sc_name[SC_COUNT] = {"clean", "crash-recovery", "already-up", "outage"};
+struct shared *g_sh;
 
-enum strategy { ST_INCIDENT, ST_NAIVE, ST_FLOCK, ST_WARMLOCK, ST_COORD, ST_COUNT };
-static const char *const st_name[ST_COUNT] = {"incident", "naive", "flock", "warmlock",
-                                              "warmlock+coordinator"};
-
-/* ---------------------------------------------------------------- shared with workers */
-
-/* One worker's outcome, written only by that worker, read by the driver after it exited. */
-struct worker_rec {
-    int64_t t_ok_ns;   /* CLOCK_MONOTONIC ns from T0 to the end of its first successful query */
-    int64_t t_rel_ns;  /* warmlock: ns from T0 until wl_pg_ensure returned READY, else -1 */
-    uint32_t attempts; /* connection attempts it made itself (warmlock: its own connection) */
-    uint32_t errors;   /* errors surfaced: failed attempts an app would log, final failure */
-    int32_t ok;        /* 1: it ran its query */
-    int32_t leader;    /* warmlock: it was the leader of the epoch */
-    int32_t done;      /* 1: it wrote this record */
-    char err[160];     /* its last error message */
-};
-
-/* The barrier and the records: an anonymous shared mapping made before any fork. */
-struct shared {
-    _Atomic uint32_t go;  /* futex word: bumped by the driver at T0 */
-    int64_t t0_mono_ns;   /* T0 on CLOCK_MONOTONIC, written before go is bumped */
-    struct worker_rec w[MAX_N];
-};
-
-static struct shared *sh;
-
-/* ---------------------------------------------------------------- utilities */
-
-/* The harness's clocks as signed ns, for differences. */
-static int64_t mono_ns(void)
-{
-    return (int64_t)wlt_now_ns();
-}
-
-static void sleep_ms(int64_t ms)
-{
-    if (ms > 0)
-        wlt_sleep_ms((unsigned)ms);
-}
-
-static void copy_str(char *dst, size_t len, const char *src)
-{
-    snprintf(dst, len, "%s", src ? src : "");
-    for (char *p = dst; *p; p++) { /* one line, no commas (it goes into CSV) */
-        if (*p == '\n' || *p == '\r' || *p == '\t' || *p == ',')
-            *p = *p == ',' ? ';' : ' ';
-    }
-    size_t n = strlen(dst);
-    while (n > 0 && dst[n - 1] == ' ')
-        dst[--n] = '\0';
-}
-
-static volatile sig_atomic_t g_stop; /* SIGINT/SIGTERM/SIGHUP: clean up and leave */
+volatile sig_atomic_t g_stop; /* SIGINT/SIGTERM/SIGHUP: clean up and leave */
 
 static void on_stop(int sig)
 {
     g_stop = sig;
 }
 
-/* ---------------------------------------------------------------- the workers */
-
-struct run_cfg {
-    enum scenario sc;
-    enum strategy st;
-    int n;
-    const char *conninfo;  /* the server's Unix-socket conninfo */
-    char base_conn[700];   /* baselines: conninfo + connect_timeout */
-    char shm[64];          /* warmlock's segment for this run */
-    char lockpath[400];    /* flock's lock file */
-    int outage_ms;         /* outage: the server starts this long after T0 */
-    int timeout_ms;        /* the run's bound: workers still alive then are killed */
-    int wl_backoff_max_ms; /* warmlock leader's backoff cap; 0: the library's default */
-};
-
-/* One attempt as an app makes it: a fresh connection, SELECT 1, closed. 0 or -1. */
-static int attempt_query(const char *conninfo, struct worker_rec *r)
-{
-    r->attempts++;
-    PGconn *c = PQconnectdb(conninfo);
-    if (PQstatus(c) != CONNECTION_OK) {
-        copy_str(r->err, sizeof(r->err), PQerrorMessage(c));
-        PQfinish(c);
-        return -1;
-    }
-    PGresult *res = PQexec(c, "SELECT 1");
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-             strcmp(PQgetvalue(res, 0, 0), "1") == 0;
-    if (!ok)
-        copy_str(r->err, sizeof(r->err), PQerrorMessage(c));
-    PQclear(res);
-    PQfinish(c);
-    return ok ? 0 : -1;
-}
-
-/* The incident's policy (sleep_first) or the same without the sleep: verification, SELECT 1 up
- * to 3 times 500 ms apart; if that fails (logged: each attempt a warning, the last an error),
- * the app's query goes through the retry wrapper: up to 5 attempts, 200 ms before the second,
- * doubling, capped at 3000 ms; each failed attempt logged, and a final failure surfaced. */
-static int incident_policy(const struct run_cfg *cfg, struct worker_rec *r, int sleep_first)
-{
-    if (sleep_first)
-        sleep_ms(WARMUP_SLEEP_MS);
-    for (int i = 0; i < VERIFY_TRIES; i++) {
-        if (attempt_query(cfg->base_conn, r) == 0)
-            return 0;
-        r->errors++;
-        if (i + 1 < VERIFY_TRIES)
-            sleep_ms(VERIFY_GAP_MS);
-    }
-    int64_t delay = RETRY_INIT_MS;
-    for (int i = 0; i < RETRY_TRIES; i++) {
-        if (attempt_query(cfg->base_conn, r) == 0)
-            return 0;
-        r->errors++;
-        if (i + 1 < RETRY_TRIES) {
-            sleep_ms(delay);
-            delay = delay * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : delay * 2;
-        }
-    }
-    r->errors++; /* the request fails: "failed after 5 attempts" */
-    return -1;
-}
-
-static void on_alarm(int sig)
-{
-    (void)sig; /* interrupts flock(2) */
-}
-
-/* flock: take an exclusive lock on a shared file (bounded by the run's timeout), run the naive
- * loop, release. */
-static int flock_policy(const struct run_cfg *cfg, struct worker_rec *r)
-{
-    int fd = open(cfg->lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        copy_str(r->err, sizeof(r->err), strerror(errno));
-        r->errors++;
-        return -1;
-    }
-    struct sigaction sa = {.sa_handler = on_alarm}; /* no SA_RESTART: flock returns EINTR */
-    sigaction(SIGALRM, &sa, NULL);
-    struct itimerval it = {.it_value = {cfg->timeout_ms / 1000, 0}};
-    setitimer(ITIMER_REAL, &it, NULL);
-    int rc = flock(fd, LOCK_EX);
-    int e = errno;
-    struct itimerval off = {{0, 0}, {0, 0}};
-    setitimer(ITIMER_REAL, &off, NULL);
-    if (rc < 0) {
-        copy_str(r->err, sizeof(r->err), e == EINTR ? "timed out waiting for the lock" : strerror(e));
-        r->errors++;
-        close(fd);
-        return -1;
-    }
-    rc = incident_policy(cfg, r, 0);
-    close(fd); /* releases the lock */
-    return rc;
-}
-
-/* warmlock: open the segment, wl_pg_connect (one process warms and verifies, the others wait),
- * then this worker's own SELECT 1 on the connection it got. */
-static int warmlock_policy(const struct run_cfg *cfg, struct worker_rec *r)
-{
-    struct wl_segment *seg;
-    struct wl_result res;
-    int rc = wl_open(cfg->shm, NULL, &seg);
-    if (rc < 0) {
-        copy_str(r->err, sizeof(r->err), wl_last_error());
-        r->errors++;
-        return -1;
-    }
-    struct wl_pg_opts o;
-    memset(&o, 0, sizeof(o));
-    o.wait.timeout_ms = WL_TIMEOUT_MS;
-    o.attempt_timeout_ms = WL_ATTEMPT_MS;
-    o.backoff.max_ms = (uint32_t)cfg->wl_backoff_max_ms;
-    /* wl_pg_ensure first only to time the release of the herd; wl_pg_connect then finds the
-     * slot READY (a lookup) and opens this worker's own connection, invalidating the epoch and
-     * re-verifying if that connection fails. */
-    rc = wl_pg_ensure(seg, cfg->conninfo, &o, &res);
-    r->leader = res.role == WL_LEADER;
-    if (rc == 0)
-        r->t_rel_ns = mono_ns() - sh->t0_mono_ns;
-    r->attempts++;
-    PGconn *c = wl_pg_connect(seg, cfg->conninfo, &o, &res);
-    if (!c) {
-        copy_str(r->err, sizeof(r->err), res.error);
-        r->errors++;
-        return -1;
-    }
-    PGresult *q = PQexec(c, "SELECT 1");
-    int ok = PQresultStatus(q) == PGRES_TUPLES_OK && PQntuples(q) == 1;
-    if (!ok) {
-        copy_str(r->err, sizeof(r->err), PQerrorMessage(c));
-        r->errors++;
-    }
-    PQclear(q);
-    PQfinish(c);
-    return ok ? 0 : -1;
-}
-
-static void worker_main(const struct run_cfg *cfg, int idx, uint32_t gen)
-{
-    struct worker_rec *r = &sh->w[idx];
-    r->t_rel_ns = -1;
-    sigset_t none;
-    sigemptyset(&none);
-    for (int s = 1; s < NSIG; s++) {
-        if (s != SIGKILL && s != SIGSTOP)
-            signal(s, SIG_DFL);
-    }
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() == 1)
-        _exit(3);
-    /* The barrier: bounded, in case the driver never releases us. */
-    if (wlt_wait_change(&sh->go, gen, 120 * 1000) < 0)
-        _exit(4);
-    int rc;
-    switch (cfg->st) {
-    case ST_INCIDENT: rc = incident_policy(cfg, r, 1); break;
-    case ST_NAIVE: rc = incident_policy(cfg, r, 0); break;
-    case ST_FLOCK: rc = flock_policy(cfg, r); break;
-    default: rc = warmlock_policy(cfg, r); break;
-    }
-    if (rc == 0) {
-        r->t_ok_ns = mono_ns() - sh->t0_mono_ns;
-        r->ok = 1;
-    }
-    r->done = 1;
-    _exit(0);
-}
-
 /* ---------------------------------------------------------------- one run */
-
-struct result {
-    enum scenario sc;
-    enum strategy st;
-    int n;
-    int ok;                                 /* workers that ran their query */
-    double p50, p99, max;                   /* time to first successful query, ms (ok ones) */
-    double all_ready;                       /* max if every worker is ok, else NAN */
-    double server_ready;                    /* the server's ready line, ms after T0 */
-    double lag_p50, lag_p99, lag_max;       /* behind max(server ready, T0), ms */
-    double rel_p50, rel_max;                /* warmlock: wl_pg_ensure returned, ms after T0 */
-    long attempts;                          /* client-side connection attempts */
-    long probes;                            /* warmlock: the engine's attempts (snapshot) */
-    long warmups;                           /* warmlock: warm-ups run (snapshot) */
-    int leaders;                            /* warmlock workers that led an epoch */
-    int conns, fatal, rej57;                /* from the server log */
-    long errors;                            /* errors surfaced to workers */
-    double cpu_ms;                          /* workers' user+sys (+ warmlockd's) */
-    int killed;                             /* workers killed at the run's bound */
-    int aborted;                            /* the run could not be carried out */
-    char err[160];                          /* one worker's error, for the notes */
-    double t_ms[MAX_N];                     /* per worker, NAN if not ok */
-    double lag_ms[MAX_N];
-    double rel_ms[MAX_N];                   /* warmlock: released, NAN otherwise */
-    uint32_t w_attempts[MAX_N], w_errors[MAX_N];
-};
 
 static struct pgh g_h;
 static int g_have_h;
@@ -343,7 +88,7 @@ static pid_t g_workers[MAX_N];
 static int g_nworkers;
 static pid_t g_daemon;
 static char g_shm_live[64];
-static int g_verbose;
+int g_verbose;
 
 static double ms_of(int64_t ns)
 {
@@ -502,8 +247,8 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
         return -1;
     }
 
-    memset(sh->w, 0, sizeof(sh->w[0]) * (size_t)cfg->n);
-    uint32_t gen = atomic_load(&sh->go);
+    memset(g_sh->w, 0, sizeof(g_sh->w[0]) * (size_t)cfg->n);
+    uint32_t gen = atomic_load(&g_sh->go);
     sigset_t chld, old;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -531,14 +276,14 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
 
     /* T0: release the workers and launch the server start. */
     int64_t t0_real = (int64_t)wlt_realtime_ns();
-    sh->t0_mono_ns = mono_ns();
-    atomic_fetch_add_explicit(&sh->go, 1, memory_order_release);
-    wlt_wake(&sh->go);
+    g_sh->t0_mono_ns = mono_ns();
+    atomic_fetch_add_explicit(&g_sh->go, 1, memory_order_release);
+    wlt_wake(&g_sh->go);
     if (cfg->st == ST_COORD)
         g_daemon = spawn_daemon(cfg);
     int start_pending = cfg->sc != SC_UP;
-    int64_t start_at = sh->t0_mono_ns + (cfg->sc == SC_OUTAGE ? cfg->outage_ms * MS : 0);
-    int64_t deadline = sh->t0_mono_ns + (int64_t)cfg->timeout_ms * MS;
+    int64_t start_at = g_sh->t0_mono_ns + (cfg->sc == SC_OUTAGE ? cfg->outage_ms * MS : 0);
+    int64_t deadline = g_sh->t0_mono_ns + (int64_t)cfg->timeout_ms * MS;
     int alive = cfg->n, start_failed = 0;
 
     while ((alive > 0 || start_pending) && !g_stop) {
@@ -637,7 +382,7 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
     int nok = 0, nrel = 0;
     double base = isnan(res->server_ready) || res->server_ready < 0 ? 0 : res->server_ready;
     for (int i = 0; i < cfg->n; i++) {
-        const struct worker_rec *w = &sh->w[i];
+        const struct worker_rec *w = &g_sh->w[i];
         res->attempts += w->attempts;
         res->errors += w->errors;
         res->leaders += w->leader;
@@ -687,243 +432,6 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
     wl_unlink(cfg->shm);
     g_shm_live[0] = '\0';
     unlink(cfg->lockpath);
-    return 0;
-}
-
-/* ---------------------------------------------------------------- output */
-
-static struct result *g_res;
-static int g_nres;
-
-static const struct result *find_res(enum scenario sc, enum strategy st, int n)
-{
-    for (int i = 0; i < g_nres; i++) {
-        if (g_res[i].sc == sc && g_res[i].st == st && g_res[i].n == n)
-            return &g_res[i];
-    }
-    return NULL;
-}
-
-static void fmt_ms(char *buf, size_t len, double v)
-{
-    if (isnan(v))
-        snprintf(buf, len, "—");
-    else
-        snprintf(buf, len, "%.0f", v);
-}
-
-/* "0.72" (ours / baseline's time to all ready), or why there is none. */
-static void fmt_ratio(char *buf, size_t len, const struct result *r, enum strategy base_st)
-{
-    const struct result *b = find_res(r->sc, base_st, r->n);
-    if (!b)
-        buf[0] = '\0';
-    else if (isnan(b->all_ready))
-        snprintf(buf, len, "%s: %d/%d failed", st_name[base_st], b->n - b->ok, b->n);
-    else if (isnan(r->all_ready))
-        snprintf(buf, len, "—");
-    else
-        snprintf(buf, len, "%.2f", r->all_ready / b->all_ready);
-}
-
-static void print_table(FILE *f)
-{
-    fprintf(f, "| scenario | strategy | N | ok | p50 ms | p99 ms | all ready ms | server ready ms "
-               "| lag p50/p99/max ms | released p50/max ms | attempts | conns logged | FATAL | 57P03 | errors "
-               "| CPU ms | all ready ÷ incident | ÷ naive |\n");
-    fprintf(f, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
-    for (int i = 0; i < g_nres; i++) {
-        const struct result *r = &g_res[i];
-        char p50[32], p99[32], all[32], srv[32], l1[32], l2[32], l3[32], ri[64], rn[64], att[48];
-        char rel[48] = "—";
-        if (!isnan(r->rel_p50))
-            snprintf(rel, sizeof(rel), "%.0f / %.0f", r->rel_p50, r->rel_max);
-        fmt_ms(p50, sizeof(p50), r->p50);
-        fmt_ms(p99, sizeof(p99), r->p99);
-        fmt_ms(all, sizeof(all), r->all_ready);
-        fmt_ms(srv, sizeof(srv), r->server_ready);
-        fmt_ms(l1, sizeof(l1), r->lag_p50);
-        fmt_ms(l2, sizeof(l2), r->lag_p99);
-        fmt_ms(l3, sizeof(l3), r->lag_max);
-        fmt_ratio(ri, sizeof(ri), r, ST_INCIDENT);
-        fmt_ratio(rn, sizeof(rn), r, ST_NAIVE);
-        if (r->st == ST_WARMLOCK || r->st == ST_COORD)
-            snprintf(att, sizeof(att), "%ld + %ld probes", r->attempts, r->probes);
-        else
-            snprintf(att, sizeof(att), "%ld", r->attempts);
-        fprintf(f, "| %s | %s | %d | %d/%d%s | %s | %s | %s | %s | %s / %s / %s | %s | %s | %d | %d "
-                   "| %d | %ld | %.0f | %s | %s |\n",
-                sc_name[r->sc], st_name[r->st], r->n, r->ok, r->n, r->aborted ? " (aborted)" : "",
-                p50, p99, all, srv, l1, l2, l3, rel, att, r->conns, r->fatal, r->rej57, r->errors,
-                r->cpu_ms, ri, rn);
-    }
-}
-
-/* warmlock against incident and naive at each scenario's largest N. */
-static void print_headline(FILE *f, int nmax)
-{
-    int any = 0;
-    for (int sc = 0; sc < SC_COUNT; sc++) {
-        const struct result *w = find_res((enum scenario)sc, ST_WARMLOCK, nmax);
-        const struct result *inc = find_res((enum scenario)sc, ST_INCIDENT, nmax);
-        const struct result *nai = find_res((enum scenario)sc, ST_NAIVE, nmax);
-        if (!w || (!inc && !nai))
-            continue;
-        if (!any++) {
-            fprintf(f, "\n| scenario, N=%d | warmlock all ready ms | ÷ incident | ÷ naive "
-                       "| FATAL warmlock / incident / naive | errors warmlock / incident / naive |\n"
-                       "|---|--:|--:|--:|--:|--:|\n",
-                    nmax);
-        }
-        char all[32], ri[64] = "—", rn[64] = "—", fi[16] = "—", fn[16] = "—", ei[24] = "—",
-                                                   en[24] = "—";
-        fmt_ms(all, sizeof(all), w->all_ready);
-        if (inc) {
-            fmt_ratio(ri, sizeof(ri), w, ST_INCIDENT);
-            snprintf(fi, sizeof(fi), "%d", inc->fatal);
-            snprintf(ei, sizeof(ei), "%ld", inc->errors);
-        }
-        if (nai) {
-            fmt_ratio(rn, sizeof(rn), w, ST_NAIVE);
-            snprintf(fn, sizeof(fn), "%d", nai->fatal);
-            snprintf(en, sizeof(en), "%ld", nai->errors);
-        }
-        fprintf(f, "| %s | %s | %s | %s | %d / %s / %s | %ld / %s / %s |\n", sc_name[sc], all, ri,
-                rn, w->fatal, fi, fn, w->errors, ei, en);
-    }
-}
-
-static int write_csv(const char *dir)
-{
-    char path[600];
-    snprintf(path, sizeof(path), "%s/coldstart.csv", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "coldstart: cannot write %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    fprintf(f, "scenario,strategy,n,ok,p50_ms,p99_ms,max_ms,all_ready_ms,server_ready_ms,"
-               "lag_p50_ms,lag_p99_ms,lag_max_ms,released_p50_ms,released_max_ms,attempts,probes,warmups,leaders,conns_logged,"
-               "fatal,rej_57p03,errors,cpu_ms,killed,aborted,ratio_vs_incident,ratio_vs_naive,"
-               "note\n");
-    for (int i = 0; i < g_nres; i++) {
-        const struct result *r = &g_res[i];
-        const struct result *inc = find_res(r->sc, ST_INCIDENT, r->n);
-        const struct result *nai = find_res(r->sc, ST_NAIVE, r->n);
-        double ri = inc ? r->all_ready / inc->all_ready : NAN;
-        double rn = nai ? r->all_ready / nai->all_ready : NAN;
-        char note_txt[160];
-        copy_str(note_txt, sizeof(note_txt), r->err);
-        fprintf(f, "%s,%s,%d,%d,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%ld,%ld,%ld,%d,%d,"
-                   "%d,%d,%ld,%.1f,%d,%d,%.3f,%.3f,%s\n",
-                sc_name[r->sc], st_name[r->st], r->n, r->ok, r->p50, r->p99, r->max, r->all_ready,
-                r->server_ready, r->lag_p50, r->lag_p99, r->lag_max, r->rel_p50, r->rel_max,
-                r->attempts, r->probes,
-                r->warmups, r->leaders, r->conns, r->fatal, r->rej57, r->errors, r->cpu_ms,
-                r->killed, r->aborted, ri, rn, note_txt);
-    }
-    fclose(f);
-    snprintf(path, sizeof(path), "%s/coldstart-workers.csv", dir);
-    if (!(f = fopen(path, "w"))) {
-        fprintf(stderr, "coldstart: cannot write %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    fprintf(f, "scenario,strategy,n,worker,ok,t_ms,lag_ms,released_ms,attempts,errors\n");
-    for (int i = 0; i < g_nres; i++) {
-        const struct result *r = &g_res[i];
-        for (int k = 0; k < r->n; k++)
-            fprintf(f, "%s,%s,%d,%d,%d,%.2f,%.2f,%.2f,%u,%u\n", sc_name[r->sc], st_name[r->st],
-                    r->n, k, !isnan(r->t_ms[k]), r->t_ms[k], r->lag_ms[k], r->rel_ms[k],
-                    r->w_attempts[k],
-                    r->w_errors[k]);
-    }
-    fclose(f);
-    return 0;
-}
-
-/* A PNG (gnuplot, pngcairo): one panel per scenario, time until all N workers ran their query
- * against N, one line per strategy, and the server's own ready time. The script is kept beside
- * it (coldstart.gp) with its data inline. */
-static int write_plot(const char *dir, const int *ns, int nn)
-{
-    char gp[600], png[600];
-    snprintf(gp, sizeof(gp), "%s/coldstart.gp", dir);
-    snprintf(png, sizeof(png), "%s/coldstart.png", dir);
-    FILE *f = fopen(gp, "w");
-    if (!f) {
-        fprintf(stderr, "coldstart: cannot write %s: %s\n", gp, strerror(errno));
-        return -1;
-    }
-    int scs[SC_COUNT], nsc = 0;
-    for (int sc = 0; sc < SC_COUNT; sc++) {
-        for (int i = 0; i < g_nres; i++) {
-            if (g_res[i].sc == (enum scenario)sc) {
-                scs[nsc++] = sc;
-                break;
-            }
-        }
-    }
-    fprintf(f, "# generated by bench/coldstart; run: gnuplot %s\n", gp);
-    for (int k = 0; k < nsc; k++) {
-        for (int st = 0; st < ST_COUNT; st++) {
-            fprintf(f, "$d%d_%d << EOD\n", scs[k], st);
-            for (int j = 0; j < nn; j++) {
-                const struct result *r = find_res((enum scenario)scs[k], (enum strategy)st, ns[j]);
-                if (r && !isnan(r->all_ready))
-                    fprintf(f, "%d %.3f\n", ns[j], r->all_ready / 1000.0);
-            }
-            fprintf(f, "EOD\n");
-        }
-        fprintf(f, "$s%d << EOD\n", scs[k]);
-        for (int j = 0; j < nn; j++) { /* the server's ready time: median over the strategies */
-            double v[ST_COUNT];
-            int m = 0;
-            for (int st = 0; st < ST_COUNT; st++) {
-                const struct result *r = find_res((enum scenario)scs[k], (enum strategy)st, ns[j]);
-                if (r && !isnan(r->server_ready))
-                    v[m++] = r->server_ready;
-            }
-            wlt_sort_double(v, (size_t)m);
-            if (m)
-                fprintf(f, "%d %.3f\n", ns[j], v[(m - 1) / 2] / 1000.0);
-        }
-        fprintf(f, "EOD\n");
-    }
-    fprintf(f, "set terminal pngcairo size 1400,%d font ',10'\n", nsc > 2 ? 1000 : 520);
-    fprintf(f, "set output '%s'\n", png);
-    fprintf(f, "set multiplot layout %d,2 title 'warmlock cold-start benchmark: time from T0 until "
-               "all N workers ran their first query (s); failed runs have no point'\n",
-            (nsc + 1) / 2);
-    fprintf(f, "set logscale x 2\nset xtics (");
-    for (int j = 0; j < nn; j++)
-        fprintf(f, "%s%d", j ? ", " : "", ns[j]);
-    fprintf(f, ")\nset xrange [%g:%g]\nset yrange [0:*]\nset grid\nset key top left font ',9'\n",
-            ns[0] / 1.4, ns[nn - 1] * 1.4);
-    fprintf(f, "set xlabel 'N worker processes'\nset ylabel 's'\n");
-    static const char *const colors[ST_COUNT] = {"#d62728", "#ff7f0e", "#8c564b", "#1f77b4",
-                                                 "#2ca02c"};
-    for (int k = 0; k < nsc; k++) {
-        fprintf(f, "set title '%s start'\nplot ", sc_name[scs[k]]);
-        for (int st = 0; st < ST_COUNT; st++)
-            fprintf(f, "$d%d_%d with linespoints lw 2 pt 7 lc rgb '%s' title '%s', \\\n     ",
-                    scs[k], st, colors[st], st_name[st]);
-        fprintf(f, "$s%d with lines dt 2 lw 1 lc rgb 'black' title 'server ready'\n", scs[k]);
-    }
-    fprintf(f, "unset multiplot\n");
-    fclose(f);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int nul = open("/dev/null", O_WRONLY);
-        if (nul >= 0 && !g_verbose)
-            dup2(nul, 2); /* "Skipping data file with no valid points" for all-failed lines */
-        execlp("gnuplot", "gnuplot", gp, (char *)NULL);
-        _exit(127);
-    }
-    int st = 0;
-    if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "coldstart: gnuplot failed (status %d); the script is %s\n", st, gp);
-        return -1;
-    }
     return 0;
 }
 
@@ -1158,7 +666,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     atexit(cleanup);
 
-    sh = wlt_shared(sizeof(*sh));
+    g_sh = wlt_shared(sizeof(*g_sh));
     int total = nsc * nst * nn;
     g_res = calloc((size_t)total, sizeof(*g_res));
     if (!g_res) {

@@ -1,0 +1,141 @@
+/* The contended cold-start benchmark's shared parts: the run's configuration, the records
+ * the workers write, one run's result, and the pieces the driver (coldstart.c), the client
+ * strategies (coldstart_clients.c) and the report (coldstart_report.c) share. */
+#ifndef WL_BENCH_COLDSTART_H
+#define WL_BENCH_COLDSTART_H
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "proc.h"
+
+#define MAX_N           512
+#define MS              1000000LL
+#define WARMUP_SLEEP_MS 2500 /* the incident's fixed warm-up */
+#define VERIFY_TRIES    3    /* the incident's verification: SELECT 1 up to 3 times ... */
+#define VERIFY_GAP_MS   500  /* ... 500 ms apart */
+#define RETRY_TRIES     5    /* the incident's retry wrapper: maxRetries = 5 attempts ... */
+#define RETRY_INIT_MS   200  /* ... initialDelayMs */
+#define RETRY_MAX_MS    3000 /* ... maxDelayMs */
+#define CONNECT_TIMEOUT "5"  /* libpq connect_timeout of the baselines' attempts, seconds */
+#define WL_TIMEOUT_MS   30000 /* warmlock workers' whole-call deadline (the default) */
+#define WL_ATTEMPT_MS   5000  /* warmlock's per-attempt timeout: the baselines' connect_timeout */
+
+enum scenario { SC_CLEAN, SC_CRASH, SC_UP, SC_OUTAGE, SC_COUNT };
+extern const char *const sc_name[SC_COUNT];
+
+enum strategy { ST_INCIDENT, ST_NAIVE, ST_FLOCK, ST_WARMLOCK, ST_COORD, ST_COUNT };
+extern const char *const st_name[ST_COUNT];
+
+/* ---------------------------------------------------------------- shared with workers */
+
+/* One worker's outcome, written only by that worker, read by the driver after it exited. */
+struct worker_rec {
+    int64_t t_ok_ns;   /* CLOCK_MONOTONIC ns from T0 to the end of its first successful query */
+    int64_t t_rel_ns;  /* warmlock: ns from T0 until wl_pg_ensure returned READY, else -1 */
+    uint32_t attempts; /* connection attempts it made itself (warmlock: its own connection) */
+    uint32_t errors;   /* errors surfaced: failed attempts an app would log, final failure */
+    int32_t ok;        /* 1: it ran its query */
+    int32_t leader;    /* warmlock: it was the leader of the epoch */
+    int32_t done;      /* 1: it wrote this record */
+    char err[160];     /* its last error message */
+};
+
+/* The barrier and the records: an anonymous shared mapping made before any fork. */
+struct shared {
+    _Atomic uint32_t go;  /* futex word: bumped by the driver at T0 */
+    int64_t t0_mono_ns;   /* T0 on CLOCK_MONOTONIC, written before go is bumped */
+    struct worker_rec w[MAX_N];
+};
+
+/* The barrier and the records, mapped before any fork (the driver's). */
+extern struct shared *g_sh;
+/* Set by SIGINT/SIGTERM/SIGHUP: clean up and leave. */
+extern volatile sig_atomic_t g_stop;
+
+/* ---------------------------------------------------------------- utilities */
+
+/* The harness's clocks as signed ns, for differences. */
+static inline int64_t mono_ns(void)
+{
+    return (int64_t)wlt_now_ns();
+}
+
+static inline void sleep_ms(int64_t ms)
+{
+    if (ms > 0)
+        wlt_sleep_ms((unsigned)ms);
+}
+
+static inline void copy_str(char *dst, size_t len, const char *src)
+{
+    snprintf(dst, len, "%s", src ? src : "");
+    for (char *p = dst; *p; p++) { /* one line, no commas (it goes into CSV) */
+        if (*p == '\n' || *p == '\r' || *p == '\t' || *p == ',')
+            *p = *p == ',' ? ';' : ' ';
+    }
+    size_t n = strlen(dst);
+    while (n > 0 && dst[n - 1] == ' ')
+        dst[--n] = '\0';
+}
+
+/* ---------------------------------------------------------------- the run */
+
+struct run_cfg {
+    enum scenario sc;
+    enum strategy st;
+    int n;
+    const char *conninfo;  /* the server's Unix-socket conninfo */
+    char base_conn[700];   /* baselines: conninfo + connect_timeout */
+    char shm[64];          /* warmlock's segment for this run */
+    char lockpath[400];    /* flock's lock file */
+    int outage_ms;         /* outage: the server starts this long after T0 */
+    int timeout_ms;        /* the run's bound: workers still alive then are killed */
+    int wl_backoff_max_ms; /* warmlock leader's backoff cap; 0: the library's default */
+};
+
+struct result {
+    enum scenario sc;
+    enum strategy st;
+    int n;
+    int ok;                                 /* workers that ran their query */
+    double p50, p99, max;                   /* time to first successful query, ms (ok ones) */
+    double all_ready;                       /* max if every worker is ok, else NAN */
+    double server_ready;                    /* the server's ready line, ms after T0 */
+    double lag_p50, lag_p99, lag_max;       /* behind max(server ready, T0), ms */
+    double rel_p50, rel_max;                /* warmlock: wl_pg_ensure returned, ms after T0 */
+    long attempts;                          /* client-side connection attempts */
+    long probes;                            /* warmlock: the engine's attempts (snapshot) */
+    long warmups;                           /* warmlock: warm-ups run (snapshot) */
+    int leaders;                            /* warmlock workers that led an epoch */
+    int conns, fatal, rej57;                /* from the server log */
+    long errors;                            /* errors surfaced to workers */
+    double cpu_ms;                          /* workers' user+sys (+ warmlockd's) */
+    int killed;                             /* workers killed at the run's bound */
+    int aborted;                            /* the run could not be carried out */
+    char err[160];                          /* one worker's error, for the notes */
+    double t_ms[MAX_N];                     /* per worker, NAN if not ok */
+    double lag_ms[MAX_N];
+    double rel_ms[MAX_N];                   /* warmlock: released, NAN otherwise */
+    uint32_t w_attempts[MAX_N], w_errors[MAX_N];
+};
+
+/* The client strategies (coldstart_clients.c): a worker process's life, from the barrier to
+ * its record; never returns. */
+void worker_main(const struct run_cfg *cfg, int idx, uint32_t gen) __attribute__((noreturn));
+
+/* The report (coldstart_report.c) over the driver's results. */
+extern struct result *g_res;
+extern int g_nres;
+extern int g_verbose;
+/* A figure in ms for the table ("—" for none). */
+void fmt_ms(char *buf, size_t len, double v);
+void print_table(FILE *f);
+void print_headline(FILE *f, int nmax);
+int write_csv(const char *dir);
+int write_plot(const char *dir, const int *ns, int nn);
+
+#endif
