@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "proc.h"
 
@@ -80,6 +81,20 @@ static inline void copy_str(char *dst, size_t len, const char *src)
     size_t n = strlen(dst);
     while (n > 0 && dst[n - 1] == ' ')
         dst[--n] = '\0';
+}
+
+/* In a child the driver forked: default signal dispositions, nothing blocked, and killed
+ * with the driver. */
+static inline void child_defaults(void)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    for (int s = 1; s < NSIG; s++) {
+        if (s != SIGKILL && s != SIGSTOP)
+            signal(s, SIG_DFL);
+    }
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
 }
 
 /* ---------------------------------------------------------------- the run */

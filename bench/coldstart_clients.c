@@ -146,14 +146,7 @@ void worker_main(const struct run_cfg *cfg, int idx, uint32_t gen)
 {
     struct worker_rec *r = &g_sh->w[idx];
     r->t_rel_ns = -1;
-    sigset_t none;
-    sigemptyset(&none);
-    for (int s = 1; s < NSIG; s++) {
-        if (s != SIGKILL && s != SIGSTOP)
-            signal(s, SIG_DFL);
-    }
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    child_defaults();
     if (getppid() == 1)
         _exit(3);
     /* The barrier: bounded, in case the driver never releases us. */
