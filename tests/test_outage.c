@@ -567,7 +567,8 @@ static void test_pg_max_age(void **state)
 {
     struct wl_segment *seg;
     struct wl_result res;
-    struct wl_pg_opts o = {.wait = {.timeout_ms = 20000, .max_age_ms = 100}};
+    /* 1 s: the herd below must be served within 1 s of the one verification */
+    struct wl_pg_opts o = {.wait = {.timeout_ms = 20000, .max_age_ms = 1000}};
     char key[1024];
     pid_t pids[8];
     (void)state;
@@ -575,7 +576,7 @@ static void test_pg_max_age(void **state)
     assert_int_equal(wl_open(S->seg, NULL, &seg), 0);
     assert_int_equal(wl_pg_ensure(seg, S->ci, &o, &res), 0);
     pg_key(key, sizeof(key));
-    wlt_sleep_ms(120);
+    wlt_sleep_ms(1050); /* older than max_age: a lower bound */
     /* Server up: one verification (a connection), no new epoch. */
     long mark = pgh_log_mark(&H);
     S->pg = o;
@@ -594,7 +595,7 @@ static void test_pg_max_age(void **state)
     assert_true(info.verified_age_ms >= 0 && info.verified_age_ms < info.ready_age_ms);
     /* Server stopped, READY aged: the re-verification fails, the callers wait (outage
      * semantics) and are released when the server is back, at a new epoch. */
-    wlt_sleep_ms(120);
+    wlt_sleep_ms(1050); /* older than max_age: a lower bound */
     assert_int_equal(pgh_stop(&H, "fast"), 0);
     S->returned = 0;
     for (int i = 0; i < 8; i++)
