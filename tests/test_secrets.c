@@ -313,7 +313,8 @@ static void test_secrets_never_reach_warmlockd_logs(void **state)
                           cfg,
                           NULL};
     st = daemon_run(argv, log, sizeof(log));
-    print_message("warmlockd (exit %d) logged:\n%s", st, log);
+    print_message("warmlockd (exit %d) logged:\n%s%s", st, log,
+                  log[0] && log[strlen(log) - 1] != '\n' ? "\n" : "");
     assert_int_equal(st, 0);
     assert_non_null(strstr(log, "ready"));
     assert_non_null(strstr(log, "28P01")); /* the wrong password's failure was logged */
