@@ -123,6 +123,15 @@ struct wl_wait_opts {
  * the target has been down. */
 #define WL_FAIL_FAST 1u
 
+/* The leader's retry policy. Zero fields take the defaults. */
+struct wl_backoff {
+    uint32_t initial_ms;   /* first delay, default 10 */
+    uint32_t max_ms;       /* cap of one delay, default 250 */
+    uint32_t max_attempts; /* default 0 = unlimited within the deadline */
+    uint32_t deadline_ms;  /* the leader's whole warm-up, default = wait.timeout_ms */
+    int jitter;            /* 0 default (full), 1 full, 2 decorrelated, -1 none */
+};
+
 /* A warm-up: return 0, or a negative errno with res->error (and res->sqlstate) set. */
 typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);
 

@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "internal.h"
-#include "warmlock/pg.h"
 
 #define MS 1000000ull
 

@@ -43,44 +43,6 @@ uint64_t wl__pidns(void)
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
-void wl__mutex_init(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-}
-
-int wl__lock(pthread_mutex_t *m, uint64_t deadline_ns, void (*repair)(void *), void *arg)
-{
-    struct timespec ts;
-    int r;
-
-    if (deadline_ns == 0) {
-        r = pthread_mutex_trylock(m);
-    } else {
-        wl__ns_to_timespec(deadline_ns, &ts);
-        do
-            r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-        while (r == EINTR);
-    }
-    if (r == EOWNERDEAD) {
-        /* The owner died holding it. Repair what it guarded, then mark it consistent:
-         * unlocking without pthread_mutex_consistent() would make it ENOTRECOVERABLE. */
-        if (repair)
-            repair(arg);
-        pthread_mutex_consistent(m);
-        return 1;
-    }
-    return -r;
-}
-
-void wl__unlock(pthread_mutex_t *m)
-{
-    pthread_mutex_unlock(m);
-}
 
 WL_EXPORT int wl_default_name(char *buf, size_t len)
 {

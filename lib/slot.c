@@ -160,33 +160,6 @@ static void repair_none(void *arg)
     (void)arg; /* the watch mutex and the waiter tokens guard no data */
 }
 
-/* glibc keeps a robust mutex's owner in its futex word: the owner's TID in the low 30
- * bits, FUTEX_OWNER_DIED (bit 30) once the kernel released it for a dead owner. Reading
- * it is how status tells a live holder without locking (the header records the C library,
- * so only glibc processes share this layout). */
-int wl__mutex_held(pthread_mutex_t *m, int *tid)
-{
-#ifdef __GLIBC__
-    /* relaxed: a momentary answer for status and messages, never for correctness */
-    unsigned w = (unsigned)__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED);
-    int t = (int)(w & 0x3fffffffu);
-    if (tid)
-        *tid = t;
-    return t != 0 && !(w & 0x40000000u);
-#else
-    int r = pthread_mutex_trylock(m);
-    if (tid)
-        *tid = 0;
-    if (r == 0 || r == EOWNERDEAD) {
-        if (r == EOWNERDEAD)
-            pthread_mutex_consistent(m);
-        pthread_mutex_unlock(m);
-        return 0;
-    }
-    return r == EBUSY;
-#endif
-}
-
 int wl__slot_leader_alive(struct wl__slot *sl)
 {
     int r = wl__lock(&sl->mutex, 0, repair_slot, sl);

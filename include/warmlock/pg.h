@@ -22,14 +22,7 @@
 extern "C" {
 #endif
 
-/* The leader's retry policy. Zero fields take the defaults. */
-struct wl_backoff {
-    uint32_t initial_ms;   /* first delay, default 10 */
-    uint32_t max_ms;       /* cap of one delay, default 250 */
-    uint32_t max_attempts; /* default 0 = unlimited within the deadline */
-    uint32_t deadline_ms;  /* the leader's whole warm-up, default = wait.timeout_ms */
-    int jitter;            /* 0 default (full), 1 full, 2 decorrelated, -1 none */
-};
+/* struct wl_backoff, the leader's retry policy, is declared in warmlock.h. */
 
 /* The libpq engine's default wait.max_age_ms: a READY slot verified longer ago than this
  * is re-verified once (one verify_sql, through the single-flight) before it is trusted.
