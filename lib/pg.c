@@ -204,7 +204,7 @@ static int conn_params(const char *conninfo, PQconninfoOption **parsed, const ch
         (*val)[i++] = o->val;
     }
     if (!have_gss && !getenv("PGGSSENCMODE")) {
-        /* GSS encryption negotiation can block on a KDC (pitfall 9). */
+        /* GSS encryption negotiation can block on a KDC: off unless asked for. */
         (*kw)[i] = "gssencmode";
         (*val)[i++] = "disable";
     }

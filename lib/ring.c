@@ -1,5 +1,5 @@
 /*
- * The event loop: tasks are state machines with one step function (STYLE rule 6); the loop
+ * The event loop: tasks are state machines with one step function; the loop
  * only turns each answer (readable, writable, a timer, done, failed) into a request and
  * calls step again when it completes. Two backends share everything but that request:
  *

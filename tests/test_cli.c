@@ -1,5 +1,5 @@
 /* The programs, run for real: warmlockd beside `warmlock` processes against a throwaway
- * PostgreSQL (issue 4's list), plus a strict Prometheus text-format checker. */
+ * PostgreSQL, plus a strict Prometheus text-format checker. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>

@@ -1,5 +1,5 @@
 /*
- * Database faults with a real server (issue 6), on both event-loop backends
+ * Database faults with a real server, on both event-loop backends
  * (WARMLOCK_IO=uring and poll): herds of forked processes calling wl_pg_ensure and
  * wl_pg_connect while the server
  *

@@ -9,7 +9,7 @@
 # Which cases: all of test_backoff, test_ring and test_format; test_pg's engine, key and
 # classification cases, minus two left out and named in the output:
 # - test_pg_ensure_herd_one_leader_through_crash_recovery: 32 processes (multi-process
-#   suites run in the ASan+UBSan build, DESIGN.md pitfall 11);
+#   suites run in the ASan+UBSan build: ThreadSanitizer cannot follow locks held in shared memory by other processes);
 # - test_pg_probe_wrong_password_fails_fast_with_28P01: asserts < 1 s, and libpq's client
 #   side of SCRAM (4096 PBKDF2 rounds) alone takes longer under valgrind. The 28P01 path
 #   still runs here in test_pg_connect_invalidates_a_stale_epoch_and_reconnects and
