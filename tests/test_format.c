@@ -31,15 +31,35 @@ static char *render(int (*fn)(FILE *, const struct wl_slot_info *, size_t),
     return buf;
 }
 
+/* Write len bytes of text into a new temporary file; its name into path. */
+static void temp_file(char *path, size_t size, const char *base, const char *text, size_t len)
+{
+    int fd;
+    snprintf(path, size, "/tmp/%s.XXXXXX", base);
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_true(write(fd, text, len) == (ssize_t)len);
+    close(fd);
+}
+
+static int fmt_json(FILE *f, const struct wl_slot_info *s, size_t n)
+{
+    return wlc_format_json(f, "/seg", s, n);
+}
+
+static int fmt_prom(FILE *f, const struct wl_slot_info *s, size_t n)
+{
+    return wlc_format_prometheus(f, "/seg", s, n);
+}
+
 static char *render_json(const struct wl_slot_info *s, size_t n)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    assert_non_null(f);
-    assert_int_equal(wlc_format_json(f, "/seg", s, n), 0);
-    fclose(f);
-    return buf;
+    return render(fmt_json, s, n);
+}
+
+static char *render_prom(const struct wl_slot_info *s, size_t n)
+{
+    return render(fmt_prom, s, n);
 }
 
 /* Three slots: a nasty key (quote, backslash, newline, tab, invalid UTF-8), UTF-8, plain. */
@@ -72,15 +92,10 @@ static void test_json_is_valid_and_round_trips_keys(void **state)
     struct wl_slot_info s[3];
     char *json, path[64];
     FILE *f;
-    int fd;
 
     nasty(s);
     json = render_json(s, 3);
-    snprintf(path, sizeof(path), "/tmp/wltest-format.XXXXXX");
-    fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_true(write(fd, json, strlen(json)) == (ssize_t)strlen(json));
-    close(fd);
+    temp_file(path, sizeof(path), "wltest-format", json, strlen(json));
     if (system("command -v python3 >/dev/null 2>&1") != 0) {
         unlink(path);
         free(json);
@@ -222,15 +237,10 @@ static void test_targets_file_skips_comments_and_blanks(void **state)
 {
     char path[64], err[256], **v;
     size_t n;
-    int fd;
     const char text[] = "# targets\n\n  host=/run/pg dbname=app  \r\n\t# indented comment\n"
                         "postgresql://u@db/app?sslmode=disable\nlast-without-newline";
 
-    snprintf(path, sizeof(path), "/tmp/wltest-targets.XXXXXX");
-    fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_true(write(fd, text, sizeof(text) - 1) == (ssize_t)sizeof(text) - 1);
-    close(fd);
+    temp_file(path, sizeof(path), "wltest-targets", text, sizeof(text) - 1);
     assert_int_equal(wlc_read_targets(path, &v, &n, err, sizeof(err)), 0);
     assert_int_equal(n, 3);
     assert_string_equal(v[0], "host=/run/pg dbname=app");
@@ -250,7 +260,6 @@ static void test_targets_file_comment_after_a_target_keeps_the_target(void **sta
 {
     char path[64], err[256], **v;
     size_t n;
-    int fd;
     const char text[] = "host=/run/pg dbname=app # the primary\n"
                         "host=/run/b dbname=b\t# tab before it\n"
                         "host=/run/c password='se #cret' dbname=c # quoted '#' kept\n"
@@ -258,11 +267,7 @@ static void test_targets_file_comment_after_a_target_keeps_the_target(void **sta
                         "postgresql://u@db/app#frag   # fragment kept, comment dropped\n"
                         "   # only a comment\n";
 
-    snprintf(path, sizeof(path), "/tmp/wltest-targets.XXXXXX");
-    fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_true(write(fd, text, sizeof(text) - 1) == (ssize_t)sizeof(text) - 1);
-    close(fd);
+    temp_file(path, sizeof(path), "wltest-targets", text, sizeof(text) - 1);
     assert_int_equal(wlc_read_targets(path, &v, &n, err, sizeof(err)), 0);
     unlink(path);
     assert_int_equal(n, 5);
@@ -287,16 +292,6 @@ static void test_read_file_of_a_directory_says_so(void **state)
     (void)state;
 }
 
-static char *render_prom(const struct wl_slot_info *s, size_t n)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    assert_non_null(f);
-    assert_int_equal(wlc_format_prometheus(f, "/seg", s, n), 0);
-    fclose(f);
-    return buf;
-}
 
 /* Label values use only \\, \" and \n; every other control character is replaced, and the
  * key then carries its hash, as does one cut at WL_KEY_MAX, so no two slots share a series

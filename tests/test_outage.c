@@ -115,34 +115,30 @@ static void record(int i, int r, const struct wl_result *res)
     wlt_wake(&S->returned);
 }
 
-static int child_ensure(void *arg, int i)
+/* A child: open the segment, meet the others at the barrier (if any), one call. */
+static int child_call(struct shared *s, int i, int pg)
 {
-    struct shared *s = arg;
     struct wl_segment *seg;
     struct wl_result res = {0};
     int r = wl_open(s->seg, NULL, &seg);
     if (r == 0) {
         if (s->nbar)
             wlt_barrier_wait(&s->bar, s->nbar);
-        r = wl_ensure(seg, "db", warm, s, &s->wait, &res);
+        r = pg ? wl_pg_ensure(seg, s->ci, &s->pg, &res)
+               : wl_ensure(seg, "db", warm, s, &s->wait, &res);
     }
     record(i, r, &res);
     return 0;
 }
 
+static int child_ensure(void *arg, int i)
+{
+    return child_call(arg, i, 0);
+}
+
 static int child_pg(void *arg, int i)
 {
-    struct shared *s = arg;
-    struct wl_segment *seg;
-    struct wl_result res = {0};
-    int r = wl_open(s->seg, NULL, &seg);
-    if (r == 0) {
-        if (s->nbar)
-            wlt_barrier_wait(&s->bar, s->nbar);
-        r = wl_pg_ensure(seg, s->ci, &s->pg, &res);
-    }
-    record(i, r, &res);
-    return 0;
+    return child_call(arg, i, 1);
 }
 
 static void reap(pid_t *pids, int n, unsigned timeout_ms)
