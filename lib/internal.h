@@ -99,9 +99,9 @@ int wl__set_error(int code, const char *fmt, ...) WL_PRINTF(2, 3);
 void wl__copy(char *dst, size_t len, const char *src); /* strlcpy */
 /* Collapse newlines, tabs and runs of spaces in place, trim the ends; returns s. */
 char *wl__oneline(char *s);
-/* One logfmt line on f: ts, level, target (if not NULL), msg, then (key, value) string
- * pairs ending with NULL; a NULL value skips its pair. */
-void wl__logfmt(FILE *f, const char *level, const char *target, const char *msg, ...);
+/* One logfmt line on stderr, ts level=info msg="msg" key=value, for the library's own
+ * notices (msg and value are constant text of the library's that needs no escaping). */
+void wl__log_info(const char *msg, const char *key, const char *value);
 
 /* futex.c: the readiness word */
 /* Sleep while *word == expected, until woken or the monotonic deadline (0: none).

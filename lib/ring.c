@@ -59,8 +59,7 @@ static void log_fallback_once(int err)
     /* relaxed: only "once" matters, nothing is published through it */
     if (atomic_compare_exchange_strong_explicit(&logged, &expect, 1, memory_order_relaxed,
                                                 memory_order_relaxed))
-        wl__logfmt(stderr, "info", NULL, "io_uring unavailable, using poll", "reason", errname(err),
-                   (const char *)NULL);
+        wl__log_info("io_uring unavailable, using poll", "reason", errname(err));
 }
 
 int wl__loop_new(int backend, struct wl__loop **out, char *err, size_t errlen)

@@ -126,50 +126,16 @@ char *wl__oneline(char *s)
 
 /* The library's own log lines (rare: the io_uring fallback). The programs format theirs
  * with the coordinator's helpers. */
-static void log_value(FILE *f, const char *k, const char *v)
-{
-    const unsigned char *p = (const unsigned char *)v;
-    int quote = !*p;
-
-    for (; *p && !quote; p++)
-        quote = *p <= ' ' || *p == '"' || *p == '=' || *p == '\\' || *p >= 0x7f;
-    fprintf(f, " %s=%s", k, quote ? "\"" : "");
-    for (p = (const unsigned char *)v; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f)
-            fprintf(f, "\\x%02x", *p);
-        else
-            fputc(*p, f);
-    }
-    if (quote)
-        fputc('"', f);
-}
-
-void wl__logfmt(FILE *f, const char *level, const char *target, const char *msg, ...)
+void wl__log_info(const char *msg, const char *key, const char *value)
 {
     struct timespec ts;
     struct tm tm;
     char when[40];
-    va_list ap;
-    const char *k;
 
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-    flockfile(f);
-    fprintf(f, "ts=%s.%03ldZ level=%s", when, ts.tv_nsec / 1000000L, level);
-    if (target)
-        log_value(f, "target", target);
-    log_value(f, "msg", msg);
-    va_start(ap, msg);
-    while ((k = va_arg(ap, const char *))) {
-        const char *v = va_arg(ap, const char *);
-        if (v)
-            log_value(f, k, v);
-    }
-    va_end(ap);
-    fputc('\n', f);
-    fflush(f);
-    funlockfile(f);
+    fprintf(stderr, "ts=%s.%03ldZ level=info msg=\"%s\" %s=%s\n", when,
+            ts.tv_nsec / 1000000L, msg, key, value);
+    fflush(stderr);
 }
