@@ -4,11 +4,13 @@
  * A probe is a ring task (ring.c) whose one step function, probe_step(), drives
  *
  *   START -> CONNECT (PQconnectStartParams / PQconnectPoll) -> QUERY warm_sql -> QUERY
- *   verify_sql -> DONE
+ *   verify_sql -> DONE, or with hold: IDLE <-> QUERY verify_sql (the check connection)
  *
  * and on a retryable failure SLEEP (the backoff delay, a ring timer) -> CONNECT again,
  * until the deadline or max_attempts. Every wait it asks for is bounded by the attempt's
- * own timeout (PQconnectPoll does not apply connect_timeout) and by the deadline.
+ * own timeout (PQconnectPoll does not apply connect_timeout) and by the deadline. The task
+ * runs on a loop of its own (wl__pg_probe, wl_pg_connect) or on an owner's (the keeper's),
+ * and reports failed attempts, verification and its end through hooks (engine.h).
  *
  * libpq attaches no public SQLSTATE to a failed connection. The engine sets
  * PQERRORS_VERBOSE right after PQconnectStartParams: PQconnectStart only opens the socket
@@ -27,6 +29,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "internal.h"
 #include "warmlock/pg.h"
 
@@ -213,21 +216,46 @@ static int conn_params(const char *conninfo, PQconninfoOption **parsed, const ch
 
 /* ---------------------------------------------------------------- the probe */
 
-enum phase { PH_START, PH_CONNECT, PH_QUERY, PH_SLEEP };
+/*
+ * One state machine for every connection the engine makes: a leader's warm-up (connect,
+ * warm_sql, verify_sql, retried with backoff), the caller's own connection of wl_pg_connect
+ * (connect_only: the connection is handed over once up), and the keeper's check connection
+ * (hold_ms: after verification the connection stays, idle, and verify_sql runs on it every
+ * hold_ms; the server closing it, or a check that fails, ends the run).
+ */
+enum phase {
+    PH_START,   /* before the first attempt */
+    PH_CONNECT, /* PQconnectPoll */
+    PH_QUERY,   /* a query in flight (warm_sql, verify_sql, or a check of the held one) */
+    PH_SLEEP,   /* the backoff delay before the next attempt */
+    PH_IDLE,    /* hold: verified, the connection kept; the next check at phase_deadline */
+};
 
-struct probe {
+struct wl__probe {
     struct wl__task task; /* first: the step gets it back as the probe */
 
-    /* configuration */
+    /* parsed once, by wl__probe_new */
     PQconninfoOption *parsed;
-    const char **kw, **val;
-    const char *sql[2];
+    const char **kw, **val; /* kw[0]/val[0] reserved for fallback_application_name */
+    uint64_t ct_attempt_ns;  /* the conninfo's connect_timeout as an attempt timeout, 0 none */
+
+    /* the run's configuration, by wl__probe_start */
+    char *sql[2];
     const char *sql_name[2];
     int nsql;
-    int keep; /* wl_pg_connect: hand over the connection after connecting, no queries */
+    int connect_only;
+    uint64_t hold_ns;
+    const char *app_name;
+    struct wl__probe_hooks hooks;
+    struct wl_backoff bo_opts;
     uint64_t attempt_ns;
     uint64_t deadline_ns, t0;
-    struct wl__backoff_state bo;
+    struct wl__backoff_state bo;   /* counts attempts against max_attempts and the deadline */
+    struct wl__backoff_state pace; /* the delays; restarts while nothing listens */
+    struct wl__loop *loop;
+    int running;
+    int verified; /* reached verification in this run (with hold: holding it) */
+    int checking; /* the query in flight checks the held connection */
 
     /* state */
     enum phase phase;
@@ -238,6 +266,7 @@ struct probe {
     char qstate[6]; /* the first error of the query in flight */
     char qerr[256];
     int qfailed;
+    char notice[200]; /* the last FATAL or PANIC the server sent on the connection */
 
     /* outcome */
     unsigned attempts;
@@ -248,13 +277,21 @@ struct probe {
     char error[256];  /* the last failure */
 };
 
-static void quiet_notices(void *arg, const char *msg)
+/* NOTICEs of warm_sql are not the engine's business; a FATAL the server sends on an idle
+ * connection (57P01 at a shutdown) arrives this way too, and names why it is closing. */
+static void on_notice(void *arg, const PGresult *res)
 {
-    (void)arg;
-    (void)msg; /* NOTICEs of warm_sql are not the engine's business */
+    struct wl__probe *p = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+    if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
+        wl__fmt(p->notice, sizeof(p->notice), "%s:  %s: %s", sev, code ? code : "?",
+                msg ? msg : "");
 }
 
-static void drop_conn(struct probe *p)
+static void drop_conn(struct wl__probe *p)
 {
     if (p->conn) {
         PQfinish(p->conn);
@@ -267,17 +304,32 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
-/* The end: fail with code, no more attempts. */
-static int finish(struct probe *p, int code)
+/* The end of the run: code 0 or -errno, no more attempts. */
+static int finish(struct wl__probe *p, int code)
 {
     p->rc = code;
-    if (code < 0 || !p->keep)
+    if (code < 0 || !p->connect_only)
         drop_conn(p);
+    p->running = 0;
+    if (p->hooks.ended)
+        p->hooks.ended(p->hooks.arg, code);
     return code < 0 ? WL__WANT_FAILED : WL__WANT_DONE;
 }
 
+/* The held connection is gone or failed its check: the run ends with what happened. */
+static int lost(struct wl__probe *p, int code, const char *why)
+{
+    char msg[256];
+    wl__copy(msg, sizeof(msg), p->notice[0] ? p->notice : why && *why ? why
+                               : "the server closed the connection");
+    clean_message(p->error, sizeof(p->error), msg);
+    if (p->notice[0])
+        wl__pg_sqlstate_of(p->notice, p->sqlstate);
+    return finish(p, code);
+}
+
 /* Attempts ran out or the deadline passed: say what was tried and the last error. */
-static int give_up(struct probe *p, int attempts_ran_out)
+static int give_up(struct wl__probe *p, int attempts_ran_out)
 {
     uint64_t ms = (wl__now_ns() - p->t0) / MS;
     char last[200];
@@ -290,19 +342,34 @@ static int give_up(struct probe *p, int attempts_ran_out)
     return finish(p, code);
 }
 
-/* A retryable failure of this attempt has been recorded: sleep, or give up. */
-static int retry_later(struct probe *p)
+static void pace_restart(struct wl__probe *p, uint64_t now)
 {
-    uint64_t now = wl__now_ns(), delay;
+    wl__backoff_init(&p->pace, &p->bo_opts, 0, now, 0);
+    p->pace.deadline_ns = UINT64_MAX; /* p->bo keeps the deadline */
+}
+
+/* A retryable failure of this attempt has been recorded: sleep, or give up. */
+static int retry_later(struct wl__probe *p)
+{
+    uint64_t now = wl__now_ns(), delay = 0;
     int r;
 
     drop_conn(p);
-    if (p->error[0]) /* followers and status see how the warm-up is going */
-        wl__warm_progress(p->refused ? -ECONNREFUSED : p->timed_out ? -ETIMEDOUT : -EAGAIN,
-                          p->error, p->sqlstate);
+    if (p->error[0] && p->hooks.attempt_failed) /* followers and status see how it goes */
+        p->hooks.attempt_failed(p->hooks.arg,
+                                p->refused ? -ECONNREFUSED : p->timed_out ? -ETIMEDOUT : -EAGAIN,
+                                p->error, p->sqlstate);
     r = wl__backoff_next(&p->bo, now, &delay);
     if (r == -EAGAIN)
         return give_up(p, 1);
+    if (r == 0) {
+        /* While nothing listens a probe costs the server nothing: the schedule starts
+         * over, so the server's first answer is seen within the first delay. Once it
+         * answers (57P03 costs it a fork and a log line), the delays grow to the cap. */
+        if (p->refused)
+            pace_restart(p, now);
+        wl__backoff_next(&p->pace, now, &delay);
+    }
     if (r < 0 || now + delay >= p->deadline_ns) {
         if (now >= p->deadline_ns) /* nothing left at all */
             return give_up(p, 0);
@@ -315,11 +382,16 @@ static int retry_later(struct probe *p)
 }
 
 /* Record a failure (sqlstate may be ""), classify it, retry or fail. */
-static int attempt_failed(struct probe *p, const char *sqlstate, const char *msg, int connecting)
+static int attempt_failed(struct wl__probe *p, const char *sqlstate, const char *msg,
+                          int connecting)
 {
     int refused, code;
 
     code = wl__pg_classify(sqlstate, msg, connecting, &refused);
+    if (p->verified) { /* a check of the held connection: any failure ends the run */
+        wl__copy(p->sqlstate, sizeof(p->sqlstate), sqlstate ? sqlstate : "");
+        return lost(p, code < 0 ? code : -ECONNRESET, msg);
+    }
     wl__copy(p->sqlstate, sizeof(p->sqlstate), sqlstate ? sqlstate : "");
     wl__copy(p->error, sizeof(p->error), msg);
     p->refused = refused;
@@ -328,7 +400,7 @@ static int attempt_failed(struct probe *p, const char *sqlstate, const char *msg
     return retry_later(p);
 }
 
-static int connect_failed(struct probe *p)
+static int connect_failed(struct wl__probe *p)
 {
     char st[6], msg[256];
     const char *m = PQerrorMessage(p->conn);
@@ -337,10 +409,16 @@ static int connect_failed(struct probe *p)
     return attempt_failed(p, st, msg, 1);
 }
 
-static int timed_out(struct probe *p, const char *doing)
+static int timed_out(struct wl__probe *p, const char *doing)
 {
     char msg[256];
     p->timed_out = 1;
+    if (p->verified) {
+        wl__fmt(msg, sizeof(msg), "check timed out after %llu ms while %s",
+                (unsigned long long)(p->attempt_ns / MS), doing);
+        p->sqlstate[0] = '\0';
+        return lost(p, -ETIMEDOUT, msg);
+    }
     if (p->phase_deadline < p->phase_t0 + p->attempt_ns) { /* the call's deadline came first */
         p->refused = 0;
         /* A connection attempt cut short learnt nothing about the server: keep the previous
@@ -361,7 +439,7 @@ static int timed_out(struct probe *p, const char *doing)
     return retry_later(p);
 }
 
-static int wait_socket(struct probe *p, int want)
+static int wait_socket(struct wl__probe *p, int want)
 {
     p->task.fd = PQsocket(p->conn); /* re-read every step: it can change */
     p->task.deadline_ns = p->phase_deadline;
@@ -378,22 +456,24 @@ static int is_connection_error(const char *msg)
            strstr(msg, s1) || strstr(msg, s2);
 }
 
-static int start_attempt(struct probe *p)
+static int start_attempt(struct wl__probe *p)
 {
     uint64_t now = wl__now_ns();
 
     if (now >= p->deadline_ns)
         return give_up(p, 0);
     p->attempts++;
-    p->conn = PQconnectStartParams(p->kw, p->val, 0);
+    p->notice[0] = '\0';
+    p->conn = PQconnectStartParams(p->app_name ? p->kw : p->kw + 1,
+                                   p->app_name ? p->val : p->val + 1, 0);
     if (!p->conn) {
         wl__fmt(p->error, sizeof(p->error), "out of memory");
         return finish(p, -ENOMEM);
     }
     /* Before any PQconnectPoll reads the server's answer: see the file's header. */
     PQsetErrorVerbosity(p->conn, PQERRORS_VERBOSE);
-    if (!p->keep) /* the caller's own connection keeps libpq's notice processor */
-        PQsetNoticeProcessor(p->conn, quiet_notices, NULL);
+    if (!p->connect_only) /* the caller's own connection keeps libpq's notice processing */
+        PQsetNoticeReceiver(p->conn, on_notice, p);
     p->phase = PH_CONNECT;
     p->timed_out = 0;
     p->phase_t0 = now;
@@ -415,7 +495,7 @@ static int start_attempt(struct probe *p)
     return wait_socket(p, WL__WANT_WRITE);
 }
 
-static int send_query(struct probe *p)
+static int send_query(struct wl__probe *p)
 {
     int f;
 
@@ -433,24 +513,41 @@ static int send_query(struct probe *p)
     return wait_socket(p, f ? WL__WANT_READ | WL__WANT_WRITE : WL__WANT_READ);
 }
 
-/* The next query, or done. */
-static int next_query(struct probe *p)
+/* Hold: the connection stays, watched for the server closing it, until the next check. */
+static int go_idle(struct wl__probe *p)
 {
-    if (p->keep || p->qi >= p->nsql) {
+    p->phase = PH_IDLE;
+    p->checking = 0;
+    p->phase_t0 = wl__now_ns();
+    p->phase_deadline = p->phase_t0 + p->hold_ns;
+    return wait_socket(p, WL__WANT_READ);
+}
+
+/* The next query, or done. */
+static int next_query(struct wl__probe *p)
+{
+    if (p->connect_only || p->qi >= p->nsql) {
         p->sqlstate[0] = '\0';
         p->error[0] = '\0';
-        return finish(p, 0);
+        if (p->connect_only)
+            return finish(p, 0);
+        if (p->checking)
+            return go_idle(p);
+        p->verified = 1;
+        if (p->hooks.verified)
+            p->hooks.verified(p->hooks.arg);
+        return p->hold_ns ? go_idle(p) : finish(p, 0);
     }
     return send_query(p);
 }
 
-static int step_connect(struct probe *p)
+static int step_connect(struct wl__probe *p)
 {
     switch (PQconnectPoll(p->conn)) {
     case PGRES_POLLING_READING: return wait_socket(p, WL__WANT_READ);
     case PGRES_POLLING_WRITING: return wait_socket(p, WL__WANT_WRITE);
     case PGRES_POLLING_OK:
-        if (!p->keep && PQsetnonblocking(p->conn, 1) != 0)
+        if (!p->connect_only && PQsetnonblocking(p->conn, 1) != 0)
             return connect_failed(p);
         p->qi = 0;
         return next_query(p);
@@ -459,7 +556,29 @@ static int step_connect(struct probe *p)
     }
 }
 
-static void record_query_error(struct probe *p, const PGresult *res)
+/* The held connection became readable while idle: the server is closing it (shutdown,
+ * crash, termination) or sent a notice. */
+static int step_idle(struct wl__probe *p, int revents)
+{
+    PGresult *res;
+    char msg[256];
+
+    if (!PQconsumeInput(p->conn) || PQstatus(p->conn) == CONNECTION_BAD) {
+        wl__copy(msg, sizeof(msg), PQerrorMessage(p->conn));
+        return lost(p, -ECONNRESET, msg);
+    }
+    while (!PQisBusy(p->conn) && (res = PQgetResult(p->conn))) {
+        wl__copy(msg, sizeof(msg), PQresultErrorMessage(res));
+        PQclear(res);
+        if (msg[0])
+            return lost(p, -ECONNRESET, msg);
+    }
+    if (revents & (POLLHUP | POLLERR | POLLNVAL))
+        return lost(p, -ECONNRESET, "the server closed the connection");
+    return wait_socket(p, WL__WANT_READ);
+}
+
+static void record_query_error(struct wl__probe *p, const PGresult *res)
 {
     const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
@@ -476,7 +595,7 @@ static void record_query_error(struct probe *p, const PGresult *res)
         clean_message(p->qerr, sizeof(p->qerr), PQresultErrorMessage(res));
 }
 
-static int step_query(struct probe *p, int revents)
+static int step_query(struct wl__probe *p, int revents)
 {
     PGresult *res;
 
@@ -532,10 +651,17 @@ static int step_query(struct probe *p, int revents)
     }
 }
 
+static const char *query_doing(const struct wl__probe *p)
+{
+    if (p->checking)
+        return "checking the held connection";
+    return p->qi == 0 && p->nsql == 2 ? "running warm_sql" : "running verify_sql";
+}
+
 /* The one step function: what happened, what to wait for next. */
 static int probe_step(struct wl__task *t, int event, int revents)
 {
-    struct probe *p = (struct probe *)t;
+    struct wl__probe *p = (struct wl__probe *)t;
 
     switch (p->phase) {
     case PH_START:
@@ -549,71 +675,174 @@ static int probe_step(struct wl__task *t, int event, int revents)
         return step_connect(p);
     case PH_QUERY:
         if (event == WL__EV_TIMEOUT || wl__now_ns() >= p->phase_deadline)
-            return timed_out(p, p->qi == 0 && p->nsql == 2 ? "running warm_sql"
-                                                           : "running verify_sql");
+            return timed_out(p, query_doing(p));
         return step_query(p, event == WL__EV_IO ? revents : 0);
+    case PH_IDLE:
+        if (event == WL__EV_IO)
+            return step_idle(p, revents);
+        if (wl__now_ns() < p->phase_deadline)
+            return wait_socket(p, WL__WANT_READ);
+        p->checking = 1; /* time for a check: verify_sql on the held connection */
+        p->qi = p->nsql - 1;
+        return send_query(p);
     }
     return finish(p, -EINVAL);
 }
 
-static void probe_fini(struct probe *p)
+int wl__probe_new(const char *conninfo, struct wl__probe **out, char *err, size_t errlen)
 {
+    struct wl__probe *p;
+    const char **kw, **val;
+    PQconninfoOption *o;
+    const char *ct = NULL;
+    size_t n = 0;
+    long secs;
+    int r;
+
+    *out = NULL;
+    if (!(p = calloc(1, sizeof(*p)))) {
+        wl__fmt(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    p->task.fd = -1;
+    if ((r = conn_params(conninfo, &p->parsed, &kw, &val, err, errlen)) < 0) {
+        free(p);
+        return r;
+    }
+    while (kw[n])
+        n++;
+    p->kw = calloc(n + 2, sizeof(char *));
+    p->val = calloc(n + 2, sizeof(char *));
+    if (!p->kw || !p->val) {
+        free(kw);
+        free(val);
+        wl__probe_free(p);
+        wl__fmt(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    /* slot 0 first: a fallback_application_name in the conninfo (later) wins over it */
+    p->kw[0] = "fallback_application_name";
+    memcpy(p->kw + 1, kw, n * sizeof(char *));
+    memcpy(p->val + 1, val, n * sizeof(char *));
+    free(kw);
+    free(val);
+    /* The conninfo's connect_timeout (libpq's minimum of 2 s applies to it) bounds each
+     * attempt unless attempt_timeout_ms is set; PQconnectPoll applies none of its own. */
+    for (o = p->parsed; o->keyword; o++)
+        if (!strcmp(o->keyword, "connect_timeout"))
+            ct = o->val;
+    if (!ct)
+        ct = getenv("PGCONNECT_TIMEOUT");
+    secs = ct ? strtol(ct, NULL, 10) : 0;
+    p->ct_attempt_ns = secs > 0 ? (uint64_t)(secs < 2 ? 2 : secs) * 1000u * MS : 0;
+    *out = p;
+    return 0;
+}
+
+int wl__probe_start(struct wl__probe *p, struct wl__loop *l, const struct wl__probe_conf *c)
+{
+    uint64_t now = wl__now_ns();
+    const char *verify;
+    int i;
+
+    if (p->running || p->task.loop_)
+        return -EBUSY;
+    for (i = 0; i < 2; i++) {
+        free(p->sql[i]);
+        p->sql[i] = NULL;
+    }
+    p->nsql = 0;
+    if (c->warm_sql && *c->warm_sql && !c->connect_only) {
+        if (!(p->sql[p->nsql] = strdup(c->warm_sql)))
+            return -ENOMEM;
+        p->sql_name[p->nsql++] = "warm_sql";
+    }
+    verify = c->verify_sql && *c->verify_sql ? c->verify_sql : DEFAULT_VERIFY_SQL;
+    if (!(p->sql[p->nsql] = strdup(verify)))
+        return -ENOMEM;
+    p->sql_name[p->nsql++] = "verify_sql";
+    p->connect_only = c->connect_only;
+    p->hold_ns = (uint64_t)c->hold_ms * MS;
+    p->app_name = c->application_name;
+    p->val[0] = c->application_name;
+    p->hooks = c->hooks;
+    p->bo_opts = c->backoff;
+    p->attempt_ns = c->attempt_timeout_ms ? (uint64_t)c->attempt_timeout_ms * MS
+                    : p->ct_attempt_ns   ? p->ct_attempt_ns
+                                         : (uint64_t)DEFAULT_ATTEMPT_TIMEOUT_MS * MS;
+    p->t0 = now;
+    wl__backoff_init(&p->bo, &c->backoff, DEFAULT_TIMEOUT_MS, now, 0);
+    if (c->deadline_ns) /* UINT64_MAX: none */
+        p->bo.deadline_ns = c->deadline_ns;
+    p->deadline_ns = p->bo.deadline_ns;
+    pace_restart(p, now);
+    p->verified = p->checking = 0;
+    p->phase = PH_START;
+    p->attempts = 0;
+    p->rc = 0;
+    p->refused = p->timed_out = 0;
+    p->sqlstate[0] = p->error[0] = '\0';
+    p->task.step = probe_step;
+    p->task.fd = -1;
+    p->loop = l;
+    if ((i = wl__loop_add(l, &p->task)) < 0)
+        return i;
+    p->running = 1;
+    return 0;
+}
+
+void wl__probe_cancel(struct wl__probe *p)
+{
+    if (!p)
+        return;
+    if (p->loop && p->task.loop_)
+        wl__loop_remove(p->loop, &p->task);
     drop_conn(p);
+    p->running = 0;
+    p->phase = PH_START;
+}
+
+int wl__probe_running(const struct wl__probe *p)
+{
+    return p->running;
+}
+
+int wl__probe_verified(const struct wl__probe *p)
+{
+    return p->verified;
+}
+
+void wl__probe_result(const struct wl__probe *p, struct wl_result *res)
+{
+    res->attempts = p->attempts;
+    wl__copy(res->sqlstate, sizeof(res->sqlstate), p->sqlstate);
+    wl__copy(res->error, sizeof(res->error), p->error);
+}
+
+PGconn *wl__probe_take_conn(struct wl__probe *p)
+{
+    PGconn *c = p->running || p->rc < 0 ? NULL : p->conn;
+    if (c)
+        p->conn = NULL;
+    return c;
+}
+
+void wl__probe_free(struct wl__probe *p)
+{
+    if (!p)
+        return;
+    wl__probe_cancel(p);
+    free(p->sql[0]);
+    free(p->sql[1]);
     free(p->kw);
     free(p->val);
     if (p->parsed)
         PQconninfoFree(p->parsed);
+    free(p);
 }
 
-static int probe_init(struct probe *p, const char *conninfo, const struct wl_pg_opts *opts,
-                      uint64_t deadline_ns, int keep)
-{
-    uint64_t now = wl__now_ns();
-    uint32_t timeout_ms;
-    int r;
-
-    memset(p, 0, sizeof(*p));
-    p->task.step = probe_step;
-    p->task.fd = -1;
-    p->t0 = now;
-    p->keep = keep;
-    if ((r = conn_params(conninfo, &p->parsed, &p->kw, &p->val, p->error, sizeof(p->error))))
-        return r;
-    if (opts && opts->warm_sql && *opts->warm_sql) {
-        p->sql[p->nsql] = opts->warm_sql;
-        p->sql_name[p->nsql++] = "warm_sql";
-    }
-    p->sql[p->nsql] =
-        opts && opts->verify_sql && *opts->verify_sql ? opts->verify_sql : DEFAULT_VERIFY_SQL;
-    p->sql_name[p->nsql++] = "verify_sql";
-    /* per attempt: the option, else the conninfo's connect_timeout (libpq's minimum of 2 s
-     * applies to it), else 2 s. PQconnectPoll applies none of its own. */
-    if (opts && opts->attempt_timeout_ms) {
-        p->attempt_ns = (uint64_t)opts->attempt_timeout_ms * MS;
-    } else {
-        const char *ct = NULL;
-        PQconninfoOption *o;
-        long secs;
-        for (o = p->parsed; o->keyword; o++)
-            if (!strcmp(o->keyword, "connect_timeout"))
-                ct = o->val;
-        if (!ct)
-            ct = getenv("PGCONNECT_TIMEOUT");
-        secs = ct ? strtol(ct, NULL, 10) : 0;
-        p->attempt_ns = secs > 0 ? (uint64_t)(secs < 2 ? 2 : secs) * 1000u * MS
-                                 : (uint64_t)DEFAULT_ATTEMPT_TIMEOUT_MS * MS;
-    }
-    timeout_ms = opts && opts->wait.timeout_ms ? opts->wait.timeout_ms : DEFAULT_TIMEOUT_MS;
-    wl__backoff_init(&p->bo, opts ? &opts->backoff : NULL, timeout_ms, now, 0);
-    p->deadline_ns = p->bo.deadline_ns;
-    if (deadline_ns && deadline_ns < p->deadline_ns)
-        p->deadline_ns = p->bo.deadline_ns = deadline_ns;
-    p->phase = PH_START;
-    return 0;
-}
-
-/* Run one probe to its end on a loop of its own. */
-static int probe_run(struct probe *p)
+/* Run p to its end on a loop of its own. */
+static int run_alone(struct wl__probe *p, const struct wl__probe_conf *c)
 {
     struct wl__loop *l;
     char err[200];
@@ -623,39 +852,71 @@ static int probe_run(struct probe *p)
         wl__copy(p->error, sizeof(p->error), err);
         return p->rc = r;
     }
-    if ((r = wl__loop_add(l, &p->task)) == 0)
+    if ((r = wl__probe_start(p, l, c)) == 0)
         r = wl__loop_run_until(l, 0);
     wl__loop_free(l);
+    p->loop = NULL;
     if (r < 0) {
         wl__fmt(p->error, sizeof(p->error), "event loop failed: %s", strerror(-r));
         drop_conn(p);
+        p->running = 0;
         return p->rc = r;
     }
     return p->rc;
 }
 
-static void fill_result(struct wl_result *res, const struct probe *p, int rc)
+/* The engine's run for a wl_pg_opts: its deadline (the backoff's, else the call's
+ * timeout), bounded by deadline_ns. */
+static void conf_of(struct wl__probe_conf *c, const struct wl_pg_opts *opts, uint64_t deadline_ns)
 {
-    if (!res)
-        return;
-    res->attempts = p->attempts;
-    wl__copy(res->sqlstate, sizeof(res->sqlstate), rc < 0 ? p->sqlstate : "");
-    if (rc < 0)
-        wl__copy(res->error, sizeof(res->error), p->error);
-    else
-        res->error[0] = '\0';
+    uint64_t now = wl__now_ns(), ms;
+
+    memset(c, 0, sizeof(*c));
+    if (opts) {
+        c->warm_sql = opts->warm_sql;
+        c->verify_sql = opts->verify_sql;
+        c->attempt_timeout_ms = opts->attempt_timeout_ms;
+        c->backoff = opts->backoff;
+    }
+    ms = opts && opts->backoff.deadline_ms ? opts->backoff.deadline_ms
+         : opts && opts->wait.timeout_ms   ? opts->wait.timeout_ms
+                                           : DEFAULT_TIMEOUT_MS;
+    c->deadline_ns = now + ms * MS;
+    if (deadline_ns && deadline_ns < c->deadline_ns)
+        c->deadline_ns = deadline_ns;
+}
+
+static void warm_progress(void *arg, int code, const char *error, const char *sqlstate)
+{
+    (void)arg;
+    wl__warm_progress(code, error, sqlstate);
 }
 
 int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
                  struct wl_result *res)
 {
-    struct probe p;
+    struct wl__probe_conf c;
+    struct wl__probe *p;
+    char err[256];
     int r;
 
-    if ((r = probe_init(&p, conninfo, opts, deadline_ns, 0)) == 0)
-        r = probe_run(&p);
-    fill_result(res, &p, r);
-    probe_fini(&p);
+    if ((r = wl__probe_new(conninfo, &p, err, sizeof(err))) < 0) {
+        if (res) {
+            res->attempts = 0;
+            res->sqlstate[0] = '\0';
+            wl__copy(res->error, sizeof(res->error), err);
+        }
+        return r;
+    }
+    conf_of(&c, opts, deadline_ns);
+    c.hooks.attempt_failed = warm_progress;
+    r = run_alone(p, &c);
+    if (res) {
+        wl__probe_result(p, res);
+        if (r == 0)
+            res->sqlstate[0] = res->error[0] = '\0';
+    }
+    wl__probe_free(p);
     return r;
 }
 
@@ -771,41 +1032,42 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
     if (begin_call(seg, conninfo, key, sizeof(key), res) < 0)
         return NULL;
     for (;;) {
-        struct wl_pg_opts one;
-        struct probe p;
+        struct wl__probe_conf c;
+        struct wl__probe *p;
+        char err[256];
         uint64_t now;
         unsigned attempted;
         int slow;
 
         if ((r = ensure_key(seg, conninfo, key, opts, deadline, res)) < 0)
             return NULL;
-        /* Our own connection: one attempt of the engine's connect, kept. */
-        if (opts)
-            one = *opts;
-        else
-            memset(&one, 0, sizeof(one));
-        one.backoff.max_attempts = 1;
+        /* Our own connection: one attempt of the engine's connect, handed over. */
+        conf_of(&c, opts, deadline);
+        c.connect_only = 1;
+        c.backoff.max_attempts = 1;
         /* The server was just verified, so a slow login is a queue (a herd connecting at
          * once), not a dead server: an attempt timeout would send us to the back of that
          * queue again and again. Our own connection may take what is left of the deadline. */
         now = wl__now_ns();
-        one.attempt_timeout_ms = deadline > now + MS ? (uint32_t)((deadline - now) / MS) : 1;
-        if ((r = probe_init(&p, conninfo, &one, deadline, 1)) == 0)
-            r = probe_run(&p);
-        if (r == 0) {
-            PGconn *c = p.conn;
-            p.conn = NULL;
-            probe_fini(&p);
-            PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
-            res->waited_ns = wl__now_ns() - t0;
-            return c;
+        c.attempt_timeout_ms = deadline > now + MS ? (uint32_t)((deadline - now) / MS) : 1;
+        if ((r = wl__probe_new(conninfo, &p, err, sizeof(err))) < 0) {
+            wl__copy(res->error, sizeof(res->error), err);
+            return NULL;
         }
-        wl__copy(res->sqlstate, sizeof(res->sqlstate), p.sqlstate);
-        wl__copy(res->error, sizeof(res->error), p.error);
-        attempted = p.attempts;
-        own += p.attempts;
-        slow = p.timed_out;
-        probe_fini(&p);
+        r = run_alone(p, &c);
+        if (r == 0) {
+            PGconn *conn = wl__probe_take_conn(p);
+            wl__probe_free(p);
+            PQsetErrorVerbosity(conn, PQERRORS_DEFAULT);
+            res->waited_ns = wl__now_ns() - t0;
+            return conn;
+        }
+        wl__copy(res->sqlstate, sizeof(res->sqlstate), p->sqlstate);
+        wl__copy(res->error, sizeof(res->error), p->error);
+        attempted = p->attempts;
+        own += p->attempts;
+        slow = p->timed_out;
+        wl__probe_free(p);
         now = wl__now_ns();
         /* The probe's give_up wraps a retryable last error into -ECONNREFUSED/-ETIMEDOUT
          * (max_attempts is 1): the epoch the leader verified is gone for us too. */

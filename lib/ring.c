@@ -11,7 +11,8 @@
  *
  * Completions carry (kind, task index, sequence) in user_data; a completion whose sequence
  * is not the task's current one (a stale link timeout, a removed task) is ignored, so a task
- * can be freed as soon as the loop has dropped it. liburing returns -errno and never sets
+ * can be freed as soon as the loop has dropped it. Sequence numbers come from the loop, not
+ * the task: a new task given a removed one's index never matches its stale completions. liburing returns -errno and never sets
  * errno.
  */
 #include <errno.h>
@@ -32,6 +33,8 @@ struct wl__loop {
     struct io_uring ring;
     struct wl__task **tasks; /* by index; NULL: free */
     uint32_t cap, count;
+    uint32_t gen;       /* the last sequence number given to a task's request */
+    int brk;            /* wl__loop_break: the run in progress returns */
     struct pollfd *pfd; /* poll backend: scratch, cap entries */
     uint32_t *pidx;     /* poll backend: task index of each pfd */
 };
@@ -163,7 +166,7 @@ int wl__loop_add(struct wl__loop *l, struct wl__task *t)
     }
     t->loop_ = l;
     t->idx_ = i;
-    t->seq_++;
+    t->seq_ = ++l->gen;
     t->started_ = 0;
     t->want = 0;
     l->tasks[i] = t;
@@ -228,7 +231,7 @@ static int arm_uring(struct wl__loop *l, struct wl__task *t)
     struct io_uring_sqe *sqe;
     struct __kernel_timespec *ts = (struct __kernel_timespec *)&t->ts_;
 
-    t->seq_++;
+    t->seq_ = ++l->gen;
     if (t->want & (WL__WANT_READ | WL__WANT_WRITE)) {
         unsigned mask =
             (t->want & WL__WANT_READ ? POLLIN : 0) | (t->want & WL__WANT_WRITE ? POLLOUT : 0);
@@ -395,6 +398,11 @@ static int turn_poll(struct wl__loop *l, uint64_t deadline_ns)
     return 0;
 }
 
+void wl__loop_break(struct wl__loop *l)
+{
+    l->brk = 1;
+}
+
 int wl__loop_run_until(struct wl__loop *l, uint64_t deadline_ns)
 {
     int r;
@@ -403,6 +411,10 @@ int wl__loop_run_until(struct wl__loop *l, uint64_t deadline_ns)
             return r;
         if (!l->count)
             return 0;
+        if (l->brk) {
+            l->brk = 0;
+            return (int)l->count;
+        }
         if (deadline_ns && wl__now_ns() >= deadline_ns)
             return (int)l->count;
         r = l->backend == WL__IO_URING ? turn_uring(l, deadline_ns) : turn_poll(l, deadline_ns);

@@ -53,6 +53,9 @@ void wl__loop_remove(struct wl__loop *l, struct wl__task *t);
 /* Run until every task has finished (returns 0) or deadline_ns (CLOCK_MONOTONIC; 0 none)
  * passed (returns how many tasks remain), or -errno. Blocks. */
 int wl__loop_run_until(struct wl__loop *l, uint64_t deadline_ns);
+/* Make the wl__loop_run_until in progress return (with the number of tasks left) once the
+ * current step is over. For the loop's own thread (a step); tasks stay in the loop. */
+void wl__loop_break(struct wl__loop *l);
 /* Number of tasks in the loop. */
 int wl__loop_count(const struct wl__loop *l);
 /* "io_uring" or "poll". */

@@ -66,6 +66,106 @@ WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len);
  * neither. What wl_pg_ensure() and wl_pg_connect() use. Errors as wl_pg_key(). */
 WL_EXPORT int wl_pg_slot_key(struct wl_segment *seg, const char *conninfo, char *buf, size_t len);
 
+/* ---------------------------------------------------------------- the keeper
+ *
+ * The coordinator's loop as a library object (warmlockd is a thin program on it): it keeps
+ * a set of targets warm in a segment, on one event loop in the calling thread. For each
+ * target it
+ * - warms it up through the same single-flight as the applications (it claims the slot, so
+ *   they wait on the futex, and publishes READY), and while the server is down keeps that
+ *   one warm-up in flight, retrying with backoff, so waiting applications are released the
+ *   moment it answers; status shows the target `warming` with its last error and down_ms;
+ * - publishes a permanent failure (authentication, missing database or role, bad conninfo,
+ *   warm_sql error) FAILED and tries again no sooner than fail_ttl_ms later;
+ * - keeps a check connection to it and runs verify_sql on it every interval_ms; when the
+ *   server closes it or a check fails, it invalidates the epoch and warms it up again;
+ * - leaves a warm-up another process runs alone and watches the slot.
+ * It never logs or reports a conninfo (it may hold a password): targets are named by key.
+ *
+ * A keeper belongs to one thread: call every function but wl_keeper_stop() from the thread
+ * that created it (between runs, or from a wl_keeper_watch_fd() callback during one). The
+ * warm-ups it leads hold their slots' robust mutexes in that thread.
+ */
+
+enum wl_keeper_level { WL_KEEPER_DEBUG = 0, WL_KEEPER_INFO, WL_KEEPER_WARN, WL_KEEPER_ERROR };
+
+enum wl_keeper_what {
+    WL_KEEPER_NOTE = 0,      /* anything else worth a log line */
+    WL_KEEPER_READY = 1,     /* a target is READY at a new epoch (warmed by the keeper or not) */
+    WL_KEEPER_ALL_READY = 2, /* every target has been READY once (sent once per keeper) */
+    WL_KEEPER_DOWN = 3,      /* a target's warm-up attempts fail (the first, and changes) */
+    WL_KEEPER_FAILED = 4,    /* a permanent failure was published */
+    WL_KEEPER_LOST = 5,      /* a check failed or the check connection was lost */
+};
+
+struct wl_keeper_event {
+    enum wl_keeper_level level;
+    enum wl_keeper_what what;
+    const char *target;         /* the target's key; NULL for the keeper itself */
+    const char *msg;            /* a short sentence, e.g. "ready" */
+    const char *const *fields;  /* nfields (name, value) pairs: fields[2i], fields[2i+1] */
+    size_t nfields;
+};
+/* Called on the keeper's thread; it must not call the keeper's functions. */
+typedef void (*wl_keeper_event_fn)(void *arg, const struct wl_keeper_event *ev);
+
+struct wl_keeper_opts {
+    const char *shm;              /* segment name (NULL: $WARMLOCK_SHM, then /warmlock.<uid>) */
+    struct wl_open_opts open;     /* how to open it (and reopen it if its name vanishes) */
+    uint32_t interval_ms;         /* between checks of each target, default 5000 */
+    uint32_t fail_ttl_ms;         /* a permanent failure is tried again no sooner, default
+                                   * 1000 (the applications' default fail_ttl_ms) */
+    uint32_t attempt_timeout_ms;  /* per connect/query attempt, default 2000 */
+    struct wl_backoff backoff;    /* delays between attempts (default 10 ms doubling to 250
+                                   * ms); max_attempts and deadline_ms are ignored: the
+                                   * keeper's warm-up runs until the server answers */
+    const char *verify_sql;       /* default "SELECT 1" */
+    const char *application_name; /* of its connections, default "warmlock-keeper" */
+    wl_keeper_event_fn on_event;  /* may be NULL */
+    void *event_arg;
+};
+
+struct wl_keeper;
+
+/* A keeper on its segment (opened now) with no targets. 0, or the -errno of wl_open() (its
+ * message in wl_last_error()), -EINVAL, -ENOMEM, or the event loop's error. Never blocks
+ * beyond wl_open(). */
+WL_EXPORT int wl_keeper_new(const struct wl_keeper_opts *opts, struct wl_keeper **out);
+/* Keep conninfo's target warm (its warm-up starts in the next run). 0 added, 1 a target of
+ * the same key is there already, -EINVAL bad conninfo (an event says why), -ENOMEM. */
+WL_EXPORT int wl_keeper_add_target(struct wl_keeper *k, const char *conninfo);
+/* Stop keeping the target of conninfo's key: a warm-up it leads is cancelled (the slot goes
+ * STALE, waiting applications carry on), its check connection closed. 0, -ENOENT. */
+WL_EXPORT int wl_keeper_remove_target(struct wl_keeper *k, const char *conninfo);
+/* Make the targets exactly these (a reload): new ones are added, missing ones removed,
+ * the others kept as they are. Bad conninfos are skipped with an event. Returns how many
+ * targets there are, or -ENOMEM. */
+WL_EXPORT int wl_keeper_set_targets(struct wl_keeper *k, const char *const *conninfos,
+                                    size_t n);
+/* SQL run once per epoch by the keeper's warm-ups (NULL: none); copied; used from the next
+ * warm-up on. 0 or -ENOMEM. */
+WL_EXPORT int wl_keeper_set_warm_sql(struct wl_keeper *k, const char *sql);
+/* Call fn(arg) on the keeper's thread, during a run, whenever fd is readable (e.g. a
+ * signalfd); fn must read what made it readable. fn may call the keeper's functions. 0,
+ * -ENOMEM. */
+WL_EXPORT int wl_keeper_watch_fd(struct wl_keeper *k, int fd, void (*fn)(void *arg),
+                                 void *arg);
+/* Run the loop (blocks): until wl_keeper_stop() (returns 1) or timeout_ms (-1: none;
+ * returns 0), or -errno if the event loop failed. May be called again. */
+WL_EXPORT int wl_keeper_run(struct wl_keeper *k, int timeout_ms);
+/* Make the run in progress (or the next one) return 1. Safe from any thread and from a
+ * signal handler. */
+WL_EXPORT void wl_keeper_stop(struct wl_keeper *k);
+/* The segment it keeps (it changes when the keeper reopens a vanished name). */
+WL_EXPORT struct wl_segment *wl_keeper_segment(const struct wl_keeper *k);
+/* "io_uring" or "poll". */
+WL_EXPORT const char *wl_keeper_backend(const struct wl_keeper *k);
+/* Number of targets. */
+WL_EXPORT size_t wl_keeper_count(const struct wl_keeper *k);
+/* Cancel the warm-ups it leads (their slots go STALE: applications with time left carry
+ * on), close its connections, free it. The segment stays as it is. */
+WL_EXPORT void wl_keeper_free(struct wl_keeper *k);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,67 @@
+/* The libpq engine's probe as a ring task that an owner drives on its own loop (the keeper
+ * runs every target's warm-up and check connection this way; wl__pg_probe and wl_pg_connect
+ * run one on a loop of their own). Not installed. */
+#ifndef WL_ENGINE_H
+#define WL_ENGINE_H
+
+#include <stdint.h>
+
+#include "internal.h"
+#include "warmlock/pg.h"
+
+struct wl__probe;
+
+/*
+ * What a probe tells its owner. Each hook is called from inside the probe's step, on the
+ * loop's thread; a hook may do anything but free the probe or start it again (do that from
+ * another task, once the step has returned). Any hook may be NULL.
+ */
+struct wl__probe_hooks {
+    void *arg;
+    /* An attempt failed and will be retried after the backoff delay. code: -ECONNREFUSED
+     * (nothing listens), -EAGAIN (the server answered but is not ready: 57P03, 53300,
+     * 08xxx), -ETIMEDOUT (the attempt ran out of its time). */
+    void (*attempt_failed)(void *arg, int code, const char *error, const char *sqlstate);
+    /* warm_sql and verify_sql succeeded; with hold_ms the connection is kept and checked. */
+    void (*verified)(void *arg);
+    /* The probe ended: rc 0 (verified, nothing held) or -errno with the probe's error. After
+     * verified() this is the held connection's loss (closed by the server, a check query
+     * that failed or timed out). Not called by wl__probe_cancel. */
+    void (*ended)(void *arg, int rc);
+};
+
+struct wl__probe_conf {
+    const char *warm_sql;        /* run first after connecting (copied); NULL none */
+    const char *verify_sql;      /* default "SELECT 1" (copied) */
+    uint32_t attempt_timeout_ms; /* 0: connect_timeout of the conninfo, else 2000 */
+    struct wl_backoff backoff;   /* retries; deadline_ms 0 with no deadline_ns: 30 s */
+    uint64_t deadline_ns;        /* absolute CLOCK_MONOTONIC bound; UINT64_MAX: none */
+    uint32_t hold_ms;            /* after verification keep the connection and run
+                                  * verify_sql on it every hold_ms; 0: end there */
+    int connect_only;            /* end as soon as a connection is up, handing it over
+                                  * (wl_pg_connect); no queries */
+    const char *application_name; /* fallback_application_name, or NULL */
+    struct wl__probe_hooks hooks;
+};
+
+/* Parse conninfo once for any number of runs. 0, -EINVAL (libpq's message in err, every
+ * password masked), -ENOMEM. */
+int wl__probe_new(const char *conninfo, struct wl__probe **out, char *err, size_t errlen);
+/* Start a run on loop l (it must not be running). 0 or -ENOMEM, -EBUSY (already running). */
+int wl__probe_start(struct wl__probe *p, struct wl__loop *l, const struct wl__probe_conf *c);
+/* Stop a run at once: the task leaves its loop, the connection is closed; no hook is
+ * called. Harmless on a probe that does not run. */
+void wl__probe_cancel(struct wl__probe *p);
+/* 1 while a run is in progress. */
+int wl__probe_running(const struct wl__probe *p);
+/* 1 once the current (or last) run reached verification (and, with hold_ms, holds it). */
+int wl__probe_verified(const struct wl__probe *p);
+/* The run's outcome so far: attempts, the last error and SQLSTATE (error "" after a
+ * verification); res->role and res->epoch are left alone. */
+void wl__probe_result(const struct wl__probe *p, struct wl_result *res);
+/* The connection of a connect_only run that ended with 0 (NULL otherwise); the caller owns
+ * it. */
+PGconn *wl__probe_take_conn(struct wl__probe *p);
+void wl__probe_free(struct wl__probe *p);
+
+#endif
