@@ -1,0 +1,611 @@
+/* The keeper (lib/keeper.c) driven in-process against a real PostgreSQL: a thread of the
+ * test runs it, forked processes are the applications. A check that fails invalidates the
+ * epoch and re-warms once; while the server is down the keeper holds the one warm-up in
+ * flight (status `warming`, down_ms growing, the last error set) and the applications that
+ * wait on it are released when the server is ready, without a connection of their own; a
+ * wrong password is served to every caller at once and tried about once per fail_ttl_ms;
+ * reloads of targets whose servers are down never pile up warm-ups, threads, descriptors or
+ * memory. The server is held down by stopping it; nothing depends on how fast it starts. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pgharness.h"
+#include "proc.h"
+#include "warmlock.h"
+#include "warmlock/pg.h"
+
+#define PASSWORD "k33per-Pa55"
+#define APP_NAME "wlt-keeper"
+#define NCALLERS 16
+#define MS 1000000ull
+
+static struct pgh H;
+static int have_pg;
+static const char *pg_reason;
+static char CI[1024], BAD_PW[1024], KEY[WL_KEY_MAX + 1024], BAD_KEY[WL_KEY_MAX + 1024];
+
+#define NEED_PG() PGH_NEED(have_pg, pg_reason)
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if ((pg_reason = pgh_unavailable()))
+        return 0;
+    if (pgh_init(&H, "scram", PASSWORD, NULL) < 0 || pgh_start(&H, 1) < 0) {
+        pg_reason = "the throwaway PostgreSQL did not start";
+        return 0;
+    }
+    have_pg = 1;
+    snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
+    snprintf(BAD_PW, sizeof(BAD_PW), "%s password=wrong-%s", H.conninfo, "pw");
+    if (wl_pg_key(CI, KEY, sizeof(KEY)) < 0 || wl_pg_key(BAD_PW, BAD_KEY, sizeof(BAD_KEY)) < 0)
+        return -1;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (have_pg)
+        pgh_destroy(&H);
+    return 0;
+}
+
+static void ensure_server_up(void)
+{
+    if (!H.running)
+        assert_int_equal(pgh_start(&H, 1), 0);
+}
+
+/* ---------------------------------------------------------------- the keeper's thread */
+
+struct kt {
+    pthread_t th;
+    struct wl_keeper *k;
+    char shm[64];
+    uint32_t interval_ms;
+    const char *targets[4];
+    size_t ntargets;
+    int rc;          /* of wl_keeper_new, then of wl_keeper_run */
+    sem_t started, done;
+    int pipe[2];     /* a byte: run cmd on the keeper's thread */
+    void (*cmd)(struct kt *, void *);
+    void *cmd_arg;
+    pthread_mutex_t mu;
+    unsigned what[8];  /* events by kind */
+    char log[16384];   /* every event, for a failing test */
+};
+
+static void on_event(void *arg, const struct wl_keeper_event *ev)
+{
+    struct kt *kt = arg;
+    size_t n, i;
+
+    pthread_mutex_lock(&kt->mu);
+    if ((unsigned)ev->what < 8)
+        kt->what[ev->what]++;
+    n = strlen(kt->log);
+    if (n + 600 < sizeof(kt->log)) {
+        n += (size_t)snprintf(kt->log + n, sizeof(kt->log) - n, "  [%d] %s: %s", ev->level,
+                              ev->target ? ev->target : "-", ev->msg);
+        for (i = 0; i < ev->nfields && n + 300 < sizeof(kt->log); i++)
+            n += (size_t)snprintf(kt->log + n, sizeof(kt->log) - n, " %s=%.200s",
+                                  ev->fields[2 * i], ev->fields[2 * i + 1]);
+        snprintf(kt->log + n, sizeof(kt->log) - n, "\n");
+    }
+    pthread_mutex_unlock(&kt->mu);
+}
+
+static unsigned events(struct kt *kt, enum wl_keeper_what w)
+{
+    unsigned n;
+    pthread_mutex_lock(&kt->mu);
+    n = kt->what[w];
+    pthread_mutex_unlock(&kt->mu);
+    return n;
+}
+
+static void on_cmd(void *arg)
+{
+    struct kt *kt = arg;
+    char c;
+    if (read(kt->pipe[0], &c, 1) == 1) {
+        kt->cmd(kt, kt->cmd_arg);
+        sem_post(&kt->done);
+    }
+}
+
+static void *keeper_main(void *arg)
+{
+    struct kt *kt = arg;
+    struct wl_keeper_opts o = {
+        .shm = kt->shm,
+        .interval_ms = kt->interval_ms,
+        .application_name = APP_NAME,
+        .on_event = on_event,
+        .event_arg = kt,
+    };
+    size_t i;
+
+    /* the keeper belongs to this thread: every claim it makes is held here */
+    if ((kt->rc = wl_keeper_new(&o, &kt->k)) == 0) {
+        for (i = 0; i < kt->ntargets; i++)
+            wl_keeper_add_target(kt->k, kt->targets[i]);
+        wl_keeper_watch_fd(kt->k, kt->pipe[0], on_cmd, kt);
+    }
+    sem_post(&kt->started);
+    if (kt->rc)
+        return NULL;
+    kt->rc = wl_keeper_run(kt->k, -1);
+    wl_keeper_free(kt->k);
+    return NULL;
+}
+
+static struct kt *kt_start(uint32_t interval_ms, const char *const *targets)
+{
+    struct kt *kt = calloc(1, sizeof(*kt));
+    assert_non_null(kt);
+    snprintf(kt->shm, sizeof(kt->shm), "%s", wlt_segname());
+    kt->interval_ms = interval_ms;
+    while (targets && targets[kt->ntargets])
+        kt->targets[kt->ntargets] = targets[kt->ntargets], kt->ntargets++;
+    sem_init(&kt->started, 0, 0);
+    sem_init(&kt->done, 0, 0);
+    pthread_mutex_init(&kt->mu, NULL);
+    assert_int_equal(pipe(kt->pipe), 0);
+    assert_int_equal(pthread_create(&kt->th, NULL, keeper_main, kt), 0);
+    sem_wait(&kt->started);
+    assert_int_equal(kt->rc, 0);
+    return kt;
+}
+
+/* Run fn on the keeper's thread, and wait for it. */
+static void kt_call(struct kt *kt, void (*fn)(struct kt *, void *), void *arg)
+{
+    kt->cmd = fn;
+    kt->cmd_arg = arg;
+    assert_int_equal(write(kt->pipe[1], "c", 1), 1);
+    sem_wait(&kt->done);
+}
+
+static void kt_stop(struct kt *kt)
+{
+    wl_keeper_stop(kt->k);
+    pthread_join(kt->th, NULL);
+    assert_int_equal(kt->rc, 1);
+    close(kt->pipe[0]);
+    close(kt->pipe[1]);
+    sem_destroy(&kt->started);
+    sem_destroy(&kt->done);
+    pthread_mutex_destroy(&kt->mu);
+    wl_unlink(kt->shm);
+    free(kt);
+}
+
+/* ---------------------------------------------------------------- the slot */
+
+static int lookup(const char *shm, const char *key, struct wl_slot_info *out)
+{
+    struct wl_open_opts o = {.flags = WL_OPEN_EXISTING};
+    struct wl_segment *seg;
+    int r;
+    if (wl_open(shm, &o, &seg) < 0)
+        return -1;
+    r = wl_lookup(seg, key, out);
+    wl_close(seg);
+    return r;
+}
+
+typedef int (*slot_pred)(const struct wl_slot_info *si, const void *arg);
+
+/* Wait up to timeout_ms for the slot to satisfy pred; 0, or fail the test with the log. */
+static void wait_slot(struct kt *kt, const char *key, slot_pred pred, const void *arg,
+                      unsigned timeout_ms, struct wl_slot_info *out, const char *what)
+{
+    uint64_t end = wlt_now_ns() + (uint64_t)timeout_ms * MS;
+    struct wl_slot_info si;
+    for (;;) {
+        if (lookup(kt->shm, key, &si) == 0 && pred(&si, arg)) {
+            if (out)
+                *out = si;
+            return;
+        }
+        if (wlt_now_ns() >= end) {
+            print_message("keeper events:\n%s", kt->log);
+            fail_msg("the slot never became %s (state %s, epoch %llu, error '%s')", what,
+                     wl_state_name(si.state), (unsigned long long)si.epoch, si.last_error);
+        }
+        wlt_sleep_ms(2);
+    }
+}
+
+static int is_ready_after(const struct wl_slot_info *si, const void *arg)
+{
+    return si->state == WL_READY && si->epoch > *(const uint64_t *)arg;
+}
+
+static int is_warming_by_me(const struct wl_slot_info *si, const void *arg)
+{
+    (void)arg;
+    return si->state == WL_WARMING && si->leader_pid == getpid() && si->last_error[0];
+}
+
+static int is_failed(const struct wl_slot_info *si, const void *arg)
+{
+    (void)arg;
+    return si->state == WL_FAILED;
+}
+
+static int has_waiters(const struct wl_slot_info *si, const void *arg)
+{
+    return si->waiters >= *(const uint32_t *)arg;
+}
+
+/* ---------------------------------------------------------------- the applications */
+
+struct callers {
+    struct wlt_barrier bar;
+    char shm[64];
+    const char *conninfo;
+    _Atomic int rc[NCALLERS];
+    _Atomic int role[NCALLERS];
+    _Atomic unsigned attempts[NCALLERS];
+    _Atomic uint64_t done_ms[NCALLERS]; /* CLOCK_REALTIME when the call returned */
+    _Atomic uint64_t took_ms[NCALLERS];
+};
+
+static uint64_t realtime_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int caller(void *arg, int i)
+{
+    struct callers *c = arg;
+    struct wl_pg_opts o = {.wait.timeout_ms = 20000};
+    struct wl_segment *seg;
+    struct wl_result res;
+    uint64_t t0;
+    int r;
+
+    if (wl_open(c->shm, NULL, &seg) < 0)
+        return 2;
+    wlt_barrier_wait(&c->bar, NCALLERS);
+    t0 = wlt_now_ns();
+    r = wl_pg_ensure(seg, c->conninfo, &o, &res);
+    c->done_ms[i] = realtime_ms();
+    c->took_ms[i] = (wlt_now_ns() - t0) / MS;
+    c->rc[i] = r;
+    c->role[i] = res.role;
+    c->attempts[i] = res.attempts;
+    wl_close(seg);
+    return 0;
+}
+
+static void spawn_callers(struct callers *c, pid_t *pids)
+{
+    memset(&c->bar, 0, sizeof(c->bar));
+    for (int i = 0; i < NCALLERS; i++)
+        pids[i] = wlt_spawn(caller, c, i);
+}
+
+static void reap_callers(pid_t *pids)
+{
+    for (int i = 0; i < NCALLERS; i++)
+        assert_int_equal(wlt_wait(pids[i], 30000), 0);
+}
+
+/* Wall-clock ms of the last "ready to accept connections" line (log_line_prefix '%m ', in
+ * UTC), or 0. */
+static uint64_t server_ready_ms(void)
+{
+    FILE *f = fopen(H.logpath, "r");
+    char line[1024];
+    uint64_t at = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f)) {
+        struct tm tm = {0};
+        int ms = 0;
+        char *p;
+        if (!strstr(line, "ready to accept connections"))
+            continue;
+        if (!(p = strptime(line, "%Y-%m-%d %H:%M:%S", &tm)) || sscanf(p, ".%3d", &ms) != 1 ||
+            strncmp(p + 4, " UTC ", 5) != 0)
+            continue;
+        at = (uint64_t)timegm(&tm) * 1000u + (uint64_t)ms;
+    }
+    fclose(f);
+    return at;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---------------------------------------------------------------- the tests */
+
+/* The server terminates the keeper's check connection: the epoch is invalidated at once
+ * and re-warmed exactly once. */
+static void test_keeper_check_failure_invalidates_and_rewarms_once(void **state)
+{
+    const char *targets[] = {CI, NULL};
+    struct wl_slot_info a, b, c;
+    struct kt *kt;
+    uint64_t zero = 0;
+
+    (void)state;
+    NEED_PG();
+    ensure_server_up();
+    kt = kt_start(500, targets);
+    wait_slot(kt, KEY, is_ready_after, &zero, 15000, &a, "ready");
+    assert_int_equal(events(kt, WL_KEEPER_ALL_READY), 1);
+    assert_int_equal(a.warmups, 1);
+    /* the keeper's warm-up connection became its check connection: end it from the server */
+    assert_int_equal(pgh_psql(&H, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE application_name = '" APP_NAME "'"),
+                     0);
+    wait_slot(kt, KEY, is_ready_after, &a.epoch, 10000, &b, "ready again");
+    assert_int_equal(b.epoch, a.epoch + 1);
+    assert_int_equal(b.invalidations, a.invalidations + 1);
+    assert_int_equal(b.warmups, a.warmups + 1);
+    assert_int_equal(events(kt, WL_KEEPER_LOST), 1);
+    /* and it stays at one: three more intervals of checks pass on the new connection */
+    wlt_sleep_ms(3 * 500 + 200);
+    assert_int_equal(lookup(kt->shm, KEY, &c), 0);
+    assert_int_equal(c.state, WL_READY);
+    assert_int_equal(c.epoch, b.epoch);
+    assert_int_equal(c.warmups, b.warmups);
+    assert_int_equal(events(kt, WL_KEEPER_LOST), 1);
+    kt_stop(kt);
+}
+
+/* Server down: one warm-up in flight, led by the keeper, shown as warming with its last
+ * error and a growing down_ms; 16 callers that start during the outage wait without a
+ * connection of their own and are released right after the server logs ready; 16 more
+ * started after that return at once. */
+static void test_keeper_holds_one_warmup_through_an_outage(void **state)
+{
+    const char *targets[] = {CI, NULL};
+    struct callers *c = wlt_shared(sizeof(*c));
+    struct wl_slot_info a, w1, w2, after;
+    pid_t pids[NCALLERS];
+    int64_t lag[NCALLERS];
+    uint64_t zero = 0, ready_ms, t;
+    uint32_t n = NCALLERS;
+    long mark;
+    int i, conns;
+    struct kt *kt;
+
+    (void)state;
+    NEED_PG();
+    ensure_server_up();
+    kt = kt_start(1000, targets);
+    wait_slot(kt, KEY, is_ready_after, &zero, 15000, &a, "ready");
+
+    assert_int_equal(pgh_stop(&H, "fast"), 0); /* down until started again below */
+    wait_slot(kt, KEY, is_warming_by_me, NULL, 5000, &w1, "warming (by the keeper)");
+    assert_true(w1.down_ms >= 0);
+    assert_int_equal(w1.warmups, a.warmups + 1);
+    snprintf(c->shm, sizeof(c->shm), "%s", kt->shm);
+    c->conninfo = CI;
+    spawn_callers(c, pids);
+    wait_slot(kt, KEY, has_waiters, &n, 10000, NULL, "waited on by every caller");
+    t = wlt_now_ns();
+    while (wlt_now_ns() < t + 50 * MS) /* down_ms is a clock: let it move */
+        wlt_sleep_ms(5);
+    assert_int_equal(lookup(kt->shm, KEY, &w2), 0);
+    assert_int_equal(w2.state, WL_WARMING);
+    assert_int_equal(w2.leader_pid, getpid());
+    assert_int_equal(w2.warmups, w1.warmups); /* still the one warm-up */
+    assert_true(w2.down_ms > w1.down_ms);
+    assert_true(w2.last_error[0] != '\0');
+    print_message("during the outage: state %s, down_ms %lld, last error: %s\n",
+                  wl_state_name(w2.state), (long long)w2.down_ms, w2.last_error);
+
+    mark = pgh_log_mark(&H);
+    assert_int_equal(pgh_start(&H, 0), 0);
+    reap_callers(pids);
+    assert_int_equal(pgh_wait_ready(&H, 30000), 0);
+    ready_ms = server_ready_ms();
+    assert_true(ready_ms > 0);
+    for (i = 0; i < NCALLERS; i++) {
+        assert_int_equal(c->rc[i], 0);
+        assert_int_equal(c->role[i], WL_FOLLOWER); /* none ran a warm-up of its own */
+        assert_int_equal(c->attempts[i], 0);
+        lag[i] = (int64_t)c->done_ms[i] - (int64_t)ready_ms;
+    }
+    qsort(lag, NCALLERS, sizeof(lag[0]), cmp_i64);
+    conns = pgh_count_log_since(&H, mark, "connection received");
+    print_message("16 callers released %lld ms (median) and %lld ms (worst) after the "
+                  "server logged ready; the server saw %d connections after its start, all "
+                  "the keeper's\n", (long long)lag[NCALLERS / 2], (long long)lag[NCALLERS - 1],
+                  conns);
+    assert_true(lag[NCALLERS - 1] <= 300);
+    assert_int_equal(lookup(kt->shm, KEY, &after), 0);
+    assert_int_equal(after.state, WL_READY);
+    assert_int_equal(after.warmups, w1.warmups);
+    assert_int_equal(after.epoch, a.epoch + 1);
+    assert_int_equal(after.down_ms, -1);
+
+    /* 16 more, right after the server is back: READY already, no warm-up, no connection */
+    mark = pgh_log_mark(&H);
+    spawn_callers(c, pids);
+    reap_callers(pids);
+    for (i = 0; i < NCALLERS; i++) {
+        assert_int_equal(c->rc[i], 0);
+        assert_int_equal(c->role[i], WL_FOLLOWER);
+    }
+    assert_int_equal(pgh_count_log_since(&H, mark, "connection received"), 0);
+    assert_int_equal(lookup(kt->shm, KEY, &after), 0);
+    assert_int_equal(after.warmups, w1.warmups);
+    kt_stop(kt);
+}
+
+/* A wrong password with the keeper running: published FAILED, every caller gets -EACCES at
+ * once, and the server sees about one attempt per fail_ttl_ms (1 s). */
+static void test_keeper_wrong_password_is_served_at_once_and_paced(void **state)
+{
+    const char *targets[] = {BAD_PW, NULL};
+    struct callers *c = wlt_shared(sizeof(*c));
+    pid_t pids[NCALLERS];
+    uint64_t t0, ms;
+    long mark;
+    int i, n;
+    struct kt *kt;
+
+    (void)state;
+    NEED_PG();
+    ensure_server_up();
+    kt = kt_start(1000, targets);
+    wait_slot(kt, BAD_KEY, is_failed, NULL, 10000, NULL, "failed");
+    assert_true(events(kt, WL_KEEPER_FAILED) >= 1);
+
+    snprintf(c->shm, sizeof(c->shm), "%s", kt->shm);
+    c->conninfo = BAD_PW;
+    spawn_callers(c, pids);
+    reap_callers(pids);
+    for (i = 0; i < NCALLERS; i++) {
+        assert_int_equal(c->rc[i], -EACCES);
+        assert_true(c->took_ms[i] < 1000); /* at once, not at the 20 s deadline */
+    }
+
+    /* the server's view over a window of about 3.2 s */
+    mark = pgh_log_mark(&H);
+    t0 = wlt_now_ns();
+    wlt_sleep_ms(3200);
+    ms = (wlt_now_ns() - t0) / MS;
+    n = pgh_count_log_since(&H, mark, "password authentication failed");
+    print_message("wrong password: %d attempts at the server in %llu ms (fail_ttl 1000 ms)\n",
+                  n, (unsigned long long)ms);
+    assert_true(n >= 1);
+    assert_true(n <= (int)(ms / 1000) + 1);
+    kt_stop(kt);
+}
+
+/* ---- reloads ---- */
+
+static char DOWN_A[300], DOWN_B[300], KEY_A[WL_KEY_MAX + 1024], KEY_B[WL_KEY_MAX + 1024];
+
+static void set_one(struct kt *kt, void *arg)
+{
+    const char *t[1] = {arg};
+    wl_keeper_set_targets(kt->k, t, 1);
+}
+
+static void count_targets(struct kt *kt, void *arg)
+{
+    *(size_t *)arg = wl_keeper_count(kt->k);
+}
+
+static int warmed_more(const struct wl_slot_info *si, const void *arg)
+{
+    return si->state == WL_WARMING && si->leader_pid == getpid() &&
+           si->warmups > *(const uint64_t *)arg;
+}
+
+static int count_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    int n = 0;
+    if (!d)
+        return -1;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define HEAP_CHECK 0 /* ASan's allocator is not glibc's: mallinfo2 says nothing */
+#else
+#define HEAP_CHECK 1
+#endif
+
+/* Flip the targets between two whose servers are down, 200 times: at most one warm-up per
+ * target (the removed one's is cancelled: its slot goes STALE), and no growth in threads,
+ * descriptors or heap. */
+static void test_keeper_reloads_with_servers_down_pile_up_nothing(void **state)
+{
+    struct wl_slot_info a, b;
+    size_t heap0 = 0, heap1, ntargets = 0;
+    int threads0, fds0, i;
+    struct kt *kt;
+
+    (void)state;
+    snprintf(DOWN_A, sizeof(DOWN_A), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=a "
+             "user=x", (int)getpid());
+    snprintf(DOWN_B, sizeof(DOWN_B), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=b "
+             "user=x", (int)getpid());
+    assert_true(wl_pg_key(DOWN_A, KEY_A, sizeof(KEY_A)) > 0);
+    assert_true(wl_pg_key(DOWN_B, KEY_B, sizeof(KEY_B)) > 0);
+    kt = kt_start(1000, (const char *const[]){DOWN_A, NULL});
+    wait_slot(kt, KEY_A, is_warming_by_me, NULL, 5000, NULL, "warming (by the keeper)");
+    threads0 = count_dir("/proc/self/task");
+    fds0 = count_dir("/proc/self/fd");
+    assert_int_equal(lookup(kt->shm, KEY_A, &a), 0);
+    for (i = 0; i < 200; i++) {
+        int to_b = !(i & 1);
+        const char *key = to_b ? KEY_B : KEY_A, *gone = to_b ? KEY_A : KEY_B;
+        struct wl_slot_info before, g;
+        if (lookup(kt->shm, key, &before) < 0)
+            before.warmups = 0;
+        kt_call(kt, set_one, to_b ? DOWN_B : DOWN_A);
+        /* the added target's warm-up starts (one more), the removed one's is cancelled */
+        wait_slot(kt, key, warmed_more, &before.warmups, 5000, NULL, "claimed again");
+        assert_int_equal(lookup(kt->shm, gone, &g), 0);
+        assert_int_equal(g.state, WL_STALE);
+        assert_int_equal(g.waiters, 0);
+        if (i == 19)
+            heap0 = mallinfo2().uordblks;
+        assert_int_equal(count_dir("/proc/self/task"), threads0);
+    }
+    /* ends on A (200 flips): A warms, B's warm-up was cancelled */
+    assert_int_equal(lookup(kt->shm, KEY_A, &a), 0);
+    assert_int_equal(lookup(kt->shm, KEY_B, &b), 0);
+    assert_int_equal(a.state, WL_WARMING);
+    assert_int_equal(b.state, WL_STALE);
+    assert_int_equal(a.warmups, 101); /* one per addition, never two at once */
+    assert_int_equal(b.warmups, 100);
+    kt_call(kt, count_targets, &ntargets);
+    assert_int_equal(ntargets, 1);
+    assert_int_equal(count_dir("/proc/self/task"), threads0);
+    assert_int_equal(count_dir("/proc/self/fd"), fds0);
+    heap1 = mallinfo2().uordblks;
+    print_message("200 reloads: threads %d, descriptors %d, heap %zu -> %zu bytes\n",
+                  threads0, fds0, heap0, heap1);
+    if (HEAP_CHECK)
+        assert_true(heap1 < heap0 + 64 * 1024);
+    kt_stop(kt);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_keeper_check_failure_invalidates_and_rewarms_once),
+        cmocka_unit_test(test_keeper_holds_one_warmup_through_an_outage),
+        cmocka_unit_test(test_keeper_wrong_password_is_served_at_once_and_paced),
+        cmocka_unit_test(test_keeper_reloads_with_servers_down_pile_up_nothing),
+    };
+    return cmocka_run_group_tests_name("keeper", tests, group_setup, group_teardown);
+}
