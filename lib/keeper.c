@@ -74,6 +74,7 @@ struct target {
     uint64_t verified_ns; /* the probe's last verification */
     uint64_t hold_off;    /* the driver decides no sooner (a check lost right away) */
     uint32_t recheck_ms;
+    unsigned quick_losses; /* checks lost within an interval of their verification, in a row */
     int ever_ready;
     int seen;             /* wl_keeper_set_targets' bookkeeping */
     char last_err[256];   /* the last failure reported, to keep an outage's log short */
@@ -300,14 +301,19 @@ static void hook_ended(void *arg, int rc)
              r == 1 ? "check failed; epoch invalidated" : "check failed", "error",
              res.error[0] ? res.error : wl_strerror(rc), "epoch",
              num(b2, sizeof(b2), t->epoch), (const char *)NULL);
-        /* A check lost right after a verification (say the server takes a warm-up but
-         * drops the connection at once) must not become a warm-up loop: back off. */
+        /* Checks lost again and again right after a verification (say the server takes a
+         * warm-up but drops the connection at once) must not become a warm-up loop: from
+         * the second in a row, back off. The first is re-warmed at once (the warm-up
+         * itself retries with backoff while the server is down). */
         if (now - t->verified_ns < (uint64_t)k->interval_ms * MS) {
-            t->recheck_ms = t->recheck_ms ? t->recheck_ms * 2 : RECHECK_FIRST_MS;
-            if (t->recheck_ms > k->interval_ms)
-                t->recheck_ms = k->interval_ms;
-            t->hold_off = now + (uint64_t)t->recheck_ms * MS;
+            if (t->quick_losses++) {
+                t->recheck_ms = t->recheck_ms ? t->recheck_ms * 2 : RECHECK_FIRST_MS;
+                if (t->recheck_ms > k->interval_ms)
+                    t->recheck_ms = k->interval_ms;
+                t->hold_off = now + (uint64_t)t->recheck_ms * MS;
+            }
         } else {
+            t->quick_losses = 0;
             t->recheck_ms = 0;
         }
     }
