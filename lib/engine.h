@@ -24,6 +24,8 @@ struct wl__probe_hooks {
     void (*attempt_failed)(void *arg, int code, const char *error, const char *sqlstate);
     /* warm_sql and verify_sql succeeded; with hold_ms the connection is kept and checked. */
     void (*verified)(void *arg);
+    /* A check of the held connection (verify_sql on it) succeeded. */
+    void (*checked)(void *arg);
     /* The probe ended: rc 0 (verified, nothing held) or -errno with the probe's error. After
      * verified() this is the held connection's loss (closed by the server, a check query
      * that failed or timed out). Not called by wl__probe_cancel. */

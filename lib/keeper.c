@@ -255,8 +255,10 @@ static void hook_verified(void *arg)
     int r;
 
     t->verified_ns = now;
-    if (!t->claimed)
-        return; /* the check connection of a slot already READY */
+    if (!t->claimed) { /* the check connection of a slot already READY */
+        wl__slot_touch(k->seg, t->key, t->epoch);
+        return;
+    }
     memset(&res, 0, sizeof(res));
     wl__probe_result(t->probe, &res);
     t->st = T_HOLDING;
@@ -271,6 +273,14 @@ static void hook_verified(void *arg)
         t->epoch = 0;
     }
     poke(t); /* the driver's checks of the slot start from now */
+}
+
+/* The held connection passed its check: the epoch it verifies counts as verified now, so
+ * applications with a max_age_ms find it fresh and do not re-verify it themselves. */
+static void hook_checked(void *arg)
+{
+    struct target *t = arg;
+    wl__slot_touch(t->k->seg, t->key, t->epoch);
 }
 
 static void hook_ended(void *arg, int rc)
@@ -334,6 +344,7 @@ static void base_conf(struct target *t, struct wl__probe_conf *c)
     c->hooks.arg = t;
     c->hooks.attempt_failed = hook_attempt_failed;
     c->hooks.verified = hook_verified;
+    c->hooks.checked = hook_checked;
     c->hooks.ended = hook_ended;
 }
 

@@ -531,8 +531,11 @@ static int next_query(struct wl__probe *p)
         p->error[0] = '\0';
         if (p->connect_only)
             return finish(p, 0);
-        if (p->checking)
+        if (p->checking) {
+            if (p->hooks.checked)
+                p->hooks.checked(p->hooks.arg);
             return go_idle(p);
+        }
         p->verified = 1;
         if (p->hooks.verified)
             p->hooks.verified(p->hooks.arg);
