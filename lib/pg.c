@@ -537,6 +537,8 @@ static int next_query(struct wl__probe *p)
             return go_idle(p);
         }
         p->verified = 1;
+        if (p->hold_ns)
+            p->deadline_ns = UINT64_MAX; /* the run's deadline was for reaching this point */
         if (p->hooks.verified)
             p->hooks.verified(p->hooks.arg);
         return p->hold_ns ? go_idle(p) : finish(p, 0);

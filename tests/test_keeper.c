@@ -445,6 +445,9 @@ static void test_keeper_holds_one_warmup_through_an_outage(void **state)
     assert_int_equal(after.warmups, w1.warmups);
     assert_int_equal(after.epoch, a.epoch + 1);
     assert_int_equal(after.down_ms, -1);
+    /* every connection the server saw since its start was one of the keeper's attempts */
+    assert_true(conns >= 1);
+    assert_true((uint64_t)conns <= after.attempts - a.attempts);
 
     /* 16 more, right after the server is back: READY already, no warm-up, no connection */
     mark = pgh_log_mark(&H);
