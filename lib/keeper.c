@@ -73,7 +73,7 @@ struct target {
     uint64_t claim_ns;    /* when the current warm-up was claimed */
     uint64_t verified_ns; /* the probe's last verification */
     uint64_t hold_off;    /* the driver decides no sooner (a check lost right away) */
-    uint32_t recheck_ms;
+    struct wl__backoff_state recheck; /* the delays before re-warming after quick losses */
     unsigned quick_losses; /* checks lost within an interval of their verification, in a row */
     int ever_ready;
     int seen;             /* wl_keeper_set_targets' bookkeeping */
@@ -316,15 +316,18 @@ static void hook_ended(void *arg, int rc)
          * the second in a row, back off. The first is re-warmed at once (the warm-up
          * itself retries with backoff while the server is down). */
         if (now - t->verified_ns < (uint64_t)k->interval_ms * MS) {
-            if (t->quick_losses++) {
-                t->recheck_ms = t->recheck_ms ? t->recheck_ms * 2 : RECHECK_FIRST_MS;
-                if (t->recheck_ms > k->interval_ms)
-                    t->recheck_ms = k->interval_ms;
-                t->hold_off = now + (uint64_t)t->recheck_ms * MS;
+            uint64_t delay = 0;
+            if (!t->quick_losses++) {
+                struct wl_backoff b = {.initial_ms = RECHECK_FIRST_MS,
+                                       .max_ms = k->interval_ms,
+                                       .jitter = -1};
+                wl__backoff_init(&t->recheck, &b, 0, now, 0);
+                t->recheck.deadline_ns = UINT64_MAX;
+            } else if (wl__backoff_next(&t->recheck, now, &delay) == 0) {
+                t->hold_off = now + delay;
             }
         } else {
             t->quick_losses = 0;
-            t->recheck_ms = 0;
         }
     }
     t->st = T_DECIDE;
