@@ -602,6 +602,35 @@ static void test_keeper_reloads_with_servers_down_pile_up_nothing(void **state)
     kt_stop(kt);
 }
 
+static int warming_again(const struct wl_slot_info *si, const void *arg)
+{
+    (void)arg;
+    return si->state == WL_WARMING && si->leader_pid == getpid() && si->warmups == 1;
+}
+
+/* `warmlock reset --force` while the keeper holds a warm-up through an outage: its publish
+ * would be refused, so it notices at its next attempt and claims the fresh slot again. */
+static void test_keeper_claims_again_after_a_forced_reset(void **state)
+{
+    char ci[300], key[WL_KEY_MAX + 1024];
+    struct wl_segment *seg;
+    struct wl_slot_info a;
+    struct kt *kt;
+
+    (void)state;
+    snprintf(ci, sizeof(ci), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=r user=x",
+             (int)getpid());
+    assert_true(wl_pg_key(ci, key, sizeof(key)) > 0);
+    kt = kt_start(1000, (const char *const[]){ci, NULL});
+    wait_slot(kt, key, is_warming_by_me, NULL, 5000, &a, "warming (by the keeper)");
+    assert_int_equal(wl_open(kt->shm, NULL, &seg), 0);
+    assert_int_equal(wl_reset(seg, 0), -EBUSY); /* a live warm-up */
+    assert_true(wl_reset(seg, 1) >= 1);
+    wl_close(seg);
+    wait_slot(kt, key, warming_again, NULL, 5000, &a, "claimed again after the reset");
+    kt_stop(kt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -609,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_keeper_holds_one_warmup_through_an_outage),
         cmocka_unit_test(test_keeper_wrong_password_is_served_at_once_and_paced),
         cmocka_unit_test(test_keeper_reloads_with_servers_down_pile_up_nothing),
+        cmocka_unit_test(test_keeper_claims_again_after_a_forced_reset),
     };
     return cmocka_run_group_tests_name("keeper", tests, group_setup, group_teardown);
 }
