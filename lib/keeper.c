@@ -658,6 +658,9 @@ WL_EXPORT int wl_keeper_add_target(struct wl_keeper *k, const char *conninfo)
     if ((r = key_of(k, conninfo, key, sizeof(key))) < 0)
         return r < -1 ? r : -EINVAL;
     if ((t = find(k, key, NULL))) {
+        if (t->seen)
+            emit(k, t, WL_KEEPER_WARN, WL_KEEPER_NOTE,
+                 "duplicate target (same key); using the first", (const char *)NULL);
         t->seen = 1;
         return 1;
     }
