@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -182,11 +183,8 @@ static void kt_call(struct kt *kt, void (*fn)(struct kt *, void *), void *arg)
     sem_wait(&kt->done);
 }
 
-static void kt_stop(struct kt *kt)
+static void kt_free(struct kt *kt)
 {
-    wl_keeper_stop(kt->k);
-    pthread_join(kt->th, NULL);
-    assert_int_equal(kt->rc, 1);
     close(kt->pipe[0]);
     close(kt->pipe[1]);
     sem_destroy(&kt->started);
@@ -194,6 +192,14 @@ static void kt_stop(struct kt *kt)
     pthread_mutex_destroy(&kt->mu);
     wl_unlink(kt->shm);
     free(kt);
+}
+
+static void kt_stop(struct kt *kt)
+{
+    wl_keeper_stop(kt->k);
+    pthread_join(kt->th, NULL);
+    assert_int_equal(kt->rc, 1);
+    kt_free(kt);
 }
 
 /* ---------------------------------------------------------------- the slot */
@@ -631,6 +637,49 @@ static void test_keeper_claims_again_after_a_forced_reset(void **state)
     kt_stop(kt);
 }
 
+static int log_has(struct kt *kt, const char *needle)
+{
+    int r;
+    pthread_mutex_lock(&kt->mu);
+    r = strstr(kt->log, needle) != NULL;
+    pthread_mutex_unlock(&kt->mu);
+    return r;
+}
+
+/* The segment's name removed and a FIFO planted there: the keeper's check of the name does
+ * not block, it says it cannot reopen, and a stop still ends it at once. */
+static void test_keeper_fifo_at_the_name_blocks_nothing(void **state)
+{
+    char ci[300], key[WL_KEY_MAX + 1024], path[128];
+    uint64_t end, t0;
+    struct kt *kt;
+
+    (void)state;
+    snprintf(ci, sizeof(ci), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=f user=x",
+             (int)getpid());
+    assert_true(wl_pg_key(ci, key, sizeof(key)) > 0);
+    kt = kt_start(200, (const char *const[]){ci, NULL});
+    wait_slot(kt, key, is_warming_by_me, NULL, 5000, NULL, "warming (by the keeper)");
+    assert_int_equal(wl_unlink(kt->shm), 0);
+    snprintf(path, sizeof(path), "/dev/shm%s", kt->shm);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    end = wlt_now_ns() + 5000 * MS;
+    while (!log_has(kt, "cannot reopen the segment")) {
+        if (wlt_now_ns() >= end) {
+            print_message("keeper events:\n%s", kt->log);
+            fail_msg("the keeper never reported the FIFO at its segment's name");
+        }
+        wlt_sleep_ms(10);
+    }
+    t0 = wlt_now_ns();
+    wl_keeper_stop(kt->k);
+    pthread_join(kt->th, NULL);
+    assert_true(wlt_now_ns() - t0 < 2000 * MS);
+    assert_int_equal(kt->rc, 1);
+    unlink(path);
+    kt_free(kt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -639,6 +688,7 @@ int main(void)
         cmocka_unit_test(test_keeper_wrong_password_is_served_at_once_and_paced),
         cmocka_unit_test(test_keeper_reloads_with_servers_down_pile_up_nothing),
         cmocka_unit_test(test_keeper_claims_again_after_a_forced_reset),
+        cmocka_unit_test(test_keeper_fifo_at_the_name_blocks_nothing),
     };
     return cmocka_run_group_tests_name("keeper", tests, group_setup, group_teardown);
 }
