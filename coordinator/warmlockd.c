@@ -28,7 +28,6 @@
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
-
 #define EXIT_USAGE 2
 
 static const char usage_text[] =
@@ -103,8 +102,7 @@ static int option(const char *a, const char *val)
     } else if (!strcmp(a, "--warm-timeout")) {
         uint32_t ignored;
         if (wlc_parse_seconds(val, 100, 86400u * 1000u, &ignored) < 0)
-            return usage_error("bad --warm-timeout '%s': want seconds between 0.1 and 86400",
-                               val);
+            return usage_error("bad --warm-timeout '%s': want seconds between 0.1 and 86400", val);
     } else if (!strcmp(a, "--shm")) {
         if (!*val)
             return usage_error("--shm needs a name%s", "");
@@ -128,9 +126,9 @@ static int option(const char *a, const char *val)
 /* -1 to go on, else the exit code (0 after --help or --version). */
 static int parse(int argc, char **argv)
 {
-    static const char *const with_value[] = {"--target", "--config", "--warm-sql",
+    static const char *const with_value[] = {"--target",   "--config",       "--warm-sql",
                                              "--interval", "--warm-timeout", "--shm",
-                                             "--mode", "--notify-fd"};
+                                             "--mode",     "--notify-fd"};
     int i, r;
 
     for (i = 1; i < argc; i++) {
@@ -149,8 +147,7 @@ static int parse(int argc, char **argv)
             continue;
         }
         if (a[0] != '-')
-            return usage_error("unexpected argument '%s'; targets are given with --target",
-                               a);
+            return usage_error("unexpected argument '%s'; targets are given with --target", a);
         if ((eq = strchr(a, '='))) {
             *eq = '\0';
             val = eq + 1;
@@ -234,8 +231,9 @@ static int load_targets(int reload)
     int r;
 
     if (D.config && wlc_read_targets(D.config, &lines, &n, err, sizeof(err)) < 0) {
-        LOG("error", reload ? "cannot read --config; keeping the current targets"
-                            : "cannot read --config", "error", err, NULL);
+        LOG("error",
+            reload ? "cannot read --config; keeping the current targets" : "cannot read --config",
+            "error", err, NULL);
         return -1;
     }
     if (!(all = calloc(D.ncli + n + 1, sizeof(*all)))) {
@@ -270,8 +268,7 @@ static void on_signal(void *arg)
             load_warm_sql();
             load_targets(1);
         } else {
-            LOG("info", si.ssi_signo == SIGTERM ? "SIGTERM: stopping" : "SIGINT: stopping",
-                NULL);
+            LOG("info", si.ssi_signo == SIGTERM ? "SIGTERM: stopping" : "SIGINT: stopping", NULL);
             wl_keeper_stop(D.k);
         }
     }
@@ -365,8 +362,7 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGHUP);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     if ((D.sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
-        fprintf(stderr, "warmlockd: cannot create its signal descriptor: %s\n",
-                strerror(errno));
+        fprintf(stderr, "warmlockd: cannot create its signal descriptor: %s\n", strerror(errno));
         return 1;
     }
     if (start_keeper() < 0) {
@@ -382,8 +378,8 @@ int main(int argc, char **argv)
     report_started(report_fd);
     snprintf(pid, sizeof(pid), "%d", (int)getpid());
     snprintf(iv, sizeof(iv), "%" PRIu32, D.interval_ms);
-    LOG("info", "started", "segment", wl_name(wl_keeper_segment(D.k)), "pid", pid,
-        "interval_ms", iv, "backend", wl_keeper_backend(D.k), NULL);
+    LOG("info", "started", "segment", wl_name(wl_keeper_segment(D.k)), "pid", pid, "interval_ms",
+        iv, "backend", wl_keeper_backend(D.k), NULL);
     if ((r = wl_keeper_run(D.k, -1)) < 0) {
         LOG("error", "the event loop failed", "error", strerror(-r), NULL);
         rc = 1;

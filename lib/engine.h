@@ -33,15 +33,15 @@ struct wl__probe_hooks {
 };
 
 struct wl__probe_conf {
-    const char *warm_sql;        /* run first after connecting (copied); NULL none */
-    const char *verify_sql;      /* default "SELECT 1" (copied) */
-    uint32_t attempt_timeout_ms; /* 0: connect_timeout of the conninfo, else 2000 */
-    struct wl_backoff backoff;   /* retries; deadline_ms 0 with no deadline_ns: 30 s */
-    uint64_t deadline_ns;        /* absolute CLOCK_MONOTONIC bound; UINT64_MAX: none */
-    uint32_t hold_ms;            /* after verification keep the connection and run
-                                  * verify_sql on it every hold_ms; 0: end there */
-    int connect_only;            /* end as soon as a connection is up, handing it over
-                                  * (wl_pg_connect); no queries */
+    const char *warm_sql;         /* run first after connecting (copied); NULL none */
+    const char *verify_sql;       /* default "SELECT 1" (copied) */
+    uint32_t attempt_timeout_ms;  /* 0: connect_timeout of the conninfo, else 2000 */
+    struct wl_backoff backoff;    /* retries; deadline_ms 0 with no deadline_ns: 30 s */
+    uint64_t deadline_ns;         /* absolute CLOCK_MONOTONIC bound; UINT64_MAX: none */
+    uint32_t hold_ms;             /* after verification keep the connection and run
+                                   * verify_sql on it every hold_ms; 0: end there */
+    int connect_only;             /* end as soon as a connection is up, handing it over
+                                   * (wl_pg_connect); no queries */
     const char *application_name; /* fallback_application_name, or NULL */
     struct wl__probe_hooks hooks;
 };

@@ -42,15 +42,15 @@
 #include "internal.h"
 #include "warmlock/pg.h"
 
-#define MS 1000000ull
+#define MS                  1000000ull
 #define DEFAULT_INTERVAL_MS 5000u
 #define DEFAULT_FAIL_TTL_MS 1000u
-#define DEFAULT_APP_NAME "warmlock-keeper"
-#define WATCH_MS 100u          /* looking at a slot that another process warms */
-#define RECHECK_FIRST_MS 200u  /* a check lost right after verification backs off from here */
-#define REPEAT_NS (30000ull * MS) /* the same failure is reported again after this long */
-#define KEYLEN (WL_KEY_MAX + 1024)
-#define MAX_FIELDS 8
+#define DEFAULT_APP_NAME    "warmlock-keeper"
+#define WATCH_MS            100u /* looking at a slot that another process warms */
+#define RECHECK_FIRST_MS    200u /* a check lost right after verification backs off from here */
+#define REPEAT_NS           (30000ull * MS) /* the same failure is reported again after this long */
+#define KEYLEN              (WL_KEY_MAX + 1024)
+#define MAX_FIELDS          8
 
 enum tstate {
     T_DECIDE,  /* nothing runs: the driver looks at the slot when its timer fires or poked */
@@ -67,17 +67,17 @@ struct target {
     struct wl__probe *probe;
     enum tstate st;
     struct wl__claim claim;
-    int claimed;          /* claim is held (the slot's mutex, by this thread) */
-    int reclaim;          /* the claimed slot changed under us (reset): start over */
-    uint64_t epoch;       /* the epoch the check connection verifies */
-    uint64_t claim_ns;    /* when the current warm-up was claimed */
-    uint64_t verified_ns; /* the probe's last verification */
-    uint64_t hold_off;    /* the driver decides no sooner (a check lost right away) */
+    int claimed;                      /* claim is held (the slot's mutex, by this thread) */
+    int reclaim;                      /* the claimed slot changed under us (reset): start over */
+    uint64_t epoch;                   /* the epoch the check connection verifies */
+    uint64_t claim_ns;                /* when the current warm-up was claimed */
+    uint64_t verified_ns;             /* the probe's last verification */
+    uint64_t hold_off;                /* the driver decides no sooner (a check lost right away) */
     struct wl__backoff_state recheck; /* the delays before re-warming after quick losses */
     unsigned quick_losses; /* checks lost within an interval of their verification, in a row */
     int ever_ready;
-    int seen;             /* wl_keeper_set_targets' bookkeeping */
-    char last_err[256];   /* the last failure reported, to keep an outage's log short */
+    int seen;           /* wl_keeper_set_targets' bookkeeping */
+    char last_err[256]; /* the last failure reported, to keep an outage's log short */
     uint64_t last_err_ns;
     unsigned repeats;
 };
@@ -105,9 +105,9 @@ struct wl_keeper {
     struct watch *watches;
     struct wl__task stop_task, tick_task;
     int stop_fd;
-    int stopped;        /* the stop eventfd was read during this run */
+    int stopped; /* the stop eventfd was read during this run */
     int all_ready_sent;
-    int in_event;       /* inside on_event: the keeper's functions refuse (-EDEADLK) */
+    int in_event; /* inside on_event: the keeper's functions refuse (-EDEADLK) */
 };
 
 /* ---------------------------------------------------------------- events */
@@ -157,8 +157,8 @@ static void report(struct target *t, enum wl_keeper_what what, const char *msg, 
         t->repeats++;
         return;
     }
-    emit(t->k, t, WL_KEEPER_WARN, what, msg, "error", err, "code", wl_strerror(code),
-         "sqlstate", sqlstate && *sqlstate ? sqlstate : NULL, "retry_ms", retry_ms, "repeats",
+    emit(t->k, t, WL_KEEPER_WARN, what, msg, "error", err, "code", wl_strerror(code), "sqlstate",
+         sqlstate && *sqlstate ? sqlstate : NULL, "retry_ms", retry_ms, "repeats",
          t->repeats ? num(b, sizeof(b), t->repeats) : NULL, (const char *)NULL);
     wl__copy(t->last_err, sizeof(t->last_err), err);
     t->last_err_ns = now;
@@ -174,8 +174,7 @@ static void check_all_ready(struct wl_keeper *k)
         if (!t->ever_ready)
             return;
     k->all_ready_sent = 1;
-    emit(k, NULL, WL_KEEPER_INFO, WL_KEEPER_ALL_READY, "every target is warm",
-         (const char *)NULL);
+    emit(k, NULL, WL_KEEPER_INFO, WL_KEEPER_ALL_READY, "every target is warm", (const char *)NULL);
 }
 
 static void became_ready(struct target *t, uint64_t epoch)
@@ -197,8 +196,8 @@ static void poke(struct target *t)
     wl__loop_remove(t->k->loop, &t->task);
     t->task.step = target_step;
     if (wl__loop_add(t->k->loop, &t->task) < 0)
-        emit(t->k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot schedule the target",
-             "error", "out of memory", (const char *)NULL);
+        emit(t->k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot schedule the target", "error",
+             "out of memory", (const char *)NULL);
 }
 
 /* End a claimed warm-up with rc (the probe's last error as the reason). */
@@ -309,8 +308,8 @@ static void hook_ended(void *arg, int rc)
         int r = wl_invalidate(k->seg, t->key, t->epoch);
         emit(k, t, WL_KEEPER_WARN, WL_KEEPER_LOST,
              r == 1 ? "check failed; epoch invalidated" : "check failed", "error",
-             res.error[0] ? res.error : wl_strerror(rc), "epoch",
-             num(b2, sizeof(b2), t->epoch), (const char *)NULL);
+             res.error[0] ? res.error : wl_strerror(rc), "epoch", num(b2, sizeof(b2), t->epoch),
+             (const char *)NULL);
         /* Checks lost again and again right after a verification (say the server takes a
          * warm-up but drops the connection at once) must not become a warm-up loop: from
          * the second in a row, back off. The first is re-warmed at once (the warm-up
@@ -318,9 +317,8 @@ static void hook_ended(void *arg, int rc)
         if (now - t->verified_ns < (uint64_t)k->interval_ms * MS) {
             uint64_t delay = 0;
             if (!t->quick_losses++) {
-                struct wl_backoff b = {.initial_ms = RECHECK_FIRST_MS,
-                                       .max_ms = k->interval_ms,
-                                       .jitter = -1};
+                struct wl_backoff b = {
+                    .initial_ms = RECHECK_FIRST_MS, .max_ms = k->interval_ms, .jitter = -1};
                 wl__backoff_init(&t->recheck, &b, 0, now, 0);
                 t->recheck.deadline_ns = UINT64_MAX;
             } else if (wl__backoff_next(&t->recheck, now, &delay) == 0) {
@@ -374,8 +372,8 @@ static int start_warm(struct target *t, uint64_t now)
     if ((r = wl__probe_start(t->probe, k->loop, &c)) < 0) {
         publish(t, -ECANCELED, NULL);
         t->st = T_DECIDE;
-        emit(k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot start a warm-up", "error",
-             strerror(-r), (const char *)NULL);
+        emit(k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot start a warm-up", "error", strerror(-r),
+             (const char *)NULL);
         return timer(t, now + (uint64_t)k->interval_ms * MS);
     }
     /* re-probes of a failure that stays are not news */
@@ -395,15 +393,15 @@ static int start_check(struct target *t, uint64_t epoch, uint64_t now)
     base_conf(t, &c);
     c.backoff.max_attempts = 1; /* a check connection that cannot be made is a failed check */
     if (epoch != t->epoch || !t->ever_ready) {
-        emit(k, t, WL_KEEPER_INFO, WL_KEEPER_READY, "ready (warmed by another process)",
-             "epoch", num(b, sizeof(b), epoch), (const char *)NULL);
+        emit(k, t, WL_KEEPER_INFO, WL_KEEPER_READY, "ready (warmed by another process)", "epoch",
+             num(b, sizeof(b), epoch), (const char *)NULL);
         became_ready(t, epoch);
     }
     t->st = T_HOLDING;
     if ((r = wl__probe_start(t->probe, k->loop, &c)) < 0) {
         t->st = T_DECIDE;
-        emit(k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot start a check", "error",
-             strerror(-r), (const char *)NULL);
+        emit(k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot start a check", "error", strerror(-r),
+             (const char *)NULL);
     }
     return timer(t, now + (uint64_t)k->interval_ms * MS);
 }
@@ -459,10 +457,10 @@ static int decide(struct target *t)
     if (r == -EALREADY && wl__slot_find(k->seg, t->key, 0, &sl) == 0)
         return start_check(t, atomic_load_explicit(&sl->epoch, memory_order_relaxed), now);
     if (r == -EBUSY || r == -EALREADY) /* another process warms it: watch */
-        return timer(t, now + (uint64_t)(k->interval_ms < WATCH_MS ? k->interval_ms : WATCH_MS)
-                                  * MS);
-    emit(k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot claim the slot", "error",
-         wl_strerror(r), (const char *)NULL);
+        return timer(t,
+                     now + (uint64_t)(k->interval_ms < WATCH_MS ? k->interval_ms : WATCH_MS) * MS);
+    emit(k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot claim the slot", "error", wl_strerror(r),
+         (const char *)NULL);
     return timer(t, now + (uint64_t)k->interval_ms * MS);
 }
 
@@ -507,7 +505,8 @@ static void reopen(struct wl_keeper *k, int why)
 
 static int tick_step(struct wl__task *task, int event, int revents)
 {
-    struct wl_keeper *k = (struct wl_keeper *)((char *)task - offsetof(struct wl_keeper, tick_task));
+    struct wl_keeper *k =
+        (struct wl_keeper *)((char *)task - offsetof(struct wl_keeper, tick_task));
     int r;
 
     (void)revents;
@@ -520,7 +519,8 @@ static int tick_step(struct wl__task *task, int event, int revents)
 
 static int stop_step(struct wl__task *task, int event, int revents)
 {
-    struct wl_keeper *k = (struct wl_keeper *)((char *)task - offsetof(struct wl_keeper, stop_task));
+    struct wl_keeper *k =
+        (struct wl_keeper *)((char *)task - offsetof(struct wl_keeper, stop_task));
     uint64_t v;
 
     (void)revents;
@@ -578,8 +578,8 @@ WL_EXPORT int wl_keeper_new(const struct wl_keeper_opts *opts, struct wl_keeper 
     k->backoff = opts->backoff;
     k->backoff.deadline_ms = 0;
     k->verify_sql = dup_or_null(opts->verify_sql, &oom);
-    k->app_name = dup_or_null(opts->application_name ? opts->application_name
-                                                     : DEFAULT_APP_NAME, &oom);
+    k->app_name =
+        dup_or_null(opts->application_name ? opts->application_name : DEFAULT_APP_NAME, &oom);
     k->on_event = opts->on_event;
     k->event_arg = opts->event_arg;
     if (oom) {
@@ -639,8 +639,8 @@ static int key_of(struct wl_keeper *k, const char *conninfo, char *key, size_t l
     if (r < 0) {
         /* libpq's message names the bad part, every password in it masked */
         wl__oneline(key);
-        emit(k, NULL, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "invalid target conninfo; skipped",
-             "error", key, (const char *)NULL);
+        emit(k, NULL, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "invalid target conninfo; skipped", "error",
+             key, (const char *)NULL);
     }
     return r;
 }
@@ -671,8 +671,8 @@ WL_EXPORT int wl_keeper_add_target(struct wl_keeper *k, const char *conninfo)
     if ((r = wl__probe_new(conninfo, &t->probe, err, sizeof(err))) < 0) {
         free(t->conninfo);
         free(t);
-        emit(k, NULL, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "invalid target conninfo; skipped",
-             "error", err, (const char *)NULL);
+        emit(k, NULL, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "invalid target conninfo; skipped", "error",
+             err, (const char *)NULL);
         return r;
     }
     wl__copy(t->key, sizeof(t->key), key);
@@ -716,8 +716,7 @@ WL_EXPORT int wl_keeper_remove_target(struct wl_keeper *k, const char *conninfo)
     return 0;
 }
 
-WL_EXPORT int wl_keeper_set_targets(struct wl_keeper *k, const char *const *conninfos,
-                                    size_t n)
+WL_EXPORT int wl_keeper_set_targets(struct wl_keeper *k, const char *const *conninfos, size_t n)
 {
     struct target *t, **link;
     size_t i;

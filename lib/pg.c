@@ -237,7 +237,7 @@ struct wl__probe {
     /* parsed once, by wl__probe_new */
     PQconninfoOption *parsed;
     const char **kw, **val; /* kw[0]/val[0] reserved for fallback_application_name */
-    uint64_t ct_attempt_ns;  /* the conninfo's connect_timeout as an attempt timeout, 0 none */
+    uint64_t ct_attempt_ns; /* the conninfo's connect_timeout as an attempt timeout, 0 none */
 
     /* the run's configuration, by wl__probe_start */
     char *sql[2];
@@ -263,7 +263,7 @@ struct wl__probe {
     int qi; /* index of the query in flight */
     uint64_t phase_deadline;
     uint64_t phase_t0; /* when the phase (connect, or the query in flight) began */
-    char qstate[6]; /* the first error of the query in flight */
+    char qstate[6];    /* the first error of the query in flight */
     char qerr[256];
     int qfailed;
     char notice[200]; /* the last FATAL or PANIC the server sent on the connection */
@@ -320,8 +320,10 @@ static int finish(struct wl__probe *p, int code)
 static int lost(struct wl__probe *p, int code, const char *why)
 {
     char msg[256];
-    wl__copy(msg, sizeof(msg), p->notice[0] ? p->notice : why && *why ? why
-                               : "the server closed the connection");
+    wl__copy(msg, sizeof(msg),
+             p->notice[0]  ? p->notice
+             : why && *why ? why
+                           : "the server closed the connection");
     clean_message(p->error, sizeof(p->error), msg);
     if (p->notice[0])
         wl__pg_sqlstate_of(p->notice, p->sqlstate);
@@ -357,7 +359,9 @@ static int retry_later(struct wl__probe *p)
     drop_conn(p);
     if (p->error[0] && p->hooks.attempt_failed) /* followers and status see how it goes */
         p->hooks.attempt_failed(p->hooks.arg,
-                                p->refused ? -ECONNREFUSED : p->timed_out ? -ETIMEDOUT : -EAGAIN,
+                                p->refused     ? -ECONNREFUSED
+                                : p->timed_out ? -ETIMEDOUT
+                                               : -EAGAIN,
                                 p->error, p->sqlstate);
     r = wl__backoff_next(&p->bo, now, &delay);
     if (r == -EAGAIN)
@@ -426,9 +430,11 @@ static int timed_out(struct wl__probe *p, const char *doing)
          * short did learn something: the server let us in; say so.) */
         if (p->error[0] && p->phase == PH_CONNECT)
             return retry_later(p);
-        wl__fmt(msg, sizeof(msg), "cut off by the deadline after %llu ms while %s (attempt "
-                "timeout %llu ms)", (unsigned long long)((wl__now_ns() - p->phase_t0) / MS),
-                doing, (unsigned long long)(p->attempt_ns / MS));
+        wl__fmt(msg, sizeof(msg),
+                "cut off by the deadline after %llu ms while %s (attempt "
+                "timeout %llu ms)",
+                (unsigned long long)((wl__now_ns() - p->phase_t0) / MS), doing,
+                (unsigned long long)(p->attempt_ns / MS));
     } else
         wl__fmt(msg, sizeof(msg), "attempt timed out after %llu ms while %s",
                 (unsigned long long)(p->attempt_ns / MS), doing);
@@ -464,8 +470,8 @@ static int start_attempt(struct wl__probe *p)
         return give_up(p, 0);
     p->attempts++;
     p->notice[0] = '\0';
-    p->conn = PQconnectStartParams(p->app_name ? p->kw : p->kw + 1,
-                                   p->app_name ? p->val : p->val + 1, 0);
+    p->conn =
+        PQconnectStartParams(p->app_name ? p->kw : p->kw + 1, p->app_name ? p->val : p->val + 1, 0);
     if (!p->conn) {
         wl__fmt(p->error, sizeof(p->error), "out of memory");
         return finish(p, -ENOMEM);
@@ -773,8 +779,8 @@ int wl__probe_start(struct wl__probe *p, struct wl__loop *l, const struct wl__pr
     p->hooks = c->hooks;
     p->bo_opts = c->backoff;
     p->attempt_ns = c->attempt_timeout_ms ? (uint64_t)c->attempt_timeout_ms * MS
-                    : p->ct_attempt_ns   ? p->ct_attempt_ns
-                                         : (uint64_t)DEFAULT_ATTEMPT_TIMEOUT_MS * MS;
+                    : p->ct_attempt_ns    ? p->ct_attempt_ns
+                                          : (uint64_t)DEFAULT_ATTEMPT_TIMEOUT_MS * MS;
     p->t0 = now;
     wl__backoff_init(&p->bo, &c->backoff, DEFAULT_TIMEOUT_MS, now, 0);
     if (c->deadline_ns) /* UINT64_MAX: none */

@@ -32,7 +32,7 @@
 #define PASSWORD "k33per-Pa55"
 #define APP_NAME "wlt-keeper"
 #define NCALLERS 16
-#define MS 1000000ull
+#define MS       1000000ull
 
 static struct pgh H;
 static int have_pg;
@@ -81,14 +81,14 @@ struct kt {
     uint32_t interval_ms;
     const char *targets[4];
     size_t ntargets;
-    int rc;          /* of wl_keeper_new, then of wl_keeper_run */
+    int rc; /* of wl_keeper_new, then of wl_keeper_run */
     sem_t started, done;
-    int pipe[2];     /* a byte: run cmd on the keeper's thread */
+    int pipe[2]; /* a byte: run cmd on the keeper's thread */
     void (*cmd)(struct kt *, void *);
     void *cmd_arg;
     pthread_mutex_t mu;
-    unsigned what[8];  /* events by kind */
-    char log[16384];   /* every event, for a failing test */
+    unsigned what[8]; /* events by kind */
+    char log[16384];  /* every event, for a failing test */
 };
 
 static void on_event(void *arg, const struct wl_keeper_event *ev)
@@ -104,8 +104,8 @@ static void on_event(void *arg, const struct wl_keeper_event *ev)
         n += (size_t)snprintf(kt->log + n, sizeof(kt->log) - n, "  [%d] %s: %s", ev->level,
                               ev->target ? ev->target : "-", ev->msg);
         for (i = 0; i < ev->nfields && n + 300 < sizeof(kt->log); i++)
-            n += (size_t)snprintf(kt->log + n, sizeof(kt->log) - n, " %s=%.200s",
-                                  ev->fields[2 * i], ev->fields[2 * i + 1]);
+            n += (size_t)snprintf(kt->log + n, sizeof(kt->log) - n, " %s=%.200s", ev->fields[2 * i],
+                                  ev->fields[2 * i + 1]);
         snprintf(kt->log + n, sizeof(kt->log) - n, "\n");
     }
     pthread_mutex_unlock(&kt->mu);
@@ -443,8 +443,8 @@ static void test_keeper_holds_one_warmup_through_an_outage(void **state)
     conns = pgh_count_log_since(&H, mark, "connection received");
     print_message("16 callers released %lld ms (median) and %lld ms (worst) after the "
                   "server logged ready; the server saw %d connections after its start, all "
-                  "the keeper's\n", (long long)lag[NCALLERS / 2], (long long)lag[NCALLERS - 1],
-                  conns);
+                  "the keeper's\n",
+                  (long long)lag[NCALLERS / 2], (long long)lag[NCALLERS - 1], conns);
     assert_true(lag[NCALLERS - 1] <= 300);
     assert_int_equal(lookup(kt->shm, KEY, &after), 0);
     assert_int_equal(after.state, WL_READY);
@@ -503,8 +503,8 @@ static void test_keeper_wrong_password_is_served_at_once_and_paced(void **state)
     wlt_sleep_ms(3200);
     ms = (wlt_now_ns() - t0) / MS;
     n = pgh_count_log_since(&H, mark, "password authentication failed");
-    print_message("wrong password: %d attempts at the server in %llu ms (fail_ttl 1000 ms)\n",
-                  n, (unsigned long long)ms);
+    print_message("wrong password: %d attempts at the server in %llu ms (fail_ttl 1000 ms)\n", n,
+                  (unsigned long long)ms);
     assert_true(n >= 1);
     assert_true(n <= (int)(ms / 1000) + 1);
     kt_stop(kt);
@@ -562,10 +562,14 @@ static void test_keeper_reloads_with_servers_down_pile_up_nothing(void **state)
     struct kt *kt;
 
     (void)state;
-    snprintf(DOWN_A, sizeof(DOWN_A), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=a "
-             "user=x", (int)getpid());
-    snprintf(DOWN_B, sizeof(DOWN_B), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=b "
-             "user=x", (int)getpid());
+    snprintf(DOWN_A, sizeof(DOWN_A),
+             "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=a "
+             "user=x",
+             (int)getpid());
+    snprintf(DOWN_B, sizeof(DOWN_B),
+             "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=b "
+             "user=x",
+             (int)getpid());
     assert_true(wl_pg_key(DOWN_A, KEY_A, sizeof(KEY_A)) > 0);
     assert_true(wl_pg_key(DOWN_B, KEY_B, sizeof(KEY_B)) > 0);
     kt = kt_start(1000, (const char *const[]){DOWN_A, NULL});
@@ -601,8 +605,8 @@ static void test_keeper_reloads_with_servers_down_pile_up_nothing(void **state)
     assert_int_equal(count_dir("/proc/self/task"), threads0);
     assert_int_equal(count_dir("/proc/self/fd"), fds0);
     heap1 = mallinfo2().uordblks;
-    print_message("200 reloads: threads %d, descriptors %d, heap %zu -> %zu bytes\n",
-                  threads0, fds0, heap0, heap1);
+    print_message("200 reloads: threads %d, descriptors %d, heap %zu -> %zu bytes\n", threads0,
+                  fds0, heap0, heap1);
     if (HEAP_CHECK)
         assert_true(heap1 < heap0 + 64 * 1024);
     kt_stop(kt);
