@@ -49,7 +49,7 @@
 #define WATCH_MS            100u /* looking at a slot that another process warms */
 #define RECHECK_FIRST_MS    200u /* a check lost right after verification backs off from here */
 #define REPEAT_NS           (30000ull * MS) /* the same failure is reported again after this long */
-#define KEYLEN              (WL_KEY_MAX + 1024)
+#define KEYLEN              WL_PG_KEY_MAX
 #define MAX_FIELDS          8
 
 enum tstate {
@@ -473,6 +473,8 @@ static int target_step(struct wl__task *task, int event, int revents)
 
 /* ---------------------------------------------------------------- the keeper's tasks */
 
+static int key_of(struct wl_keeper *k, const char *conninfo, char *key, size_t len, int quiet);
+
 static void reopen(struct wl_keeper *k, int why)
 {
     struct wl_segment **nv, *seg;
@@ -497,6 +499,10 @@ static void reopen(struct wl_keeper *k, int why)
     k->retired[k->nretired++] = k->seg;
     k->seg = seg;
     for (t = k->targets; t; t = t->next) {
+        char key[KEYLEN];
+        /* a new segment has a new salt: a key with a password digest changes with it */
+        if (key_of(k, t->conninfo, key, sizeof(key), 1) >= 0)
+            wl__copy(t->key, sizeof(t->key), key);
         t->epoch = 0;
         t->hold_off = 0;
         poke(t);
@@ -632,11 +638,12 @@ static void free_target(struct wl_keeper *k, struct target *t)
     free(t);
 }
 
-/* The key of conninfo into key; on a bad one an event says why. */
-static int key_of(struct wl_keeper *k, const char *conninfo, char *key, size_t len)
+/* The slot key of conninfo in the keeper's segment (with its salt's password digest) into
+ * key; on a bad conninfo an event says why. */
+static int key_of(struct wl_keeper *k, const char *conninfo, char *key, size_t len, int quiet)
 {
-    int r = wl_pg_key(conninfo, key, len);
-    if (r < 0) {
+    int r = wl_pg_slot_key(k->seg, conninfo, key, len);
+    if (r < 0 && !quiet) {
         /* libpq's message names the bad part, every password in it masked */
         wl__oneline(key);
         emit(k, NULL, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "invalid target conninfo; skipped", "error",
@@ -655,7 +662,7 @@ WL_EXPORT int wl_keeper_add_target(struct wl_keeper *k, const char *conninfo)
         return -EINVAL;
     if (k->in_event)
         return -EDEADLK;
-    if ((r = key_of(k, conninfo, key, sizeof(key))) < 0)
+    if ((r = key_of(k, conninfo, key, sizeof(key), 0)) < 0)
         return r < -1 ? r : -EINVAL;
     if ((t = find(k, key, NULL))) {
         if (t->seen)
@@ -710,7 +717,7 @@ WL_EXPORT int wl_keeper_remove_target(struct wl_keeper *k, const char *conninfo)
         return -EINVAL;
     if (k->in_event)
         return -EDEADLK;
-    if (wl_pg_key(conninfo, key, sizeof(key)) < 0 || !find(k, key, &link))
+    if (key_of(k, conninfo, key, sizeof(key), 1) < 0 || !find(k, key, &link))
         return -ENOENT;
     remove_one(k, link);
     return 0;

@@ -37,7 +37,7 @@
 static struct pgh H;
 static int have_pg;
 static const char *pg_reason;
-static char CI[1024], BAD_PW[1024], KEY[WL_KEY_MAX + 1024], BAD_KEY[WL_KEY_MAX + 1024];
+static char CI[1024], BAD_PW[1024], KEY[WL_PG_KEY_MAX], BAD_KEY[WL_PG_KEY_MAX];
 
 #define NEED_PG() PGH_NEED(have_pg, pg_reason)
 
@@ -53,8 +53,6 @@ static int group_setup(void **state)
     have_pg = 1;
     snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
     snprintf(BAD_PW, sizeof(BAD_PW), "%s password=wrong-%s", H.conninfo, "pw");
-    if (wl_pg_key(CI, KEY, sizeof(KEY)) < 0 || wl_pg_key(BAD_PW, BAD_KEY, sizeof(BAD_KEY)) < 0)
-        return -1;
     return 0;
 }
 
@@ -216,6 +214,16 @@ static int lookup(const char *shm, const char *key, struct wl_slot_info *out)
     return r;
 }
 
+/* conninfo's slot key in the keeper's segment (its salt makes the password digest). */
+static void slot_key(struct kt *kt, const char *conninfo, char key[WL_PG_KEY_MAX])
+{
+    struct wl_open_opts o = {.flags = WL_OPEN_EXISTING};
+    struct wl_segment *seg;
+    assert_int_equal(wl_open(kt->shm, &o, &seg), 0);
+    assert_true(wl_pg_slot_key(seg, conninfo, key, WL_PG_KEY_MAX) > 0);
+    wl_close(seg);
+}
+
 typedef int (*slot_pred)(const struct wl_slot_info *si, const void *arg);
 
 /* Wait up to timeout_ms for the slot to satisfy pred; 0, or fail the test with the log. */
@@ -362,6 +370,7 @@ static void test_keeper_check_failure_invalidates_and_rewarms_once(void **state)
     NEED_PG();
     ensure_server_up();
     kt = kt_start(500, targets);
+    slot_key(kt, CI, KEY);
     wait_slot(kt, KEY, is_ready_after, &zero, 15000, &a, "ready");
     assert_int_equal(events(kt, WL_KEEPER_ALL_READY), 1);
     assert_int_equal(a.warmups, 1);
@@ -405,6 +414,7 @@ static void test_keeper_holds_one_warmup_through_an_outage(void **state)
     NEED_PG();
     ensure_server_up();
     kt = kt_start(1000, targets);
+    slot_key(kt, CI, KEY);
     wait_slot(kt, KEY, is_ready_after, &zero, 15000, &a, "ready");
 
     assert_int_equal(pgh_stop(&H, "fast"), 0); /* down until started again below */
@@ -485,6 +495,7 @@ static void test_keeper_wrong_password_is_served_at_once_and_paced(void **state)
     NEED_PG();
     ensure_server_up();
     kt = kt_start(1000, targets);
+    slot_key(kt, BAD_PW, BAD_KEY);
     wait_slot(kt, BAD_KEY, is_failed, NULL, 10000, NULL, "failed");
     assert_true(events(kt, WL_KEEPER_FAILED) >= 1);
 
@@ -512,7 +523,7 @@ static void test_keeper_wrong_password_is_served_at_once_and_paced(void **state)
 
 /* ---- reloads ---- */
 
-static char DOWN_A[300], DOWN_B[300], KEY_A[WL_KEY_MAX + 1024], KEY_B[WL_KEY_MAX + 1024];
+static char DOWN_A[300], DOWN_B[300], KEY_A[WL_PG_KEY_MAX], KEY_B[WL_PG_KEY_MAX];
 
 static void set_one(struct kt *kt, void *arg)
 {
@@ -570,9 +581,9 @@ static void test_keeper_reloads_with_servers_down_pile_up_nothing(void **state)
              "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=b "
              "user=x",
              (int)getpid());
-    assert_true(wl_pg_key(DOWN_A, KEY_A, sizeof(KEY_A)) > 0);
-    assert_true(wl_pg_key(DOWN_B, KEY_B, sizeof(KEY_B)) > 0);
     kt = kt_start(1000, (const char *const[]){DOWN_A, NULL});
+    slot_key(kt, DOWN_A, KEY_A);
+    slot_key(kt, DOWN_B, KEY_B);
     wait_slot(kt, KEY_A, is_warming_by_me, NULL, 5000, NULL, "warming (by the keeper)");
     threads0 = count_dir("/proc/self/task");
     fds0 = count_dir("/proc/self/fd");
@@ -622,7 +633,7 @@ static int warming_again(const struct wl_slot_info *si, const void *arg)
  * would be refused, so it notices at its next attempt and claims the fresh slot again. */
 static void test_keeper_claims_again_after_a_forced_reset(void **state)
 {
-    char ci[300], key[WL_KEY_MAX + 1024];
+    char ci[300], key[WL_PG_KEY_MAX];
     struct wl_segment *seg;
     struct wl_slot_info a;
     struct kt *kt;
@@ -630,8 +641,8 @@ static void test_keeper_claims_again_after_a_forced_reset(void **state)
     (void)state;
     snprintf(ci, sizeof(ci), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=r user=x",
              (int)getpid());
-    assert_true(wl_pg_key(ci, key, sizeof(key)) > 0);
     kt = kt_start(1000, (const char *const[]){ci, NULL});
+    slot_key(kt, ci, key);
     wait_slot(kt, key, is_warming_by_me, NULL, 5000, &a, "warming (by the keeper)");
     assert_int_equal(wl_open(kt->shm, NULL, &seg), 0);
     assert_int_equal(wl_reset(seg, 0), -EBUSY); /* a live warm-up */
@@ -654,15 +665,15 @@ static int log_has(struct kt *kt, const char *needle)
  * not block, it says it cannot reopen, and a stop still ends it at once. */
 static void test_keeper_fifo_at_the_name_blocks_nothing(void **state)
 {
-    char ci[300], key[WL_KEY_MAX + 1024], path[128];
+    char ci[300], key[WL_PG_KEY_MAX], path[128];
     uint64_t end, t0;
     struct kt *kt;
 
     (void)state;
     snprintf(ci, sizeof(ci), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=f user=x",
              (int)getpid());
-    assert_true(wl_pg_key(ci, key, sizeof(key)) > 0);
     kt = kt_start(200, (const char *const[]){ci, NULL});
+    slot_key(kt, ci, key);
     wait_slot(kt, key, is_warming_by_me, NULL, 5000, NULL, "warming (by the keeper)");
     assert_int_equal(wl_unlink(kt->shm), 0);
     snprintf(path, sizeof(path), "/dev/shm%s", kt->shm);
