@@ -40,11 +40,9 @@ static char CI[1024], BAD_PW[1024], KEY[WL_PG_KEY_MAX], BAD_KEY[WL_PG_KEY_MAX];
 static int group_setup(void **state)
 {
     (void)state;
-    if ((pg_reason = pgh_suite_up(&H, PASSWORD, NULL)))
-        return 0;
-    have_pg = 1;
-    snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD);
-    snprintf(BAD_PW, sizeof(BAD_PW), "%s password=wrong-%s", H.conninfo, "pw");
+    if (!(pg_reason = pgh_suite_up(&H, PASSWORD, NULL)))
+        have_pg = snprintf(CI, sizeof(CI), "%s password=%s", H.conninfo, PASSWORD) > 0 &&
+                  snprintf(BAD_PW, sizeof(BAD_PW), "%s password=wrong-pw", H.conninfo) > 0;
     return 0;
 }
 
@@ -304,21 +302,31 @@ static int cmp_i64(const void *a, const void *b)
 
 /* ---------------------------------------------------------------- the tests */
 
-/* The server terminates the keeper's check connection: the epoch is invalidated at once
- * and re-warmed exactly once. */
-static void test_keeper_check_failure_invalidates_and_rewarms_once(void **state)
+/* On the backend the test's prestate names, with the server up: a keeper on CI, READY
+ * (its slot's info into a). */
+static struct kt *kt_ready(void **state, uint32_t interval_ms, struct wl_slot_info *a)
 {
     const char *targets[] = {CI, NULL};
-    struct wl_slot_info a, b, c;
-    struct kt *kt;
     uint64_t zero = 0;
+    struct kt *kt;
 
     wlt_backend(state);
     NEED_PG();
     pg_ensure_up();
-    kt = kt_start(500, targets);
+    kt = kt_start(interval_ms, targets);
     slot_key(kt, CI, KEY);
-    wait_slot(kt, KEY, is_ready_after, &zero, 15000, &a, "ready");
+    wait_slot(kt, KEY, is_ready_after, &zero, 15000, a, "ready");
+    return kt;
+}
+
+/* The server terminates the keeper's check connection: the epoch is invalidated at once
+ * and re-warmed exactly once. */
+static void test_keeper_check_failure_invalidates_and_rewarms_once(void **state)
+{
+    struct wl_slot_info a, b, c;
+    struct kt *kt;
+
+    kt = kt_ready(state, 500, &a);
     assert_int_equal(events(kt, WL_KEEPER_ALL_READY), 1);
     assert_int_equal(a.warmups, 1);
     /* the keeper's warm-up connection became its check connection: end it from the server */
@@ -349,23 +357,17 @@ static void test_keeper_check_failure_invalidates_and_rewarms_once(void **state)
  */
 static void outage(void **state, int held)
 {
-    const char *targets[] = {CI, NULL};
     struct callers *c = wlt_shared(sizeof(*c));
     struct wl_slot_info a, w1, w2, after;
     pid_t pids[NCALLERS];
     int64_t lag[NCALLERS];
-    uint64_t zero = 0, ready_ms, t, held_ns = 0;
+    uint64_t ready_ms, t, held_ns = 0;
     uint32_t n = NCALLERS;
     long mark, start_mark;
     int i, conns, n57 = 0;
     struct kt *kt;
 
-    wlt_backend(state);
-    NEED_PG();
-    pg_ensure_up();
-    kt = kt_start(1000, targets);
-    slot_key(kt, CI, KEY);
-    wait_slot(kt, KEY, is_ready_after, &zero, 15000, &a, "ready");
+    kt = kt_ready(state, 1000, &a);
 
     assert_int_equal(pgh_stop(&H, "fast"), 0); /* down until started again below */
     wait_slot(kt, KEY, is_warming_by_me, NULL, 5000, &w1, "warming (by the keeper)");
@@ -507,6 +509,19 @@ static void test_keeper_wrong_password_is_served_at_once_and_paced(void **state)
     kt_stop(kt);
 }
 
+/* conninfo (into ci, 300 bytes) of a server that is not there (no socket: refused at
+ * once), database db; a keeper on it, warming it; its slot key into key. */
+static struct kt *kt_nowhere(uint32_t interval_ms, const char *db, char *ci, char *key)
+{
+    struct kt *kt;
+    snprintf(ci, 300, "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=%s user=x", (int)getpid(),
+             db);
+    kt = kt_start(interval_ms, (const char *const[]){ci, NULL});
+    slot_key(kt, ci, key);
+    wait_slot(kt, key, is_warming_by_me, NULL, 5000, NULL, "warming (by the keeper)");
+    return kt;
+}
+
 /* ---- reloads ---- */
 
 static char DOWN_A[300], DOWN_B[300], KEY_A[WL_PG_KEY_MAX], KEY_B[WL_PG_KEY_MAX];
@@ -559,18 +574,10 @@ static void test_keeper_reloads_with_servers_down_pile_up_nothing(void **state)
     struct kt *kt;
 
     (void)state;
-    snprintf(DOWN_A, sizeof(DOWN_A),
-             "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=a "
-             "user=x",
+    kt = kt_nowhere(1000, "a", DOWN_A, KEY_A);
+    snprintf(DOWN_B, sizeof(DOWN_B), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=b user=x",
              (int)getpid());
-    snprintf(DOWN_B, sizeof(DOWN_B),
-             "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=b "
-             "user=x",
-             (int)getpid());
-    kt = kt_start(1000, (const char *const[]){DOWN_A, NULL});
-    slot_key(kt, DOWN_A, KEY_A);
     slot_key(kt, DOWN_B, KEY_B);
-    wait_slot(kt, KEY_A, is_warming_by_me, NULL, 5000, NULL, "warming (by the keeper)");
     threads0 = count_dir("/proc/self/task");
     fds0 = count_dir("/proc/self/fd");
     assert_int_equal(lookup(kt->shm, KEY_A, &a), 0);
@@ -625,11 +632,7 @@ static void test_keeper_claims_again_after_a_forced_reset(void **state)
     struct kt *kt;
 
     (void)state;
-    snprintf(ci, sizeof(ci), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=r user=x",
-             (int)getpid());
-    kt = kt_start(1000, (const char *const[]){ci, NULL});
-    slot_key(kt, ci, key);
-    wait_slot(kt, key, is_warming_by_me, NULL, 5000, &a, "warming (by the keeper)");
+    kt = kt_nowhere(1000, "r", ci, key);
     assert_int_equal(wl_open(kt->shm, NULL, &seg), 0);
     assert_int_equal(wl_reset(seg, 0), -EBUSY); /* a live warm-up */
     assert_true(wl_reset(seg, 1) >= 1);
@@ -656,11 +659,7 @@ static void test_keeper_fifo_at_the_name_blocks_nothing(void **state)
     struct kt *kt;
 
     (void)state;
-    snprintf(ci, sizeof(ci), "host=/tmp/wlt-keeper-nosock.%d port=5432 dbname=f user=x",
-             (int)getpid());
-    kt = kt_start(200, (const char *const[]){ci, NULL});
-    slot_key(kt, ci, key);
-    wait_slot(kt, key, is_warming_by_me, NULL, 5000, NULL, "warming (by the keeper)");
+    kt = kt_nowhere(200, "f", ci, key);
     assert_int_equal(wl_unlink(kt->shm), 0);
     snprintf(path, sizeof(path), "/dev/shm%s", kt->shm);
     assert_int_equal(mkfifo(path, 0600), 0);
