@@ -19,7 +19,9 @@
  *   While the server is down the probe of WARMING keeps retrying, holding the claim, so
  *   applications sleep on the futex (no probes of their own) and are released by the
  *   publish of READY; each failed attempt becomes the slot's last error
- *   (wl__claim_progress), which is what status shows.
+ *   (wl__claim_progress), which is what status shows. Each check of HOLDING that passes
+ *   refreshes the epoch's verification time (wl__slot_touch), so applications' max_age_ms
+ *   never sends them to re-verify a target the keeper checks.
  * - a tick every interval: the segment's name still resolves to the mapping (systemd's
  *   RemoveIPC), else reopen and start every target over;
  * - an eventfd for wl_keeper_stop(), and the owner's watched fds.
