@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "engine.h"
 #include "warmlock/pg.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

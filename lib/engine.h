@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "internal.h"
+#include "ring.h"
 #include "warmlock/pg.h"
 
 struct wl__probe;
@@ -65,5 +66,33 @@ void wl__probe_result(const struct wl__probe *p, struct wl_result *res);
  * it. */
 PGconn *wl__probe_take_conn(struct wl__probe *p);
 void wl__probe_free(struct wl__probe *p);
+
+/* pg.c: the probe (one leader's warm-up: connect, warm_sql, verify_sql, with retries), a
+ * ring task. wl__pg_probe runs one to completion on its own loop: 0 or -errno with
+ * res->error, res->sqlstate and res->attempts filled. deadline_ns: absolute monotonic
+ * bound (0: opts' own, default 30 s from now). */
+int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
+                 struct wl_result *res);
+/* Classify a libpq failure: its SQLSTATE ("" if none) and message. Returns 0 when worth a
+ * retry (with *refused = 1 for "connection refused" or a missing socket file), else the
+ * -errno to fail with. `connecting`: the error came while connecting (not from a query). */
+int wl__pg_classify(const char *sqlstate, const char *msg, int connecting, int *refused);
+/* The SQLSTATE of a libpq connection error message produced with PQERRORS_VERBOSE
+ * ("...FATAL:  57P03: the database system is starting up"), the last one if several
+ * hosts were tried; "" if none. */
+void wl__pg_sqlstate_of(const char *msg, char out[6]);
+
+/* pgkey.c: keys and the masking of passwords in libpq's messages about a conninfo. */
+struct _PQconninfoOption;
+/* libpq's message about conninfo (msg) as one line into dst, with every spelling of a
+ * password in conninfo masked as "***": the value libpq parsed, and where a conninfo
+ * libpq cannot parse spells one (a URI's user:password@, a "password" keyword, URI query
+ * keywords percent-decoded as libpq decodes them), raw and decoded. */
+void wl__pg_conninfo_message(char *dst, size_t len, const char *msg, const char *conninfo);
+/* The same for a message about options PQconninfoParse returned (their password masked). */
+void wl__pg_options_message(char *dst, size_t len, const char *msg,
+                            const struct _PQconninfoOption *opts);
+/* SipHash-2-4 of the n bytes at m under the 16-byte key k. */
+uint64_t wl__siphash24(const uint8_t k[16], const void *m, size_t n);
 
 #endif

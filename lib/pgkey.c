@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "engine.h"
 #include "warmlock/pg.h"
 
 /* libpq's compiled-in DEFAULT_PGSOCKET_DIR on Debian (upstream's is /tmp). */

@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "ring.h"
 
 #define RING_ENTRIES 64
 

@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lib/internal.h"
+#include "lib/engine.h"
 #include "suite.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"

@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lib/internal.h"
+#include "lib/engine.h"
 #include "pgharness.h"
 #include "proc.h"
 #include "warmlock.h"

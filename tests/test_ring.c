@@ -24,6 +24,7 @@
 #include <linux/seccomp.h>
 
 #include "lib/internal.h"
+#include "lib/ring.h"
 #include "suite.h"
 
 #define MS 1000000ull
