@@ -113,7 +113,7 @@ void wl__futex_wake_all(_Atomic uint32_t *word);
 /* Sleep for ns (a bounded backoff step; never a readiness guess). */
 void wl__backoff_pause(uint64_t ns);
 
-/* -- The libpq engine's internals (pg.c, ring.c, backoff.c) are declared below. -- */
+/* -- The leader's retry schedule (backoff.c); the engine's internals are in ring.h and engine.h. -- */
 
 /* backoff.c: the leader's retry schedule (struct wl_backoff with its defaults filled). */
 struct wl_backoff;
