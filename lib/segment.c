@@ -184,10 +184,16 @@ static int check_mapped(const char *name, const struct wl__header *h, size_t siz
 
 #define INIT_MARK WL__INIT_MARK
 
-static int init_marked(int fd)
+/* The object's first 8 bytes (the magic's place), 0 if it is shorter. */
+static uint64_t first_word(int fd)
 {
     uint64_t w = 0;
-    return pread(fd, &w, sizeof(w), 0) == (ssize_t)sizeof(w) && w == INIT_MARK;
+    return pread(fd, &w, sizeof(w), 0) == (ssize_t)sizeof(w) ? w : 0;
+}
+
+static int init_marked(int fd)
+{
+    return first_word(fd) == INIT_MARK;
 }
 
 static void init_segment(struct wl__header *h, uint32_t nslots)
@@ -292,7 +298,10 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
         if (*out) /* mapped already (it stays mapped): validate it as it is now */
             return check_mapped(name, (*out)->hdr, (size_t)st.st_size, want_slots);
 
-        int ours = st.st_size >= 8 && init_marked(fd);
+        uint64_t first = first_word(fd);
+        int ours = first == INIT_MARK;
+        if (first == WL__MAGIC && (size_t)st.st_size < sizeof(struct wl__header))
+            continue; /* an initialiser finished since our fstat: look again */
         if (st.st_size > 0 && (size_t)st.st_size < sizeof(struct wl__header) && !ours)
             /* An initialiser marks the object (INIT_MARK) before it sizes it, so a shorter
              * object without the mark is someone else's (or a truncated segment that

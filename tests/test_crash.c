@@ -45,6 +45,7 @@ struct crash {
     char overlap_msg[128];
     uint32_t warm_us;
     int rc[MAXP];
+    char err[MAXP][200]; /* wl_open's message when it failed */
     _Atomic uint32_t returned[MAXP];
 };
 
@@ -105,6 +106,8 @@ static int worker(void *arg, int idx)
     int r = wl_open(c->name, NULL, &seg);
     if (r == 0)
         r = wl_ensure(seg, "crash", warm, c, &w, NULL);
+    else
+        snprintf(c->err[idx], sizeof(c->err[idx]), "%s", wl_last_error());
     c->rc[idx] = r;
     atomic_store(&c->returned[idx], 1);
     return 0;
@@ -198,8 +201,8 @@ static void test_crash_injection_keeps_invariants(void **state)
                 fail_msg("iteration %u: process %d did not end by its deadline (%d)", it, i,
                          st);
             if (C->rc[i] != 0)
-                fail_msg("iteration %u: process %d returned %d (%s)", it, i, C->rc[i],
-                         wl_strerror(C->rc[i]));
+                fail_msg("iteration %u: process %d returned %d (%s) %s", it, i, C->rc[i],
+                         wl_strerror(C->rc[i]), C->err[i]);
         }
         /* Reaped: a victim whose warm call never ended died inside warm(). */
         for (int k = 0; k < 2; k++)
