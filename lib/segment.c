@@ -300,8 +300,13 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
 
         uint64_t first = first_word(fd);
         int ours = first == INIT_MARK;
-        if (first == WL__MAGIC && (size_t)st.st_size < sizeof(struct wl__header))
-            continue; /* an initialiser finished since our fstat: look again */
+        if (first == WL__MAGIC && (size_t)st.st_size < sizeof(struct wl__header)) {
+            /* An initialiser sized and finished it since our fstat: look again. A short
+             * object that merely starts with the magic stays short: refused below. */
+            struct stat again;
+            if (fstat(fd, &again) == 0 && again.st_size != st.st_size)
+                continue;
+        }
         if (st.st_size > 0 && (size_t)st.st_size < sizeof(struct wl__header) && !ours)
             /* An initialiser marks the object (INIT_MARK) before it sizes it, so a shorter
              * object without the mark is someone else's (or a truncated segment that
