@@ -267,7 +267,8 @@ static void test_herd_crash_recovery_start(void **state)
                   (last - t0) / 1e6, leader_attempts(h), fatal, n57);
     assert_true(leader_attempts(h) > 1);
     assert_true(fatal <= leader_attempts(h)); /* every rejection was the leader's */
-    assert_true(fatal <= 30);
+    /* and it paced itself: a rate, not a count, since replay under load can take 20 s */
+    assert_true(fatal <= (int)((last - t0) / 25000000u) + 10);
     wl_unlink(h->seg);
 }
 
