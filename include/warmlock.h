@@ -123,13 +123,26 @@ struct wl_wait_opts {
  * the target has been down. */
 #define WL_FAIL_FAST 1u
 
-/* The leader's retry policy. Zero fields take the defaults. */
+/* The leader's retry policy: how long it waits before its next attempt depends on what
+ * the last one cost the server. Zero fields take the defaults.
+ * - Nothing listens (no socket file, ECONNREFUSED, a refused TCP port): a probe costs the
+ *   server nothing; the next comes refused_ms later (and, for a Unix socket whose file is
+ *   missing, as soon as the file appears: the directory is watched with inotify).
+ * - The server answers but refuses (57P03 starting up, in recovery or shutting down;
+ *   53300 too many connections): each probe costs it a fork and a log line; probes come
+ *   every busy_ms, on a fixed pace (the leader is the target's only prober: jitter would
+ *   only add lag).
+ * - Anything else transient (an attempt that timed out, a connection lost, other 08xxx):
+ *   delays start at initial_ms and double up to max_ms, with `jitter`. */
 struct wl_backoff {
     uint32_t initial_ms;   /* first delay, default 10 */
     uint32_t max_ms;       /* cap of one delay, default 250 */
     uint32_t max_attempts; /* default 0 = unlimited within the deadline */
     uint32_t deadline_ms;  /* the leader's whole warm-up, default = wait.timeout_ms */
     int jitter;            /* 0 default (full), 1 full, 2 decorrelated, -1 none */
+    uint32_t refused_ms;   /* between probes while nothing listens, default 5 */
+    uint32_t busy_ms;      /* between probes while the server refuses (57P03, 53300),
+                            * default 25: at most one FATAL line per 25 ms of recovery */
 };
 
 /* A warm-up: return 0, or a negative errno with res->error (and res->sqlstate) set. */

@@ -51,6 +51,35 @@ WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
  * with res->error set. */
 WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
                                 const struct wl_pg_opts *opts, struct wl_result *res);
+/* ---------------------------------------------------------------- prepared targets
+ *
+ * A prepared conninfo: parsed, keyed (wl_pg_slot_key) and its slot found once, its
+ * options copied (with the strings they point to). wl_pg_target_ensure's ready path is
+ * one acquire load of the slot's state word plus the epoch kept beside it (and, when a
+ * max age applies, one read of the coarse monotonic clock, from the vDSO): no syscall, no
+ * allocation, no parsing. The same results as wl_pg_ensure/wl_pg_connect with the same
+ * conninfo and opts.
+ * A target belongs to its segment handle's process and must not outlive the handle; one
+ * target may be used by one thread at a time (open one per thread; they share the slot).
+ * A child after fork() opens its own segment handle and targets (the parent's are left
+ * alone: close them in the child only if you know no thread of the parent's was using
+ * them at fork).
+ */
+struct wl_pg_target;
+/* 0, or -EINVAL (bad conninfo or opts: the message, passwords masked, in wl_last_error()),
+ * -ENAMETOOLONG, -ENOSPC (segment full), -ENOMEM. */
+WL_EXPORT int wl_pg_target_open(struct wl_segment *seg, const char *conninfo,
+                                const struct wl_pg_opts *opts, struct wl_pg_target **out);
+/* wl_pg_ensure() on a prepared target. */
+WL_EXPORT int wl_pg_target_ensure(struct wl_pg_target *t, struct wl_result *res);
+/* wl_pg_connect() on a prepared target. */
+WL_EXPORT PGconn *wl_pg_target_connect(struct wl_pg_target *t, struct wl_result *res);
+/* wl_invalidate() of the target's slot at epoch: 1 made stale, 0 nothing changed. */
+WL_EXPORT int wl_pg_target_invalidate(struct wl_pg_target *t, uint64_t epoch);
+/* The target's slot key (as wl_pg_slot_key() makes it; no password in it). */
+WL_EXPORT const char *wl_pg_target_key(const struct wl_pg_target *t);
+WL_EXPORT void wl_pg_target_close(struct wl_pg_target *t);
+
 /* The longest key wl_pg_key() and wl_pg_slot_key() make, with its NUL. */
 #define WL_PG_KEY_MAX 1024
 /* The canonical key of a conninfo (what selects the server and session; never the
