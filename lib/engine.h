@@ -62,10 +62,19 @@ int wl__probe_verified(const struct wl__probe *p);
 /* The run's outcome so far: attempts, the last error and SQLSTATE (error "" after a
  * verification); res->role and res->epoch are left alone. */
 void wl__probe_result(const struct wl__probe *p, struct wl_result *res);
+/* 1 if the run's last attempt ran out of its own time (a slow server, not a gone one). */
+int wl__probe_timed_out(const struct wl__probe *p);
 /* The connection of a connect_only run that ended with 0 (NULL otherwise); the caller owns
  * it. */
 PGconn *wl__probe_take_conn(struct wl__probe *p);
 void wl__probe_free(struct wl__probe *p);
+/* Run p to its end on a loop of its own (backend: WL__IO_*). 0 or -errno as the run
+ * ended, or the loop's failure with p's error set. */
+int wl__probe_run(struct wl__probe *p, const struct wl__probe_conf *c, int backend);
+/* c for a run of a wl_pg_opts: its queries, attempt timeout, backoff, and its deadline
+ * (the backoff's, else wait.timeout_ms, else 30 s from now), bounded by deadline_ns (0:
+ * none). */
+void wl__pg_conf(struct wl__probe_conf *c, const struct wl_pg_opts *opts, uint64_t deadline_ns);
 
 /* pg.c: the probe (one leader's warm-up: connect, warm_sql, verify_sql, with retries), a
  * ring task. wl__pg_probe runs one to completion on its own loop: 0 or -errno with

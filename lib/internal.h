@@ -83,6 +83,18 @@ int wl__warm_fail_fast(void);
 /* Called inside a warm function whose transient failure is its caller's final answer
  * (its own attempt budget ran out): wl_ensure returns it instead of carrying on. */
 void wl__warm_stop(void);
+
+/* Prepared keys (slot.c). Take one of the slot's first `budget` login tokens (at most
+ * WL__LOGIN_TOKENS; robust mutexes, so a dead holder's is freed by the kernel), waiting for
+ * one until deadline_ns: its index, or -ETIMEDOUT, -EINVAL. Give it back after the login. */
+struct wl_key;
+int wl__key_login_take(struct wl_key *k, unsigned budget, uint64_t deadline_ns);
+void wl__key_login_give(struct wl_key *k, int token);
+/* wl_key_ensure's ready path alone: 1 (res filled as a follower's) when k's slot is READY
+ * at the word k saw last and fresh for max_age_ms (0: any age), else 0. */
+int wl__key_ready(struct wl_key *k, uint32_t max_age_ms, struct wl_result *res);
+/* The key's text. */
+const char *wl__key_text(const struct wl_key *k);
 /* Is code a transient failure (the server may come back by itself)? */
 int wl__transient(int code);
 /* Is a WARMING slot's leader alive (probes its mutex)? */
@@ -120,6 +132,8 @@ struct wl_backoff;
 struct wl_pg_opts;
 #define WL__BACKOFF_INITIAL_MS 10u
 #define WL__BACKOFF_MAX_MS 250u
+#define WL__BACKOFF_REFUSED_MS 5u /* struct wl_backoff.refused_ms */
+#define WL__BACKOFF_BUSY_MS 25u   /* struct wl_backoff.busy_ms */
 #define WL__BACKOFF_DEADLINE_MS 30000u
 #define WL__JITTER_NONE (-1)
 #define WL__JITTER_FULL 1

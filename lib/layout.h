@@ -16,7 +16,7 @@
  * every futex word and every mutex on its own cache line). ---- */
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
-#define WL__LAYOUT_VERSION 3
+#define WL__LAYOUT_VERSION 4
 /* The magic word while an initialiser works ("WLINIT.." little-endian), written before the
  * object is sized: an object that carries it is a segment whose creator died half-way,
  * which the next opener finishes. */
@@ -31,6 +31,7 @@
 #endif
 
 #define WL__NTOKENS 512 /* followers counted exactly at once; more are counted in `waiters` */
+#define WL__LOGIN_TOKENS 16 /* the largest login budget of a slot (struct wl_pg_opts) */
 
 struct wl__header {
     /* Written by the initialiser, which holds flock(LOCK_EX) on the object; `magic` last,
@@ -120,6 +121,13 @@ struct wl__slot {
     _Atomic uint32_t waiters;
     _Atomic uint64_t warmups, takeovers, attempts, failures, invalidations;
     _Atomic uint64_t hist[WL_HIST_BUCKETS], wait_count, wait_sum_ns;
+
+    /* Login tokens: robust, process-shared, guarding no data. A process holds one while it
+     * opens its own connection to a READY target with a login budget, so at most that
+     * many of this host's logins run at once; the kernel frees a dead holder's. */
+    struct {
+        alignas(WL__LINE) pthread_mutex_t m;
+    } logins[WL__LOGIN_TOKENS];
 };
 
 /* A process's mapping of one segment; kept until exit (glibc bug 14485). */

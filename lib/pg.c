@@ -37,8 +37,6 @@
 #define DEFAULT_ATTEMPT_TIMEOUT_MS 2000u
 #define DEFAULT_VERIFY_SQL         "SELECT 1"
 #define DEFAULT_TIMEOUT_MS         30000u
-/* wl_pg_connect re-verifies a stale epoch only with at least this much time left. */
-#define MIN_REVERIFY_NS (50 * MS)
 
 /* ---------------------------------------------------------------- classification */
 
@@ -350,6 +348,32 @@ static void pace_restart(struct wl__probe *p, uint64_t now)
     p->pace.deadline_ns = UINT64_MAX; /* p->bo keeps the deadline */
 }
 
+/* Is the last failure the server answering "not now" (57P03 starting up, in recovery or
+ * shutting down; class 53 full)? Each such probe costs it a fork and a log line. */
+static int server_busy(const struct wl__probe *p)
+{
+    return !strcmp(p->sqlstate, "57P03") || !strncmp(p->sqlstate, "53", 2);
+}
+
+/* The delay before the next attempt, by what the last one cost the server (see struct
+ * wl_backoff): nothing while nothing listens, a fork and a log line while it refuses. */
+static uint64_t next_delay(struct wl__probe *p, uint64_t now)
+{
+    uint64_t delay = 0;
+
+    if (p->refused) {
+        pace_restart(p, now); /* what follows its return starts from initial_ms */
+        return (uint64_t)(p->bo_opts.refused_ms ? p->bo_opts.refused_ms
+                                                : WL__BACKOFF_REFUSED_MS) * MS;
+    }
+    if (server_busy(p)) {
+        pace_restart(p, now);
+        return (uint64_t)(p->bo_opts.busy_ms ? p->bo_opts.busy_ms : WL__BACKOFF_BUSY_MS) * MS;
+    }
+    wl__backoff_next(&p->pace, now, &delay);
+    return delay;
+}
+
 /* A retryable failure of this attempt has been recorded: sleep, or give up. */
 static int retry_later(struct wl__probe *p)
 {
@@ -366,14 +390,8 @@ static int retry_later(struct wl__probe *p)
     r = wl__backoff_next(&p->bo, now, &delay);
     if (r == -EAGAIN)
         return give_up(p, 1);
-    if (r == 0) {
-        /* While nothing listens a probe costs the server nothing: the schedule starts
-         * over, so the server's first answer is seen within the first delay. Once it
-         * answers (57P03 costs it a fork and a log line), the delays grow to the cap. */
-        if (p->refused)
-            pace_restart(p, now);
-        wl__backoff_next(&p->pace, now, &delay);
-    }
+    if (r == 0)
+        delay = next_delay(p, now);
     if (r < 0 || now + delay >= p->deadline_ns) {
         if (now >= p->deadline_ns) /* nothing left at all */
             return give_up(p, 0);
@@ -830,6 +848,11 @@ void wl__probe_result(const struct wl__probe *p, struct wl_result *res)
     wl__copy(res->error, sizeof(res->error), p->error);
 }
 
+int wl__probe_timed_out(const struct wl__probe *p)
+{
+    return p->timed_out;
+}
+
 PGconn *wl__probe_take_conn(struct wl__probe *p)
 {
     PGconn *c = p->running || p->rc < 0 ? NULL : p->conn;
@@ -852,14 +875,13 @@ void wl__probe_free(struct wl__probe *p)
     free(p);
 }
 
-/* Run p to its end on a loop of its own. */
-static int run_alone(struct wl__probe *p, const struct wl__probe_conf *c)
+int wl__probe_run(struct wl__probe *p, const struct wl__probe_conf *c, int backend)
 {
     struct wl__loop *l;
     char err[200];
     int r;
 
-    if ((r = wl__loop_new(WL__IO_AUTO, &l, err, sizeof(err))) < 0) {
+    if ((r = wl__loop_new(backend, &l, err, sizeof(err))) < 0) {
         wl__copy(p->error, sizeof(p->error), err);
         return p->rc = r;
     }
@@ -876,9 +898,7 @@ static int run_alone(struct wl__probe *p, const struct wl__probe_conf *c)
     return p->rc;
 }
 
-/* The engine's run for a wl_pg_opts: its deadline (the backoff's, else the call's
- * timeout), bounded by deadline_ns. */
-static void conf_of(struct wl__probe_conf *c, const struct wl_pg_opts *opts, uint64_t deadline_ns)
+void wl__pg_conf(struct wl__probe_conf *c, const struct wl_pg_opts *opts, uint64_t deadline_ns)
 {
     uint64_t now = wl__now_ns(), ms;
 
@@ -919,9 +939,9 @@ int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t d
         }
         return r;
     }
-    conf_of(&c, opts, deadline_ns);
+    wl__pg_conf(&c, opts, deadline_ns);
     c.hooks.attempt_failed = warm_progress;
-    r = run_alone(p, &c);
+    r = wl__probe_run(p, &c, WL__IO_AUTO);
     if (res) {
         wl__probe_result(p, res);
         if (r == 0)
@@ -929,190 +949,4 @@ int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t d
     }
     wl__probe_free(p);
     return r;
-}
-
-/* ---------------------------------------------------------------- the public calls */
-
-struct warm_ctx {
-    const char *conninfo;
-    const struct wl_pg_opts *opts;
-    uint64_t deadline_ns; /* the caller's whole-call deadline */
-};
-
-static int pg_warm(void *arg, struct wl_result *res)
-{
-    const struct warm_ctx *c = arg;
-    struct wl_pg_opts o;
-
-    if (!wl__warm_reverifying() && !wl__warm_fail_fast()) {
-        int r = wl__pg_probe(c->conninfo, c->opts, c->deadline_ns, res);
-        /* The caller's own max_attempts ran out: that is its answer (-ECONNREFUSED). */
-        if (r < 0 && c->opts && c->opts->backoff.max_attempts)
-            wl__warm_stop();
-        return r;
-    }
-    /* A re-verification of a READY epoch runs verify_sql once (the warm-up of this epoch
-     * is done); a fail-fast caller wants one attempt, not a retry loop. */
-    if (c->opts)
-        o = *c->opts;
-    else
-        memset(&o, 0, sizeof(o));
-    if (wl__warm_reverifying())
-        o.warm_sql = NULL;
-    o.backoff.max_attempts = 1;
-    return wl__pg_probe(c->conninfo, &o, c->deadline_ns, res);
-}
-
-static uint32_t call_timeout_ms(const struct wl_pg_opts *opts)
-{
-    return opts && opts->wait.timeout_ms ? opts->wait.timeout_ms : DEFAULT_TIMEOUT_MS;
-}
-
-static int ensure_key(struct wl_segment *seg, const char *conninfo, const char *key,
-                      const struct wl_pg_opts *opts, uint64_t deadline_ns, struct wl_result *res)
-{
-    struct warm_ctx ctx = {conninfo, opts, deadline_ns};
-    struct wl_wait_opts w = {0};
-    uint64_t now = wl__now_ns();
-
-    if (opts)
-        w = opts->wait;
-    if (w.max_age_ms == 0)
-        w.max_age_ms = WL_PG_MAX_AGE_MS;
-    else if (w.max_age_ms == UINT32_MAX)
-        w.max_age_ms = 0; /* never re-verify */
-    /* what remains of the caller's deadline (wl_pg_connect may call this twice) */
-    w.timeout_ms = deadline_ns > now ? (uint32_t)((deadline_ns - now + MS - 1) / MS) : 1;
-    return wl_ensure(seg, key, pg_warm, &ctx, &w, res);
-}
-
-/* Clear res and compute the slot key of conninfo; on a bad conninfo, libpq's message in res. */
-static int begin_call(struct wl_segment *seg, const char *conninfo, char *key, size_t len,
-                      struct wl_result *res)
-{
-    int r;
-    memset(res, 0, sizeof(*res));
-    if ((r = wl_pg_slot_key(seg, conninfo, key, len)) < 0)
-        wl__copy(res->error, sizeof(res->error), key);
-    return r;
-}
-
-WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
-                           const struct wl_pg_opts *opts, struct wl_result *res)
-{
-    struct wl_result scratch;
-    char key[WL_PG_KEY_MAX];
-    uint64_t deadline = wl__now_ns() + (uint64_t)call_timeout_ms(opts) * MS;
-    int r;
-
-    if (!res)
-        res = &scratch;
-    if ((r = begin_call(seg, conninfo, key, sizeof(key), res)) < 0)
-        return r;
-    return ensure_key(seg, conninfo, key, opts, deadline, res);
-}
-
-/* wl_pg_connect's deadline passed while the server refused our own connection as full:
- * name the deadline and the 53300, not the last (cut short) attempt's few ms. */
-static PGconn *connect_deadline(struct wl_result *res, uint64_t t0, unsigned own,
-                                const char *full)
-{
-    const char *l = strstr(res->error, "last error: ");
-    char last[120];
-    wl__copy(last, sizeof(last), l ? l + 12 : res->error);
-    wl__fmt(res->error, sizeof(res->error), "deadline of %llu ms passed while the server "
-            "refused %u connection attempt%s of ours as full (53300: %.90s); last: %s",
-            (unsigned long long)((wl__now_ns() - t0 + MS / 2) / MS), own, own == 1 ? "" : "s",
-            full, last);
-    wl__copy(res->sqlstate, sizeof(res->sqlstate), "53300");
-    return NULL;
-}
-
-WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
-                                const struct wl_pg_opts *opts, struct wl_result *res)
-{
-    struct wl_result scratch;
-    char key[WL_PG_KEY_MAX];
-    uint64_t t0 = wl__now_ns(), deadline = t0 + (uint64_t)call_timeout_ms(opts) * MS;
-    char full[200] = ""; /* the server's last "too many connections" refusal */
-    unsigned own = 0;    /* connection attempts of our own */
-    int r;
-
-    if (!res)
-        res = &scratch;
-    if (begin_call(seg, conninfo, key, sizeof(key), res) < 0)
-        return NULL;
-    for (;;) {
-        struct wl__probe_conf c;
-        struct wl__probe *p;
-        char err[256];
-        uint64_t now;
-        unsigned attempted;
-        int slow;
-
-        if ((r = ensure_key(seg, conninfo, key, opts, deadline, res)) < 0)
-            return NULL;
-        /* Our own connection: one attempt of the engine's connect, handed over. */
-        conf_of(&c, opts, deadline);
-        c.connect_only = 1;
-        c.backoff.max_attempts = 1;
-        /* The server was just verified, so a slow login is a queue (a herd connecting at
-         * once), not a dead server: an attempt timeout would send us to the back of that
-         * queue again and again. Our own connection may take what is left of the deadline. */
-        now = wl__now_ns();
-        c.attempt_timeout_ms = deadline > now + MS ? (uint32_t)((deadline - now) / MS) : 1;
-        if ((r = wl__probe_new(conninfo, &p, err, sizeof(err))) < 0) {
-            wl__copy(res->error, sizeof(res->error), err);
-            return NULL;
-        }
-        r = run_alone(p, &c);
-        if (r == 0) {
-            PGconn *conn = wl__probe_take_conn(p);
-            wl__probe_free(p);
-            PQsetErrorVerbosity(conn, PQERRORS_DEFAULT);
-            res->waited_ns = wl__now_ns() - t0;
-            return conn;
-        }
-        wl__copy(res->sqlstate, sizeof(res->sqlstate), p->sqlstate);
-        wl__copy(res->error, sizeof(res->error), p->error);
-        attempted = p->attempts;
-        own += p->attempts;
-        slow = p->timed_out;
-        wl__probe_free(p);
-        now = wl__now_ns();
-        /* The probe's give_up wraps a retryable last error into -ECONNREFUSED/-ETIMEDOUT
-         * (max_attempts is 1): the epoch the leader verified is gone for us too. */
-        if (r != -ECONNREFUSED && r != -ETIMEDOUT)
-            return NULL; /* class 28, 3D000, bad conninfo...: as is */
-        if (!attempted) /* our deadline was spent before we tried: nothing learnt */
-            return full[0] ? connect_deadline(res, t0, own, full) : NULL;
-        if (slow) {
-            /* Our attempt ran out of time: the server is slow (overloaded), not gone.
-             * Invalidating would send one more prober at it; just try again. */
-            if (now + MIN_REVERIFY_NS >= deadline)
-                return full[0] ? connect_deadline(res, t0, own, full) : NULL;
-            continue;
-        }
-        if (!strncmp(res->sqlstate, "53", 2)) {
-            /* Class 53 (53300 too many connections): a full server is not a stale one.
-             * Keep the epoch (a re-verification would need one more connection of the
-             * full server) and try our own connection again after a short backoff. */
-            uint64_t pause = 20 * MS + (now & 0xfffff) % (30 * MS);
-            {
-                const char *l = strstr(res->error, "FATAL:");
-                if (!l && (l = strstr(res->error, "last error: ")))
-                    l += 12;
-                wl__copy(full, sizeof(full), l ? l : res->error);
-            }
-            if (now + pause >= deadline)
-                return connect_deadline(res, t0, own, full);
-            wl__backoff_pause(pause);
-            continue;
-        }
-        wl_invalidate(seg, key, res->epoch);
-        /* Too little time left for a re-verification: do not lead one that can only fail
-         * (its failure would be published to everyone for fail_ttl_ms). */
-        if (now + MIN_REVERIFY_NS >= deadline)
-            return NULL;
-    }
 }

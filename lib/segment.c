@@ -225,6 +225,8 @@ static void init_segment(struct wl__header *h, uint32_t nslots)
         wl__mutex_init(&slots[i].mutex);
         wl__mutex_init(&slots[i].watch);
         wl__mutex_init(&slots[i].deputy);
+        for (unsigned j = 0; j < WL__LOGIN_TOKENS; j++)
+            wl__mutex_init(&slots[i].logins[j].m);
         atomic_init(&slots[i].time_to_ready_ns, -1);
     }
     /* release: a reader that sees the magic sees the initialised header and slots */

@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -1020,8 +1021,33 @@ struct wl_key {
     struct wl__slot *sl;
     uint32_t ready_word; /* the READY state word last seen, UINT32_MAX none */
     uint64_t epoch;      /* its epoch */
+    uint32_t age_ms;     /* the max_age_ms fresh_ns was computed for */
+    uint64_t fresh_ns;   /* CLOCK_MONOTONIC_COARSE before which that epoch is fresh */
     char key[];
 };
+
+/* Is the READY epoch k saw fresh for max_age_ms? On the ready path: one read of the coarse
+ * clock (the vDSO's, no syscall) against a bound kept in k; only past it the slot's
+ * verified_ns is read again (a keeper's check moves it without a transition). The coarse
+ * clock trails CLOCK_MONOTONIC by up to one tick, so an epoch may be trusted that much
+ * past its age. */
+static int key_fresh(struct wl_key *k, uint32_t max_age_ms)
+{
+    struct timespec ts;
+    uint64_t now, v;
+
+    if (!max_age_ms)
+        return 1;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (k->age_ms == max_age_ms && now < k->fresh_ns)
+        return 1;
+    /* relaxed: a hint for when to re-verify, read again under the slot's rules if stale */
+    v = atomic_load_explicit(&k->sl->verified_ns, memory_order_relaxed);
+    k->age_ms = max_age_ms;
+    k->fresh_ns = v + (uint64_t)max_age_ms * MS;
+    return !is_aged(k->sl, max_age_ms);
+}
 
 WL_EXPORT int wl_key_open(struct wl_segment *seg, const char *key, struct wl_key **out)
 {
@@ -1046,6 +1072,24 @@ WL_EXPORT int wl_key_open(struct wl_segment *seg, const char *key, struct wl_key
     return 0;
 }
 
+int wl__key_ready(struct wl_key *k, uint32_t max_age_ms, struct wl_result *res)
+{
+    /* The ready path: one atomic load. The state word changes on every transition, so
+     * the READY word we saw last still means the epoch we read with it. acquire: pairs
+     * with the leader's release store of READY. */
+    uint32_t s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
+    if (s != k->ready_word || !key_fresh(k, max_age_ms))
+        return 0;
+    if (res) {
+        res->role = WL_FOLLOWER;
+        res->epoch = k->epoch;
+        res->waited_ns = 0;
+        res->attempts = 0;
+        res->sqlstate[0] = res->error[0] = '\0';
+    }
+    return 1;
+}
+
 WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
                             const struct wl_wait_opts *opts, struct wl_result *res)
 {
@@ -1056,20 +1100,9 @@ WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
 
     if (!k)
         return -EINVAL;
-    /* The ready path: one atomic load. The state word changes on every transition, so
-     * the READY word we saw last still means the epoch we read with it. acquire: pairs
-     * with the leader's release store of READY. */
-    s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
-    if (s == k->ready_word && (!opts || !opts->max_age_ms || !is_aged(k->sl, opts->max_age_ms))) {
-        if (res) {
-            res->role = WL_FOLLOWER;
-            res->epoch = k->epoch;
-            res->waited_ns = 0;
-            res->attempts = 0;
-            res->sqlstate[0] = res->error[0] = '\0';
-        }
+    if (wl__key_ready(k, opts ? opts->max_age_ms : 0, res))
         return 0;
-    }
+    s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
     if (!res)
         res = &scratch;
     result_init(res);
@@ -1096,6 +1129,38 @@ WL_EXPORT int wl_key_invalidate(struct wl_key *k, uint64_t epoch)
     if (!k)
         return -EINVAL;
     return wl_invalidate(k->seg, k->key, epoch);
+}
+
+int wl__key_login_take(struct wl_key *k, unsigned budget, uint64_t deadline_ns)
+{
+    unsigned i, start;
+    int r;
+
+    if (budget > WL__LOGIN_TOKENS)
+        budget = WL__LOGIN_TOKENS;
+    if (budget == 0)
+        return -EINVAL;
+    /* Spread the processes over the tokens, so that each queue is as short as the next. */
+    start = ((unsigned)getpid() ^ (unsigned)((uintptr_t)pthread_self() >> 12)) % budget;
+    for (i = 0; i < budget; i++) {
+        unsigned t = (start + i) % budget;
+        if (wl__lock(&k->sl->logins[t].m, 0, NULL, NULL) >= 0)
+            return (int)t;
+    }
+    if ((r = wl__lock(&k->sl->logins[start].m, deadline_ns, NULL, NULL)) < 0)
+        return r == -ETIMEDOUT ? r : -EIO;
+    return (int)start;
+}
+
+void wl__key_login_give(struct wl_key *k, int token)
+{
+    if (token >= 0 && token < WL__LOGIN_TOKENS)
+        wl__unlock(&k->sl->logins[token].m);
+}
+
+const char *wl__key_text(const struct wl_key *k)
+{
+    return k->key;
 }
 
 WL_EXPORT void wl_key_close(struct wl_key *k)

@@ -29,6 +29,8 @@ extern "C" {
  * Twice warmlockd's default check interval, so with the daemon running applications never
  * re-verify. wait.max_age_ms = UINT32_MAX: never. */
 #define WL_PG_MAX_AGE_MS 10000u
+/* The default wl_pg_opts.login_budget: 0, unpaced (bench/README.md shows why). */
+#define WL_PG_LOGIN_BUDGET 0u
 
 struct wl_pg_opts {
     const char *warm_sql;        /* run once per epoch by the leader, may hold several statements */
@@ -36,6 +38,10 @@ struct wl_pg_opts {
     uint32_t attempt_timeout_ms; /* per connect/query attempt, default 2000 */
     struct wl_backoff backoff;   /* the leader's retry policy */
     struct wl_wait_opts wait;
+    uint32_t login_budget;       /* wl_pg_connect: at most this many of this host's own
+                                  * connections to the target log in at once (robust tokens
+                                  * in the segment, at most 16); 0 the default
+                                  * (WL_PG_LOGIN_BUDGET), UINT32_MAX unpaced */
 };
 
 /* Ensure the server of `conninfo` is warm and verified in this epoch; blocks until READY,
