@@ -16,8 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -47,13 +50,86 @@ static int group_setup(void **state)
     return 0;
 }
 
+/* How a test reaches the engine: its prestate says "uring" or "poll" (the engine alone on
+ * that backend, wlt_backend), or "target" (a prepared target on a fresh segment, as a
+ * leader: what wl_pg_target_ensure returns must be what the engine did). The wl_pg_ensure
+ * tests run with "call" (wl_pg_ensure, wl_pg_connect) and "target" (the same through a
+ * prepared target opened for each call). */
+static int via_target(void **state)
+{
+    const char *m = *state ? (const char *)*state : "";
+    if (!strcmp(m, "target") || !strcmp(m, "call")) {
+        print_message("through: %s\n", m);
+        unsetenv("WARMLOCK_IO");
+        return !strcmp(m, "target");
+    }
+    wlt_backend(state);
+    return 0;
+}
+static int use_target;
+
+#define WLT_ALL(fn) WLT_BOTH(fn), cmocka_unit_test_prestate(fn, (void *)"target")
+#define WLT_CALLS(fn)                                                                              \
+    cmocka_unit_test_prestate(fn, (void *)"call"), cmocka_unit_test_prestate(fn, (void *)"target")
+
+static int target_ensure(struct wl_segment *seg, const char *conninfo,
+                         const struct wl_pg_opts *o, struct wl_result *r)
+{
+    struct wl_pg_target *t;
+    int rc = wl_pg_target_open(seg, conninfo, o, &t);
+    if (rc < 0) {
+        memset(r, 0, sizeof(*r));
+        snprintf(r->error, sizeof(r->error), "%s", wl_last_error());
+        return rc;
+    }
+    rc = wl_pg_target_ensure(t, r);
+    wl_pg_target_close(t);
+    return rc;
+}
+
+static int pg_ensure(struct wl_segment *seg, const char *conninfo, const struct wl_pg_opts *o,
+                     struct wl_result *r)
+{
+    return use_target ? target_ensure(seg, conninfo, o, r) : wl_pg_ensure(seg, conninfo, o, r);
+}
+
+static PGconn *pg_connect(struct wl_segment *seg, const char *conninfo,
+                          const struct wl_pg_opts *o, struct wl_result *r)
+{
+    struct wl_pg_target *t;
+    PGconn *c;
+    if (!use_target)
+        return wl_pg_connect(seg, conninfo, o, r);
+    if (wl_pg_target_open(seg, conninfo, o, &t) < 0) {
+        memset(r, 0, sizeof(*r));
+        snprintf(r->error, sizeof(r->error), "%s", wl_last_error());
+        return NULL;
+    }
+    c = wl_pg_target_connect(t, r);
+    wl_pg_target_close(t);
+    return c;
+}
+
 static int probe(const char *conninfo, const struct wl_pg_opts *o, struct wl_result *r,
                  uint64_t *ms)
 {
     uint64_t t0 = wl__now_ns();
     int rc;
     memset(r, 0, sizeof(*r));
-    rc = wl__pg_probe(conninfo, o, 0, r);
+    if (use_target) {
+        struct wl_segment *seg;
+        const char *name = wlt_segname();
+        assert_int_equal(wl_open(name, NULL, &seg), 0);
+        rc = target_ensure(seg, conninfo, o, r);
+        if (rc != -EINVAL && r->role != WL_LEADER)
+            print_message("rc=%d role=%d error='%s'\n", rc, r->role, r->error);
+        if (rc != -EINVAL)
+            assert_int_equal(r->role, WL_LEADER);
+        wl_close(seg);
+        wl_unlink(name);
+    } else {
+        rc = wl__pg_probe(conninfo, o, 0, r);
+    }
     if (ms)
         *ms = (wl__now_ns() - t0) / MS;
     print_message("rc=%d (%s) attempts=%u sqlstate='%s' error='%s'\n", rc,
@@ -67,7 +143,7 @@ static void test_pg_probe_succeeds_with_one_connection(void **state)
 {
     struct wl_result r;
     long mark;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     mark = pgh_log_mark(&H);
@@ -99,7 +175,7 @@ static void test_pg_probe_retries_until_a_late_server_starts(void **state)
     struct wl_result r;
     pthread_t th;
     uint64_t ms;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     assert_int_equal(pgh_stop(&H, "fast"), 0);
@@ -138,7 +214,7 @@ static void test_pg_probe_rides_out_crash_recovery_57P03(void **state)
     uint64_t ms, done_ms, ready_ms;
     long mark;
     int n57;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     assert_int_equal(pgh_crash(&H), 0);
@@ -179,7 +255,7 @@ static void test_pg_connect_error_during_recovery_reads_sqlstate_57P03(void **st
     struct wl_result r;
     char st[6] = "";
     int i, refused, rc = 1;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     /* held in recovery for as long as the attempt takes: the amount of WAL does not matter */
@@ -215,7 +291,7 @@ static void test_pg_probe_wrong_password_fails_fast_with_28P01(void **state)
     struct wl_result r;
     uint64_t ms;
     long mark;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     mark = pgh_log_mark(&H);
@@ -233,7 +309,7 @@ static void test_pg_probe_missing_database_is_enoent(void **state)
 {
     char ci[1200];
     struct wl_result r;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     snprintf(ci, sizeof(ci), "%s dbname=no_such_db", CI);
@@ -252,7 +328,7 @@ static void test_pg_probe_bad_conninfo_is_einval_without_server_contact(void **s
     struct wl_result r;
     long mark;
     size_t i;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     mark = pgh_log_mark(&H);
@@ -274,7 +350,7 @@ static void test_pg_probe_never_up_times_out_at_the_deadline(void **state)
     char ci[300], dir[64];
     struct wl_result r;
     uint64_t ms;
-    wlt_backend(state);
+    use_target = via_target(state);
     snprintf(dir, sizeof(dir), "/tmp/wltest-nosock.%d", (int)getpid());
     snprintf(ci, sizeof(ci), "host=%s port=5432 dbname=x user=x password=%s", dir, PASSWORD);
     assert_int_equal(probe(ci, &o, &r, &ms), -ETIMEDOUT);
@@ -307,7 +383,7 @@ static void test_pg_probe_refused_until_attempts_run_out_is_econnrefused(void **
     char ci[300];
     struct wl_result r;
     uint64_t ms;
-    wlt_backend(state);
+    use_target = via_target(state);
     snprintf(ci, sizeof(ci), "hostaddr=127.0.0.1 port=%d dbname=x user=x", free_tcp_port());
     assert_int_equal(probe(ci, &o, &r, &ms), -ECONNREFUSED);
     assert_int_equal(r.attempts, 4);
@@ -326,7 +402,7 @@ static void test_pg_probe_silent_server_hits_the_attempt_timeout(void **state)
     struct wl_result r;
     uint64_t ms;
     int fd;
-    wlt_backend(state);
+    use_target = via_target(state);
     snprintf(dir, sizeof(dir), "/tmp/wltest-silent.%d", (int)getpid());
     mkdir(dir, 0700);
     snprintf(a.sun_path, sizeof(a.sun_path), "%s/.s.PGSQL.5999", dir);
@@ -354,7 +430,7 @@ static void test_pg_probe_uses_connect_timeout_as_the_attempt_timeout(void **sta
     struct wl_result r;
     uint64_t ms;
     int fd;
-    (void)state;
+    use_target = via_target(state);
     snprintf(dir, sizeof(dir), "/tmp/wltest-silent2.%d", (int)getpid());
     mkdir(dir, 0700);
     snprintf(a.sun_path, sizeof(a.sun_path), "%s/.s.PGSQL.5998", dir);
@@ -376,7 +452,7 @@ static void test_pg_probe_warm_sql_error_is_eio_with_sqlstate(void **state)
 {
     struct wl_pg_opts o = {.warm_sql = "SELECT 1; SELECT * FROM no_such_table; SELECT 2"};
     struct wl_result r;
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     assert_int_equal(probe(CI, &o, &r, NULL), -EIO);
@@ -400,7 +476,7 @@ static void test_pg_probe_runs_every_statement_of_warm_sql(void **state)
         .verify_sql = "SELECT 1 FROM wl_warm HAVING count(*) >= 2"};
     struct wl_result r;
     char out[64];
-    wlt_backend(state);
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     assert_int_equal(pgh_psql(&H, "DROP TABLE IF EXISTS wl_warm"), 0);
@@ -609,7 +685,7 @@ static int herd_worker(void *arg, int i)
     if (wl_open(h->seg, NULL, &seg) < 0)
         return 90;
     wlt_barrier_wait(&h->bar, h->n);
-    h->rc[i] = wl_pg_ensure(seg, h->ci, &o, &r);
+    h->rc[i] = pg_ensure(seg, h->ci, &o, &r);
     h->done_ns[i] = wlt_now_ns();
     h->attempts[i] = r.attempts;
     if (r.role == WL_LEADER)
@@ -630,7 +706,7 @@ static void test_pg_ensure_herd_one_leader_through_crash_recovery(void **state)
     uint32_t i;
     int conns, n57;
     uint64_t first = UINT64_MAX, last = 0;
-    (void)state;
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     h->n = 32;
@@ -674,22 +750,22 @@ static void test_pg_ensure_publishes_auth_failure_to_followers(void **state)
     struct wl_result r1, r2;
     long mark;
     const char *name = wlt_segname();
-    (void)state;
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     assert_int_equal(wl_open(name, NULL, &seg), 0);
     mark = pgh_log_mark(&H);
-    assert_int_equal(wl_pg_ensure(seg, BAD_PW, &o, &r1), -EACCES);
+    assert_int_equal(pg_ensure(seg, BAD_PW, &o, &r1), -EACCES);
     assert_int_equal(r1.role, WL_LEADER);
     assert_string_equal(r1.sqlstate, "28P01");
     /* served from the segment: same code and message, no new connection */
-    assert_int_equal(wl_pg_ensure(seg, BAD_PW, &o, &r2), -EACCES);
+    assert_int_equal(pg_ensure(seg, BAD_PW, &o, &r2), -EACCES);
     assert_int_equal(r2.role, WL_FOLLOWER);
     assert_string_equal(r2.sqlstate, "28P01");
     assert_string_equal(r2.error, r1.error);
     assert_int_equal(pgh_count_log_since(&H, mark, "connection received"), 1);
     /* garbage never reaches the segment or the server */
-    assert_int_equal(wl_pg_ensure(seg, "garbage", &o, &r1), -EINVAL);
+    assert_int_equal(pg_ensure(seg, "garbage", &o, &r1), -EINVAL);
     assert_non_null(strstr(r1.error, "invalid conninfo"));
     wl_close(seg);
     wl_unlink(name);
@@ -701,6 +777,118 @@ static void *restart_later(void *arg)
     wlt_sleep_ms(l->ms);
     l->rc = pgh_start(&H, 0);
     return NULL;
+}
+
+/* The schedule knows what a probe costs. A port where nothing listens is probed every
+ * refused_ms (it costs the server nothing); a server held in recovery, where every probe
+ * costs it a fork and a FATAL line, at busy_ms and never faster. The lower bounds are
+ * generous (a loaded machine runs timers late); the upper bounds are the pace itself, which
+ * no machine speed can break. */
+static void test_pg_schedule_probes_by_what_a_probe_costs(void **state)
+{
+    /* the call's timeout too: through a target the caller would outlive one warm-up */
+    struct wl_pg_opts o = {.backoff = {.deadline_ms = 600}, .wait.timeout_ms = 600};
+    struct wl_result r;
+    char ci[1200];
+    uint64_t ms;
+    long mark;
+    int fatal, n57;
+    use_target = via_target(state);
+    NEED_PG();
+    pg_ensure_up();
+
+    /* nothing listens: the socket file is missing */
+    snprintf(ci, sizeof(ci), "host=%s port=%d user=postgres dbname=postgres", H.dir, 1);
+    assert_int_equal(probe(ci, &o, &r, &ms), -ETIMEDOUT);
+    print_message("refused: %u attempts in %llu ms (refused_ms 5)\n", r.attempts,
+                  (unsigned long long)ms);
+    assert_true(r.attempts >= 20);
+    assert_true(r.attempts <= ms / 5 + 2);
+
+    /* the server answers 57P03 for as long as it is held */
+    assert_int_equal(pgh_crash(&H), 0);
+    assert_int_equal(pgh_start_held(&H), 0);
+    mark = pgh_log_mark(&H);
+    o.backoff.deadline_ms = o.wait.timeout_ms = 1000;
+    assert_int_equal(probe(CI, &o, &r, &ms), -ETIMEDOUT);
+    assert_string_equal(r.sqlstate, "57P03");
+    print_message("57P03: %u attempts in %llu ms (busy_ms 25)\n", r.attempts,
+                  (unsigned long long)ms);
+    assert_true(r.attempts >= 8);
+    assert_true(r.attempts <= ms / 25 + 2);
+    o.backoff.busy_ms = 100;
+    assert_int_equal(probe(CI, &o, &r, &ms), -ETIMEDOUT);
+    print_message("57P03: %u attempts in %llu ms (busy_ms 100)\n", r.attempts,
+                  (unsigned long long)ms);
+    assert_true(r.attempts >= 3);
+    assert_true(r.attempts <= ms / 100 + 2);
+    assert_int_equal(pgh_release(&H, 1), 0);
+    /* the server logged no more FATAL lines than the probes made */
+    fatal = pgh_count_log_since(&H, mark, "FATAL:");
+    n57 = pgh_count_log_57P03_since(&H, mark);
+    print_message("server log: %d FATAL, %d 57P03\n", fatal, n57);
+    assert_true(n57 >= 1);
+    assert_true(fatal <= 1000 / 25 + 2 + 1000 / 100 + 2);
+}
+
+/* A prepared target's ready path makes no syscall (seccomp strict mode kills the process
+ * on any but read, write, exit and sigreturn), with the engine's default max age, and its
+ * results are those of wl_pg_ensure. */
+static int target_ready_child(void *arg, int idx)
+{
+    struct wl_pg_target *t = arg;
+    struct wl_result res;
+    uint64_t sum = 0, epoch;
+    (void)idx;
+    if (wl_pg_target_ensure(t, &res) != 0)
+        return 3;
+    epoch = res.epoch;
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) != 0)
+        return 77;
+    for (int i = 0; i < 200000; i++) {
+        if (wl_pg_target_ensure(t, &res) != 0 || res.role != WL_FOLLOWER)
+            syscall(SYS_exit, 4);
+        sum += res.epoch;
+    }
+    syscall(SYS_exit, sum == 200000 * epoch ? 0 : 5);
+    return 6;
+}
+
+static void test_pg_target_ready_path_makes_no_syscall(void **state)
+{
+    struct wl_segment *seg;
+    struct wl_pg_target *t;
+    struct wl_result r1, r2;
+    const char *name = wlt_segname();
+    int st;
+    (void)state;
+    NEED_PG();
+    pg_ensure_up();
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    assert_int_equal(wl_pg_target_open(seg, CI, NULL, &t), 0);
+    assert_null(strstr(wl_pg_target_key(t), PASSWORD));
+    assert_int_equal(wl_pg_target_ensure(t, &r1), 0);
+    assert_int_equal(r1.role, WL_LEADER);
+    assert_int_equal(wl_pg_ensure(seg, CI, NULL, &r2), 0);
+    assert_int_equal(r2.role, WL_FOLLOWER);
+    assert_int_equal(r2.epoch, r1.epoch);
+    st = wlt_wait(wlt_spawn(target_ready_child, t, 0), 20000);
+    if (st == 77)
+        skip();
+    assert_int_equal(st, 0); /* 128+SIGKILL would mean a syscall was made */
+    /* invalidated through the target: the next call leads a re-verification */
+    assert_int_equal(wl_pg_target_invalidate(t, r1.epoch), 1);
+    assert_int_equal(wl_pg_target_ensure(t, &r2), 0);
+    assert_int_equal(r2.role, WL_LEADER);
+    assert_true(r2.epoch > r1.epoch);
+    wl_pg_target_close(t);
+    /* bad conninfo: the message in wl_last_error, the password masked */
+    assert_int_equal(wl_pg_target_open(seg, "password=hunter2 nosuchkeyword=1", NULL, &t),
+                     -EINVAL);
+    assert_non_null(strstr(wl_last_error(), "nosuchkeyword"));
+    assert_null(strstr(wl_last_error(), "hunter2"));
+    wl_close(seg);
+    wl_unlink(name);
 }
 
 /* READY in the segment, but the server restarted meanwhile: wl_pg_connect's own connect
@@ -716,11 +904,11 @@ static void test_pg_connect_invalidates_a_stale_epoch_and_reconnects(void **stat
     PGresult *res;
     uint64_t epoch;
     const char *name = wlt_segname();
-    (void)state;
+    use_target = via_target(state);
     NEED_PG();
     pg_ensure_up();
     assert_int_equal(wl_open(name, NULL, &seg), 0);
-    c = wl_pg_connect(seg, CI, &o, &r);
+    c = pg_connect(seg, CI, &o, &r);
     assert_non_null(c);
     epoch = r.epoch;
     assert_true(epoch >= 1);
@@ -732,7 +920,7 @@ static void test_pg_connect_invalidates_a_stale_epoch_and_reconnects(void **stat
 
     assert_int_equal(pgh_stop(&H, "fast"), 0);
     assert_int_equal(pthread_create(&th, NULL, restart_later, &l), 0);
-    c = wl_pg_connect(seg, CI, &o, &r);
+    c = pg_connect(seg, CI, &o, &r);
     pthread_join(th, NULL);
     if (!c)
         print_message("wl_pg_connect: %s\n", r.error);
@@ -741,7 +929,7 @@ static void test_pg_connect_invalidates_a_stale_epoch_and_reconnects(void **stat
     assert_int_equal(PQstatus(c), CONNECTION_OK);
     PQfinish(c);
     /* auth failures come back as they are, no invalidation loop */
-    assert_null(wl_pg_connect(seg, BAD_PW, &o, &r));
+    assert_null(pg_connect(seg, BAD_PW, &o, &r));
     assert_string_equal(r.sqlstate, "28P01");
     wl_close(seg);
     wl_unlink(name);
@@ -757,22 +945,24 @@ int main(void)
         cmocka_unit_test(test_pg_key_never_holds_the_password),
         cmocka_unit_test(test_pg_key_fills_defaults_like_libpq),
         cmocka_unit_test(test_pg_key_rejects_garbage_with_libpqs_message),
-        WLT_BOTH(test_pg_probe_succeeds_with_one_connection),
-        WLT_BOTH(test_pg_probe_retries_until_a_late_server_starts),
-        WLT_BOTH(test_pg_probe_rides_out_crash_recovery_57P03),
-        WLT_BOTH(test_pg_connect_error_during_recovery_reads_sqlstate_57P03),
-        WLT_BOTH(test_pg_probe_wrong_password_fails_fast_with_28P01),
-        WLT_BOTH(test_pg_probe_missing_database_is_enoent),
-        WLT_BOTH(test_pg_probe_bad_conninfo_is_einval_without_server_contact),
-        WLT_BOTH(test_pg_probe_never_up_times_out_at_the_deadline),
-        WLT_BOTH(test_pg_probe_refused_until_attempts_run_out_is_econnrefused),
-        WLT_BOTH(test_pg_probe_silent_server_hits_the_attempt_timeout),
-        cmocka_unit_test(test_pg_probe_uses_connect_timeout_as_the_attempt_timeout),
-        WLT_BOTH(test_pg_probe_warm_sql_error_is_eio_with_sqlstate),
-        WLT_BOTH(test_pg_probe_runs_every_statement_of_warm_sql),
-        cmocka_unit_test(test_pg_ensure_herd_one_leader_through_crash_recovery),
-        cmocka_unit_test(test_pg_ensure_publishes_auth_failure_to_followers),
-        cmocka_unit_test(test_pg_connect_invalidates_a_stale_epoch_and_reconnects),
+        WLT_ALL(test_pg_probe_succeeds_with_one_connection),
+        WLT_ALL(test_pg_probe_retries_until_a_late_server_starts),
+        WLT_ALL(test_pg_probe_rides_out_crash_recovery_57P03),
+        WLT_ALL(test_pg_connect_error_during_recovery_reads_sqlstate_57P03),
+        WLT_ALL(test_pg_probe_wrong_password_fails_fast_with_28P01),
+        WLT_ALL(test_pg_probe_missing_database_is_enoent),
+        WLT_ALL(test_pg_probe_bad_conninfo_is_einval_without_server_contact),
+        WLT_ALL(test_pg_probe_never_up_times_out_at_the_deadline),
+        WLT_ALL(test_pg_probe_refused_until_attempts_run_out_is_econnrefused),
+        WLT_ALL(test_pg_probe_silent_server_hits_the_attempt_timeout),
+        WLT_ALL(test_pg_probe_uses_connect_timeout_as_the_attempt_timeout),
+        WLT_ALL(test_pg_probe_warm_sql_error_is_eio_with_sqlstate),
+        WLT_ALL(test_pg_probe_runs_every_statement_of_warm_sql),
+        WLT_CALLS(test_pg_ensure_herd_one_leader_through_crash_recovery),
+        WLT_CALLS(test_pg_ensure_publishes_auth_failure_to_followers),
+        WLT_CALLS(test_pg_connect_invalidates_a_stale_epoch_and_reconnects),
+        cmocka_unit_test(test_pg_target_ready_path_makes_no_syscall),
+        WLT_ALL(test_pg_schedule_probes_by_what_a_probe_costs),
     };
     return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
 }
