@@ -132,6 +132,13 @@ struct wl_wait_opts {
  *   53300 too many connections): each probe costs it a fork and a log line; probes come
  *   every busy_ms, on a fixed pace (the leader is the target's only prober: jitter would
  *   only add lag).
+ * - A local server behind a Unix socket says itself when it is ready: the libpq engine
+ *   watches its data directory's postmaster.pid (found through the socket's lock file)
+ *   with inotify and probes the moment its state changes to ready, and, while it answers
+ *   57P03, otherwise only every max_ms; while the socket file is missing it probes the
+ *   moment it appears. This needs read access to the data directory (the server's user,
+ *   root, or initdb -g and its group); without it, or with WL_BACKOFF_NO_WATCH, the
+ *   paces above apply.
  * - Anything else transient (an attempt that timed out, a connection lost, other 08xxx):
  *   delays start at initial_ms and double up to max_ms, with `jitter`. */
 struct wl_backoff {
@@ -143,7 +150,10 @@ struct wl_backoff {
     uint32_t refused_ms;   /* between probes while nothing listens, default 5 */
     uint32_t busy_ms;      /* between probes while the server refuses (57P03, 53300),
                             * default 25: at most one FATAL line per 25 ms of recovery */
+    uint32_t flags;        /* WL_BACKOFF_NO_WATCH */
 };
+/* struct wl_backoff.flags: never watch a local server's postmaster.pid or socket file. */
+#define WL_BACKOFF_NO_WATCH 1u
 
 /* A warm-up: return 0, or a negative errno with res->error (and res->sqlstate) set. */
 typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);

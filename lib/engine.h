@@ -91,6 +91,35 @@ int wl__pg_classify(const char *sqlstate, const char *msg, int connecting, int *
  * hosts were tried; "" if none. */
 void wl__pg_sqlstate_of(const char *msg, char out[6]);
 
+/* pmwatch.c: a local server's own word on its state. Over a Unix socket, the socket's lock
+ * file names the data directory, whose postmaster.pid says "starting", "standby", "ready" or
+ * "stopping" (line 8, as pg_ctl reads it); an inotify descriptor watches that directory and
+ * the socket directory. */
+struct wl__pmwatch {
+    int fd;           /* inotify, -1 none */
+    int sock_wd;      /* the socket directory (the socket file appearing), -1 none */
+    int data_wd;      /* the data directory (postmaster.pid rewritten), -1 none */
+    int tried;        /* wl__pmwatch_setup ran */
+    char sockdir[256];
+    char sockname[32]; /* ".s.PGSQL.<port>" */
+    char pidfile[512];
+};
+enum { WL__PM_UNKNOWN = 0, WL__PM_STARTING, WL__PM_STANDBY, WL__PM_READY, WL__PM_STOPPING };
+#define WL__PM_EV_SOCKET 1 /* the socket file appeared */
+#define WL__PM_EV_STATE 2  /* postmaster.pid was written */
+void wl__pmwatch_init(struct wl__pmwatch *w);
+/* Watch the server behind socket directory `host` and `port` (once: later calls return what
+ * the first found). 0 when something is watched (w->fd readable on a change), -1 when
+ * nothing can be (not a Unix socket, no inotify, directories not readable). */
+int wl__pmwatch_setup(struct wl__pmwatch *w, const char *host, const char *port);
+/* 1 if postmaster.pid is watched (the server's state changes wake w->fd). */
+int wl__pmwatch_watches_state(const struct wl__pmwatch *w);
+/* The state postmaster.pid says now: WL__PM_*. */
+int wl__pmwatch_state(const struct wl__pmwatch *w);
+/* Read every pending event: the WL__PM_EV_* bits of what happened (0: nothing relevant). */
+int wl__pmwatch_drain(struct wl__pmwatch *w);
+void wl__pmwatch_close(struct wl__pmwatch *w);
+
 /* pgkey.c: keys and the masking of passwords in libpq's messages about a conninfo. */
 struct _PQconninfoOption;
 /* libpq's message about conninfo (msg) as one line into dst, with every spelling of a

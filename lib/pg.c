@@ -265,6 +265,9 @@ struct wl__probe {
     char qerr[256];
     int qfailed;
     char notice[200]; /* the last FATAL or PANIC the server sent on the connection */
+    struct wl__pmwatch pm; /* a local server's postmaster.pid and socket file, set up at
+                            * its first refusal */
+    int sleep_watch;       /* the current sleep also ends on these WL__PM_EV_* */
 
     /* outcome */
     unsigned attempts;
@@ -361,24 +364,53 @@ static uint64_t next_delay(struct wl__probe *p, uint64_t now)
 {
     uint64_t delay = 0;
 
+    p->sleep_watch = 0;
     if (p->refused) {
         pace_restart(p, now); /* what follows its return starts from initial_ms */
+        p->sleep_watch = WL__PM_EV_SOCKET;
         return (uint64_t)(p->bo_opts.refused_ms ? p->bo_opts.refused_ms
                                                 : WL__BACKOFF_REFUSED_MS) * MS;
     }
     if (server_busy(p)) {
         pace_restart(p, now);
+        if (!strcmp(p->sqlstate, "57P03") && wl__pmwatch_watches_state(&p->pm)) {
+            /* The server will say when it is ready: probe then, else only at the cap. */
+            p->sleep_watch = WL__PM_EV_STATE;
+            return p->pace.max_ns;
+        }
         return (uint64_t)(p->bo_opts.busy_ms ? p->bo_opts.busy_ms : WL__BACKOFF_BUSY_MS) * MS;
     }
     wl__backoff_next(&p->pace, now, &delay);
     return delay;
 }
 
+/* The first time a server refuses (or its socket is missing), watch it if it is local:
+ * 1 when its postmaster.pid already says it is ready (probe again at once). */
+static int watch_server(struct wl__probe *p)
+{
+    const char *host, *list = NULL;
+    int st;
+
+    if (p->pm.tried || !p->conn || (p->bo_opts.flags & WL_BACKOFF_NO_WATCH) ||
+        !(p->refused || !strcmp(p->sqlstate, "57P03")))
+        return 0;
+    for (PQconninfoOption *o = p->parsed; o->keyword; o++)
+        if (!strcmp(o->keyword, "host"))
+            list = o->val;
+    host = PQhost(p->conn);
+    if ((list && strchr(list, ',')) || wl__pmwatch_setup(&p->pm, host, PQport(p->conn)) < 0) {
+        p->pm.tried = 1;
+        return 0;
+    }
+    st = wl__pmwatch_state(&p->pm);
+    return !p->refused && (st == WL__PM_READY || st == WL__PM_STANDBY);
+}
+
 /* A retryable failure of this attempt has been recorded: sleep, or give up. */
 static int retry_later(struct wl__probe *p)
 {
     uint64_t now = wl__now_ns(), delay = 0;
-    int r;
+    int r, at_once = watch_server(p);
 
     drop_conn(p);
     if (p->error[0] && p->hooks.attempt_failed) /* followers and status see how it goes */
@@ -387,11 +419,14 @@ static int retry_later(struct wl__probe *p)
                                 : p->timed_out ? -ETIMEDOUT
                                                : -EAGAIN,
                                 p->error, p->sqlstate);
+    p->sleep_watch = 0;
     r = wl__backoff_next(&p->bo, now, &delay);
     if (r == -EAGAIN)
         return give_up(p, 1);
     if (r == 0)
         delay = next_delay(p, now);
+    if (r == 0 && at_once)
+        delay = 0;
     if (r < 0 || now + delay >= p->deadline_ns) {
         if (now >= p->deadline_ns) /* nothing left at all */
             return give_up(p, 0);
@@ -400,7 +435,25 @@ static int retry_later(struct wl__probe *p)
     }
     p->phase = PH_SLEEP;
     p->task.deadline_ns = now + delay;
+    if (p->sleep_watch && p->pm.fd >= 0) {
+        p->task.fd = p->pm.fd;
+        return WL__WANT_READ;
+    }
     return WL__WANT_TIMER;
+}
+
+/* Asleep with the watch: did what woke it end the sleep? */
+static int watch_woke(struct wl__probe *p)
+{
+    int ev = wl__pmwatch_drain(&p->pm) & p->sleep_watch, st;
+
+    if (ev & WL__PM_EV_SOCKET)
+        return 1;
+    if (ev & WL__PM_EV_STATE) {
+        st = wl__pmwatch_state(&p->pm);
+        return st == WL__PM_READY || st == WL__PM_STANDBY;
+    }
+    return 0;
 }
 
 /* Record a failure (sqlstate may be ""), classify it, retry or fail. */
@@ -695,8 +748,14 @@ static int probe_step(struct wl__task *t, int event, int revents)
     switch (p->phase) {
     case PH_START:
     case PH_SLEEP:
-        if (event == WL__EV_START || event == WL__EV_TIMER)
+        if (event == WL__EV_START || event == WL__EV_TIMER || event == WL__EV_TIMEOUT)
             return start_attempt(p);
+        if (event == WL__EV_IO && p->phase == PH_SLEEP && p->pm.fd >= 0) {
+            if (watch_woke(p))
+                return start_attempt(p);
+            p->task.fd = p->pm.fd; /* not yet: sleep on, to the same deadline */
+            return WL__WANT_READ;
+        }
         return WL__WANT_TIMER; /* spurious: keep sleeping */
     case PH_CONNECT:
         if (event == WL__EV_TIMEOUT || wl__now_ns() >= p->phase_deadline)
@@ -734,6 +793,7 @@ int wl__probe_new(const char *conninfo, struct wl__probe **out, char *err, size_
         return -ENOMEM;
     }
     p->task.fd = -1;
+    wl__pmwatch_init(&p->pm);
     if ((r = conn_params(conninfo, &p->parsed, &kw, &val, err, errlen)) < 0) {
         free(p);
         return r;
@@ -870,6 +930,7 @@ void wl__probe_free(struct wl__probe *p)
     free(p->sql[1]);
     free(p->kw);
     free(p->val);
+    wl__pmwatch_close(&p->pm);
     if (p->parsed)
         PQconninfoFree(p->parsed);
     free(p);
