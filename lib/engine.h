@@ -100,6 +100,7 @@ struct wl__pmwatch {
     int sock_wd;      /* the socket directory (the socket file appearing), -1 none */
     int data_wd;      /* the data directory (postmaster.pid rewritten), -1 none */
     int tried;        /* wl__pmwatch_setup ran */
+    int state_tries;  /* wl__pmwatch_watch_state's tries */
     char sockdir[256];
     char sockname[32]; /* ".s.PGSQL.<port>" */
     char pidfile[512];
@@ -112,6 +113,9 @@ void wl__pmwatch_init(struct wl__pmwatch *w);
  * the first found). 0 when something is watched (w->fd readable on a change), -1 when
  * nothing can be (not a Unix socket, no inotify, directories not readable). */
 int wl__pmwatch_setup(struct wl__pmwatch *w, const char *host, const char *port);
+/* Watch postmaster.pid too, found through the socket's lock file, if not yet (the lock file
+ * is there once the server has started; a few tries). 0 when watched, -1 not (yet). */
+int wl__pmwatch_watch_state(struct wl__pmwatch *w);
 /* 1 if postmaster.pid is watched (the server's state changes wake w->fd). */
 int wl__pmwatch_watches_state(const struct wl__pmwatch *w);
 /* The state postmaster.pid says now: WL__PM_*. */

@@ -391,9 +391,16 @@ static int watch_server(struct wl__probe *p)
     const char *host, *list = NULL;
     int st;
 
-    if (p->pm.tried || !p->conn || (p->bo_opts.flags & WL_BACKOFF_NO_WATCH) ||
+    if (!p->conn || (p->bo_opts.flags & WL_BACKOFF_NO_WATCH) ||
         !(p->refused || !strcmp(p->sqlstate, "57P03")))
         return 0;
+    if (p->pm.tried) {
+        /* the server started since the socket directory was first watched */
+        if (p->refused || wl__pmwatch_watches_state(&p->pm) || wl__pmwatch_watch_state(&p->pm) < 0)
+            return 0;
+        st = wl__pmwatch_state(&p->pm);
+        return st == WL__PM_READY || st == WL__PM_STANDBY;
+    }
     for (PQconninfoOption *o = p->parsed; o->keyword; o++)
         if (!strcmp(o->keyword, "host"))
             list = o->val;

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,57 @@
 #define PIDFILE_STATUS_LINE 8 /* postmaster.pid: pid, datadir, start, port, sockdir, listen,
                                * shmem key, status */
 
+/*
+ * Closing an inotify descriptor waits for the kernel to free its marks (an RCU grace
+ * period: ~10 ms here), and the leader closes its probe's between verifying and serving
+ * its own connection. So a probe's descriptor is not closed: its watches are removed
+ * (which frees nothing synchronously) and it is kept for the process's next watch. A child
+ * after fork() must not read its parent's events: the spare belongs to the process that
+ * made it.
+ */
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static int spare_fd = -1;
+static pid_t spare_pid;
+
+static int take_fd(void)
+{
+    int fd = -1;
+
+    pthread_mutex_lock(&spare_lock);
+    if (spare_fd >= 0 && spare_pid == getpid()) {
+        char buf[4096];
+        fd = spare_fd;
+        while (read(fd, buf, sizeof(buf)) > 0) /* the old watches' last events */
+            ;
+    } else if (spare_fd >= 0) {
+        close(spare_fd); /* the parent's: its description lives on in the parent */
+    }
+    spare_fd = -1;
+    pthread_mutex_unlock(&spare_lock);
+    return fd >= 0 ? fd : inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+}
+
+static void give_fd(struct wl__pmwatch *w)
+{
+    int old = -1;
+
+    if (w->sock_wd >= 0)
+        inotify_rm_watch(w->fd, w->sock_wd);
+    if (w->data_wd >= 0)
+        inotify_rm_watch(w->fd, w->data_wd);
+    pthread_mutex_lock(&spare_lock);
+    if (spare_fd >= 0 && spare_pid == getpid())
+        old = w->fd; /* one spare is enough */
+    else {
+        old = spare_fd;
+        spare_fd = w->fd;
+        spare_pid = getpid();
+    }
+    pthread_mutex_unlock(&spare_lock);
+    if (old >= 0)
+        close(old);
+}
+
 void wl__pmwatch_init(struct wl__pmwatch *w)
 {
     memset(w, 0, sizeof(*w));
@@ -36,7 +88,7 @@ void wl__pmwatch_init(struct wl__pmwatch *w)
 void wl__pmwatch_close(struct wl__pmwatch *w)
 {
     if (w->fd >= 0)
-        close(w->fd);
+        give_fd(w);
     wl__pmwatch_init(w);
 }
 
@@ -72,7 +124,6 @@ static int read_line(const char *path, int n, char *buf, size_t len)
 
 int wl__pmwatch_setup(struct wl__pmwatch *w, const char *host, const char *port)
 {
-    char lock[PATH_MAX], datadir[PATH_MAX];
     long pnum;
     char *end;
 
@@ -88,24 +139,41 @@ int wl__pmwatch_setup(struct wl__pmwatch *w, const char *host, const char *port)
         return -1;
     wl__copy(w->sockdir, sizeof(w->sockdir), host);
     snprintf(w->sockname, sizeof(w->sockname), ".s.PGSQL.%ld", pnum);
-    if ((w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) < 0)
+    if ((w->fd = take_fd()) < 0)
         return -1;
     /* the socket directory: the socket file appearing */
     w->sock_wd = inotify_add_watch(w->fd, host, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
-    /* the data directory, from the lock file: postmaster.pid's rewrites */
-    snprintf(lock, sizeof(lock), "%s/%s.lock", host, w->sockname);
-    if (read_line(lock, 2, datadir, sizeof(datadir)) == 0 && datadir[0] == '/' &&
-        strlen(datadir) + sizeof("/postmaster.pid") <= sizeof(w->pidfile)) {
-        w->data_wd = inotify_add_watch(w->fd, datadir,
-                                       IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
-        if (w->data_wd >= 0)
-            snprintf(w->pidfile, sizeof(w->pidfile), "%s/postmaster.pid", datadir);
-    }
-    if (w->sock_wd < 0 && w->data_wd < 0) {
-        close(w->fd);
+    if (w->sock_wd < 0) {
+        give_fd(w);
         w->fd = -1;
         return -1;
     }
+    wl__pmwatch_watch_state(w);
+    return 0;
+}
+
+/* The data directory, from the socket's lock file (there once the server has started):
+ * postmaster.pid's rewrites. A few tries, as the server may not have started yet. */
+int wl__pmwatch_watch_state(struct wl__pmwatch *w)
+{
+    char lock[PATH_MAX], datadir[PATH_MAX];
+
+    if (w->fd < 0)
+        return -1;
+    if (w->data_wd >= 0)
+        return 0;
+    if (w->state_tries >= 8)
+        return -1;
+    w->state_tries++;
+    snprintf(lock, sizeof(lock), "%s/%s.lock", w->sockdir, w->sockname);
+    if (read_line(lock, 2, datadir, sizeof(datadir)) < 0 || datadir[0] != '/' ||
+        strlen(datadir) + sizeof("/postmaster.pid") > sizeof(w->pidfile))
+        return -1;
+    w->data_wd = inotify_add_watch(w->fd, datadir,
+                                   IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
+    if (w->data_wd < 0)
+        return -1;
+    snprintf(w->pidfile, sizeof(w->pidfile), "%s/postmaster.pid", datadir);
     return 0;
 }
 
