@@ -50,6 +50,10 @@ struct wl__probe_conf {
 /* Parse conninfo once for any number of runs. 0, -EINVAL (libpq's message in err, every
  * password masked), -ENOMEM. */
 int wl__probe_new(const char *conninfo, struct wl__probe **out, char *err, size_t errlen);
+/* The same from conninfo already parsed with PQconninfoParse (the probe takes it over, and
+ * frees it even on failure). */
+int wl__probe_new_parsed(struct _PQconninfoOption *parsed, struct wl__probe **out, char *err,
+                         size_t errlen);
 /* Start a run on loop l (it must not be running). 0 or -ENOMEM, -EBUSY (already running). */
 int wl__probe_start(struct wl__probe *p, struct wl__loop *l, const struct wl__probe_conf *c);
 /* Stop a run at once: the task leaves its loop, the connection is closed; no hook is
@@ -134,6 +138,11 @@ void wl__pg_conninfo_message(char *dst, size_t len, const char *msg, const char 
 /* The same for a message about options PQconninfoParse returned (their password masked). */
 void wl__pg_options_message(char *dst, size_t len, const char *msg,
                             const struct _PQconninfoOption *opts);
+/* wl_pg_slot_key(), handing over the parsed conninfo in *parsed when the key was made
+ * from it alone (NULL when libpq's resolution was needed: a service, a password file); the
+ * caller frees it with PQconninfoFree. */
+int wl__pg_slot_key_parsed(struct wl_segment *seg, const char *conninfo, char *buf, size_t len,
+                           struct _PQconninfoOption **parsed);
 /* SipHash-2-4 of the n bytes at m under the 16-byte key k. */
 uint64_t wl__siphash24(const uint8_t k[16], const void *m, size_t n);
 

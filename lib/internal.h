@@ -19,6 +19,8 @@
 
 /* segment.c */
 uint64_t wl__pidns(void);
+/* This process's PID namespace as seg keeps it (read once, on first need). */
+uint64_t wl__segment_pidns(struct wl_segment *seg);
 /* The segment's random 16-byte salt (the header's, fixed at creation). */
 const uint8_t *wl__segment_salt(const struct wl_segment *seg);
 

@@ -146,7 +146,8 @@ struct wl_segment {
     struct wl__header *hdr;  /* = map->hdr */
     struct wl__slot *slots;  /* = map->slots */
     uint32_t nslots;
-    uint64_t pidns;          /* this process's PID namespace inode */
+    _Atomic uint64_t pidns;  /* this process's PID namespace inode, 0 until first needed
+                              * (wl__segment_pidns) */
     char name[WL_NAME_MAX + 1];
 };
 

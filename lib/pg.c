@@ -168,22 +168,14 @@ static void clean_message(char *dst, size_t len, const char *msg)
 
 /* The keywords and values of conninfo, plus gssencmode=disable unless it sets one. The
  * arrays point into *parsed. -EINVAL with libpq's message. */
-static int conn_params(const char *conninfo, PQconninfoOption **parsed, const char ***kw,
-                       const char ***val, char *err, size_t errlen)
+static int conn_params(PQconninfoOption **parsed, const char ***kw, const char ***val,
+                       char *err, size_t errlen)
 {
     PQconninfoOption *o;
-    char *perr = NULL;
     size_t n = 0, i = 0;
     int have_gss = 0;
 
     *kw = *val = NULL;
-    if (!(*parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
-        char m[256];
-        wl__pg_conninfo_message(m, sizeof(m), perr ? perr : "out of memory", conninfo);
-        wl__fmt(err, errlen, "invalid conninfo: %s", m);
-        PQfreemem(perr);
-        return perr ? -EINVAL : -ENOMEM;
-    }
     for (o = *parsed; o->keyword; o++)
         n++;
     *kw = calloc(n + 2, sizeof(char *));
@@ -786,6 +778,24 @@ static int probe_step(struct wl__task *t, int event, int revents)
 
 int wl__probe_new(const char *conninfo, struct wl__probe **out, char *err, size_t errlen)
 {
+    PQconninfoOption *parsed;
+    char *perr = NULL;
+
+    *out = NULL;
+    if (!(parsed = PQconninfoParse(conninfo ? conninfo : "", &perr))) {
+        char m[256];
+        int r = perr ? -EINVAL : -ENOMEM;
+        wl__pg_conninfo_message(m, sizeof(m), perr ? perr : "out of memory", conninfo);
+        wl__fmt(err, errlen, "invalid conninfo: %s", m);
+        PQfreemem(perr);
+        return r;
+    }
+    return wl__probe_new_parsed(parsed, out, err, errlen);
+}
+
+int wl__probe_new_parsed(PQconninfoOption *parsed, struct wl__probe **out, char *err,
+                         size_t errlen)
+{
     struct wl__probe *p;
     const char **kw, **val;
     PQconninfoOption *o;
@@ -796,12 +806,14 @@ int wl__probe_new(const char *conninfo, struct wl__probe **out, char *err, size_
 
     *out = NULL;
     if (!(p = calloc(1, sizeof(*p)))) {
+        PQconninfoFree(parsed);
         wl__fmt(err, errlen, "out of memory");
         return -ENOMEM;
     }
     p->task.fd = -1;
     wl__pmwatch_init(&p->pm);
-    if ((r = conn_params(conninfo, &p->parsed, &kw, &val, err, errlen)) < 0) {
+    p->parsed = parsed;
+    if ((r = conn_params(&p->parsed, &kw, &val, err, errlen)) < 0) {
         free(p);
         return r;
     }

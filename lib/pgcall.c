@@ -121,6 +121,7 @@ static int target_open(struct wl_segment *seg, const char *conninfo,
                        size_t errlen)
 {
     struct wl_pg_target *t;
+    PQconninfoOption *parsed;
     char key[WL_PG_KEY_MAX];
     int r, oom = 0;
 
@@ -129,14 +130,19 @@ static int target_open(struct wl_segment *seg, const char *conninfo,
         wl__copy(err, errlen, "no segment");
         return -EINVAL;
     }
-    if ((r = wl_pg_slot_key(seg, conninfo, key, sizeof(key))) < 0) {
+    if ((r = wl__pg_slot_key_parsed(seg, conninfo, key, sizeof(key), &parsed)) < 0) {
         wl__copy(err, errlen, key);
         return r;
     }
     if (!(t = calloc(1, sizeof(*t)))) {
+        if (parsed)
+            PQconninfoFree(parsed);
         wl__copy(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    /* the caller's own connections reuse the key's parse (else they parse on first use) */
+    if (parsed && wl__probe_new_parsed(parsed, &t->own, err, errlen) < 0)
+        t->own = NULL;
     t->seg = seg;
     if (opts)
         t->opts = *opts;

@@ -729,8 +729,11 @@ static int passfile_exists(const PQconninfoOption *parsed)
     return stat(pf, &st) == 0;
 }
 
-/* The key of conninfo into buf; with seg, the password digest under seg's salt. */
-static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, size_t len)
+/* The key of conninfo into buf; with seg, the password digest under seg's salt. With
+ * keep, the parsed conninfo is handed over in *keep when the key was made from it alone
+ * (NULL when libpq's resolution was needed); the caller frees it. */
+static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, size_t len,
+                    PQconninfoOption **keep)
 {
     PQconninfoOption *parsed, *res = NULL;
     struct secret sec = {NULL, 0};
@@ -738,6 +741,8 @@ static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, siz
     const char *pw, *env;
     int r, n;
 
+    if (keep)
+        *keep = NULL;
     if (!buf || len < 2)
         return -EINVAL;
     if (!conninfo)
@@ -766,7 +771,10 @@ static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, siz
             goto out;
         }
         n = build(parsed, 0, key, sizeof(key));
-        PQconninfoFree(parsed);
+        if (keep)
+            *keep = parsed;
+        else
+            PQconninfoFree(parsed);
     }
     if (n >= 0 && sec.n) {
         char tag[24];
@@ -782,6 +790,12 @@ static int make_key(struct wl_segment *seg, const char *conninfo, char *buf, siz
         }
     }
     secret_free(&sec);
+    if (n < 0 || (size_t)n >= len) {
+        if (keep && *keep) {
+            PQconninfoFree(*keep);
+            *keep = NULL;
+        }
+    }
     if (n < 0) {
         r = n;
         wl__fmt(msg, sizeof(msg), "key too long: longer than WL_PG_KEY_MAX - 1 (%d) bytes",
@@ -802,7 +816,13 @@ out:
 
 WL_EXPORT int wl_pg_key(const char *conninfo, char *buf, size_t len)
 {
-    return make_key(NULL, conninfo, buf, len);
+    return make_key(NULL, conninfo, buf, len, NULL);
+}
+
+int wl__pg_slot_key_parsed(struct wl_segment *seg, const char *conninfo, char *buf, size_t len,
+                           struct _PQconninfoOption **parsed)
+{
+    return make_key(seg, conninfo, buf, len, parsed);
 }
 
 WL_EXPORT int wl_pg_slot_key(struct wl_segment *seg, const char *conninfo, char *buf, size_t len)
@@ -812,5 +832,5 @@ WL_EXPORT int wl_pg_slot_key(struct wl_segment *seg, const char *conninfo, char 
             wl__copy(buf, len, "no segment");
         return -EINVAL;
     }
-    return make_key(seg, conninfo, buf, len);
+    return make_key(seg, conninfo, buf, len, NULL);
 }

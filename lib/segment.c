@@ -43,6 +43,19 @@ uint64_t wl__pidns(void)
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
+uint64_t wl__segment_pidns(struct wl_segment *seg)
+{
+    /* Read on first need (a leader's claim, a message about another process), not at
+     * wl_open: a stat of /proc costs more than the rest of the open. A process never
+     * leaves its PID namespace. relaxed: every thread computes the same value. */
+    uint64_t ns = atomic_load_explicit(&seg->pidns, memory_order_relaxed);
+    if (!ns) {
+        ns = wl__pidns();
+        atomic_store_explicit(&seg->pidns, ns, memory_order_relaxed);
+    }
+    return ns;
+}
+
 
 WL_EXPORT int wl_default_name(char *buf, size_t len)
 {
@@ -512,13 +525,12 @@ WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
      * can vanish between a failed create and the open: try again a few times. */
 reopen:
     for (tries = 0; fd < 0 && tries < 8; tries++) {
-        if (!existing) {
-            fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL | O_NONBLOCK, mode);
-            if (fd >= 0 || errno != EEXIST)
-                break;
-        }
+        /* the segment is usually there already: open it first, create it only if not */
         fd = shm_open(nm, O_RDWR | O_NONBLOCK, 0);
         if (fd >= 0 || errno != ENOENT || existing)
+            break;
+        fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL | O_NONBLOCK, mode);
+        if (fd >= 0 || errno != EEXIST)
             break;
     }
     if (fd < 0)
@@ -545,7 +557,6 @@ reopen:
     seg->hdr = map->hdr;
     seg->slots = map->slots;
     seg->nslots = map->hdr->nslots;
-    seg->pidns = wl__pidns();
     memcpy(seg->name, nm, strlen(nm) + 1);
     *out = seg;
     return 0;

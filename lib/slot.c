@@ -330,7 +330,8 @@ int wl__warm_fail_fast(void)
 static const char *pidns_note(struct wl_segment *seg, struct wl__slot *sl)
 {
     uint64_t ns = atomic_load_explicit(&sl->leader_pidns, memory_order_relaxed);
-    return ns && seg->pidns && ns != seg->pidns ? " (in another PID namespace)" : "";
+    uint64_t mine = ns ? wl__segment_pidns(seg) : 0;
+    return ns && mine && ns != mine ? " (in another PID namespace)" : "";
 }
 
 static uint64_t ms_since(uint64_t then, uint64_t now)
@@ -465,7 +466,7 @@ static int claim_locked(struct wl_segment *seg, struct wl__slot *sl, uint32_t s,
     uint32_t gen = WL__NEXT(s, WL_WARMING);
 
     atomic_store_explicit(&sl->leader_pid, (int32_t)getpid(), memory_order_relaxed);
-    atomic_store_explicit(&sl->leader_pidns, seg->pidns, memory_order_relaxed);
+    atomic_store_explicit(&sl->leader_pidns, wl__segment_pidns(seg), memory_order_relaxed);
     atomic_store_explicit(&sl->claimed_ns, t0, memory_order_relaxed);
     /* release: leader fields are visible to whoever sees WARMING at this generation */
     if (!atomic_compare_exchange_strong_explicit(&sl->state, &s, gen, memory_order_release,
