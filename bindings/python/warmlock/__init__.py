@@ -282,21 +282,15 @@ def _pg_target(k: tuple) -> _Target:
     opts.wait.flags = _lib.FAIL_FAST if fail_fast else 0
     ci = _b(conninfo, "conninfo")
     seg = _segment(shm)
+    out = ctypes.c_void_p()
+    r = lib.wl_pg_target_open(seg, ci, byref(opts), byref(out))
+    if r < 0:
+        raise _last_error(r)
     t = _Target()
-    if _lib.has_targets(lib):
-        out = ctypes.c_void_p()
-        r = lib.wl_pg_target_open(seg, ci, byref(opts), byref(out))
-        if r < 0:
-            raise _last_error(r)
-        t.ptr = out.value
-        t.close = lib.wl_pg_target_close
-        t.fn = lib.wl_pg_target_ensure
-        t.args = (t.ptr, byref(t.res))
-    else:
-        # a library without prepared targets: the conninfo is parsed on every call
-        t.keep = (ci, ws, vs, opts)
-        t.fn = lib.wl_pg_ensure
-        t.args = (seg, ci, byref(opts), byref(t.res))
+    t.ptr = out.value
+    t.close = lib.wl_pg_target_close
+    t.fn = lib.wl_pg_target_ensure
+    t.args = (t.ptr, byref(t.res))
     _local.targets[k] = t
     return t
 

@@ -95,6 +95,7 @@ class PgOpts(ctypes.Structure):
         ("attempt_timeout_ms", c_uint32),
         ("backoff", Backoff),
         ("wait", WaitOpts),
+        ("login_budget", c_uint32),
         ("_room", c_uint64 * 8),
     ]
 
@@ -158,13 +159,8 @@ _lib: Optional[ctypes.CDLL] = None
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    def fn(name: str, restype, *argtypes, optional: bool = False) -> None:
-        try:
-            f = getattr(lib, name)
-        except AttributeError:
-            if optional:
-                return
-            raise
+    def fn(name: str, restype, *argtypes) -> None:
+        f = getattr(lib, name)
         f.restype = restype
         f.argtypes = argtypes
 
@@ -183,12 +179,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn("wl_key_invalidate", c_int, c_void_p, c_uint64)
     fn("wl_key_close", None, c_void_p)
     fn("wl_snapshot", c_int, c_void_p, POINTER(SlotInfo), c_size_t)
-    fn("wl_pg_ensure", c_int, c_void_p, c_char_p, POINTER(PgOpts), POINTER(Result))
     fn("wl_pg_slot_key", c_int, c_void_p, c_char_p, c_char_p, c_size_t)
-    fn("wl_pg_target_open", c_int, c_void_p, c_char_p, POINTER(PgOpts), seg_pp, optional=True)
-    fn("wl_pg_target_ensure", c_int, c_void_p, POINTER(Result), optional=True)
-    fn("wl_pg_target_invalidate", c_int, c_void_p, c_uint64, optional=True)
-    fn("wl_pg_target_close", None, c_void_p, optional=True)
+    fn("wl_pg_target_open", c_int, c_void_p, c_char_p, POINTER(PgOpts), seg_pp)
+    fn("wl_pg_target_ensure", c_int, c_void_p, POINTER(Result))
+    fn("wl_pg_target_invalidate", c_int, c_void_p, c_uint64)
+    fn("wl_pg_target_close", None, c_void_p)
 
 
 def load() -> ctypes.CDLL:
@@ -206,7 +201,11 @@ def load() -> ctypes.CDLL:
                 except OSError as e:
                     tried.append("%s (%s)" % (path, e))
                     continue
-                _declare(lib)
+                try:
+                    _declare(lib)
+                except AttributeError as e:
+                    tried.append("%s (too old: %s)" % (path, e))
+                    continue
                 _lib = lib
                 break
             else:
@@ -217,7 +216,3 @@ def load() -> ctypes.CDLL:
                 )
     return _lib
 
-
-def has_targets(lib: ctypes.CDLL) -> bool:
-    """Does this library have prepared targets (wl_pg_target_*)?"""
-    return hasattr(lib, "wl_pg_target_open") and hasattr(lib, "wl_pg_target_ensure")
