@@ -63,6 +63,8 @@ def pytest_runtest_logreport(report: Any) -> None:
     elif report.skipped and _verdicts.get(report.nodeid) != "FAILED":
         _verdicts[report.nodeid] = "SKIPPED"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if reason.startswith("Skipped: "):
+            reason = reason[len("Skipped: "):]
         _say("skipped: %s" % reason)
 
 

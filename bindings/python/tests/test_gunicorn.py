@@ -1,0 +1,97 @@
+"""examples/gunicorn_conf.py and examples/wsgi_app.py with Debian's gunicorn and psycopg2,
+against a real server held in crash recovery while the workers start."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pgserver
+from conftest import PYROOT, slot, wait_for
+import warmlock
+
+EXAMPLES = os.path.join(PYROOT, "examples")
+
+
+def _have(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", "import " + module], capture_output=True).returncode == 0
+
+
+def _start_gunicorn(pg, shm: str, port: int, log_path: str, warm_sql: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=pg.conninfo,
+        WARMLOCK_SHM=shm,
+        WARMLOCK_WARM_SQL=warm_sql,
+        PYTHONPATH=PYROOT + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+    )
+    argv = [sys.executable, "-m", "gunicorn", "-c", os.path.join(EXAMPLES, "gunicorn_conf.py"),
+            "-w", "4", "-b", "127.0.0.1:%d" % port, "--chdir", EXAMPLES, "wsgi_app:application"]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+def _log(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def test_gunicorn_4_workers_started_during_recovery_one_warmup(pg, shm, tmp_path):
+    for m in ("gunicorn", "psycopg2"):
+        if not _have(m):
+            pytest.skip("%s lacks %s (install gunicorn and python3-psycopg2: scripts/setup)" % (sys.executable, m))
+    log_path = str(tmp_path / "gunicorn.log")
+    marker = "wl_py_gunicorn_%d" % os.getpid()
+    pg.crash()
+    pg.start_held()
+    mark = pg.log_mark()
+    port = pgserver.free_port()
+    p = _start_gunicorn(pg, shm, port, log_path, "SELECT '%s'" % marker)
+    try:
+        # the 4 workers in post_fork: one probing the recovering server, 3 waiting for it
+        wait_for(
+            "4 gunicorn workers in the single-flight",
+            lambda: p.poll() is None and (slot(shm) or {}).get("waiters", 0) >= 3
+            and (slot(shm) or {}).get("sqlstate") == "57P03",
+            dump=lambda: "exit %s\n%s\n%s" % (p.poll(), warmlock.status(shm), _log(log_path)),
+        )
+        # a request arrives while the database is still in recovery: it waits in the backlog
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("GET", "/")
+        pg.release(wait=False)
+        resp = conn.getresponse()
+        t_response = time.time()
+        body = resp.read().decode()
+        conn.close()
+        pg.wait_ready()
+        t_ready = pg.ready_realtime(mark)
+        assert resp.status == 200, (body, _log(log_path))
+        assert body.startswith("ok epoch=")
+        wait_for("4 workers ready", lambda: _log(log_path).count("warmlock: ready") >= 4,
+                 dump=lambda: _log(log_path))
+        text = _log(log_path)
+        assert text.count("role=leader") == 1, text
+        assert text.count("role=follower") == 3, text
+        assert "WORKER TIMEOUT" not in text and "not ready" not in text, text
+        assert slot(shm)["warmups"] == 1
+        assert pg.count_since(mark, marker) == 1  # the warm-up ran once for the 4 workers
+        print("gunicorn: server ready -> first response %.1f ms" % ((t_response - t_ready) * 1000))
+    finally:
+        _stop(p)
