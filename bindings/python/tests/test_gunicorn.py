@@ -5,47 +5,20 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+import gunicorn_run
 import pgserver
-from conftest import PYROOT, slot, wait_for
+from conftest import slot, wait_for
 import warmlock
-
-EXAMPLES = os.path.join(PYROOT, "examples")
 
 
 def _have(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", "import " + module], capture_output=True).returncode == 0
-
-
-def _start_gunicorn(pg, shm: str, port: int, log_path: str, warm_sql: str) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=pg.conninfo,
-        WARMLOCK_SHM=shm,
-        WARMLOCK_WARM_SQL=warm_sql,
-        PYTHONPATH=PYROOT + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
-    )
-    argv = [sys.executable, "-m", "gunicorn", "-c", os.path.join(EXAMPLES, "gunicorn_conf.py"),
-            "-w", "4", "-b", "127.0.0.1:%d" % port, "--chdir", EXAMPLES, "wsgi_app:application"]
-    with open(log_path, "w") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-
-
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
 
 
 def _log(path: str) -> str:
@@ -63,7 +36,7 @@ def test_gunicorn_4_workers_started_during_recovery_one_warmup(pg, shm, tmp_path
     pg.start_held()
     mark = pg.log_mark()
     port = pgserver.free_port()
-    p = _start_gunicorn(pg, shm, port, log_path, "SELECT '%s'" % marker)
+    p = gunicorn_run.start(pg.conninfo, shm, port, log_path, "SELECT '%s'" % marker)
     try:
         # the 4 workers in post_fork: one probing the recovering server, 3 waiting for it
         wait_for(
@@ -94,4 +67,4 @@ def test_gunicorn_4_workers_started_during_recovery_one_warmup(pg, shm, tmp_path
         assert pg.count_since(mark, marker) == 1  # the warm-up ran once for the 4 workers
         print("gunicorn: server ready -> first response %.1f ms" % ((t_response - t_ready) * 1000))
     finally:
-        _stop(p)
+        gunicorn_run.stop(p)

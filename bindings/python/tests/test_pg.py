@@ -154,3 +154,11 @@ def test_threads_pg_ensure_one_leader(pg, shm):
         t.join(120)
     assert sorted(out) == ["follower"] * (n - 1) + ["leader"]
     assert slot(shm)["warmups"] == 1
+
+
+def test_varying_timeouts_keep_a_bounded_target_cache(pg, shm):
+    first = warmlock.pg_ensure(pg.conninfo, shm=shm)
+    for i in range(3 * warmlock._PER_THREAD):
+        assert warmlock.pg_ensure(pg.conninfo, timeout=10.0 + i / 1000.0, shm=shm) == first
+    assert len(warmlock._local.targets) <= warmlock._PER_THREAD
+    assert slot(shm)["warmups"] == 1

@@ -241,6 +241,19 @@ class _Target:
             pass
 
 
+# Prepared targets (and keys) a thread keeps: one per distinct set of arguments, since a
+# target's options, its deadline among them, are fixed when it is opened. Past this many the
+# oldest is closed, so a caller that passes a different timeout on every call does not
+# accumulate them.
+_PER_THREAD = 32
+
+
+def _remember(cache: Dict[tuple, "_Target"], k: tuple, t: "_Target") -> None:
+    while len(cache) >= _PER_THREAD:
+        del cache[next(iter(cache))]  # closed by _Target.__del__
+    cache[k] = t
+
+
 class _Local(threading.local):
     def __init__(self) -> None:
         self.targets: Dict[tuple, _Target] = {}
@@ -291,7 +304,7 @@ def _pg_target(k: tuple) -> _Target:
     t.close = lib.wl_pg_target_close
     t.fn = lib.wl_pg_target_ensure
     t.args = (t.ptr, byref(t.res))
-    _local.targets[k] = t
+    _remember(_local.targets, k, t)
     return t
 
 
@@ -473,7 +486,7 @@ def _key_target(k: tuple) -> _Target:
     t.close = lib.wl_key_close
     t.fn = lib.wl_key_ensure
     t.keep = {}
-    _local.keys[k] = t
+    _remember(_local.keys, k, t)
     return t
 
 
@@ -514,6 +527,8 @@ def ensure(
         opts.timeout_ms = _ms(timeout, "timeout")
         opts.fail_ttl_ms = _ms(fail_ttl, "fail_ttl")
         opts.flags = _lib.FAIL_FAST if fail_fast else 0
+        if len(t.keep) >= _PER_THREAD:
+            t.keep.clear()
         t.keep[ok] = opts
     loc = _local
     prev = loc.warm
