@@ -26,7 +26,8 @@ This is ctypes over libwarmlock.so (no compiled part): it is found through
 Threads. Every function may be called from any thread. The segment handle is shared by
 the process's threads; each thread gets its own prepared target (a target is used by one
 thread at a time), so threads of one process are elected like processes: one leader per
-epoch. Blocking calls release the GIL while they wait.
+epoch. Blocking calls release the GIL while they wait; a signal's Python handler
+(Ctrl-C's KeyboardInterrupt) runs once the call returns, at its deadline at the latest.
 
 fork(). Segment handles are cached per (segment name, pid) and prepared targets per
 thread; a child created by ``os.fork()`` (gunicorn, multiprocessing, Celery's prefork pool)
@@ -49,8 +50,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _lib
 
+# Epoch is left out so that help(warmlock) does not list int's methods; it is documented
+# with pg_ensure() and importable as warmlock.Epoch.
 __all__ = [
-    "Epoch",
     "NotReady",
     "after_fork",
     "ensure",
@@ -119,9 +121,10 @@ class Epoch(int):
         attempts: connection or query attempts the leader made (0 for a follower).
     """
 
-    role: str
-    waited: float
-    attempts: int
+    # What a follower on the ready path is; other calls set their own.
+    role = "follower"
+    waited = 0.0
+    attempts = 0
 
     def __repr__(self) -> str:
         return "Epoch(%d, role=%r, waited=%.6f)" % (int(self), self.role, self.waited)
@@ -129,9 +132,12 @@ class Epoch(int):
 
 def _epoch(res: _lib.Result) -> Epoch:
     e = Epoch(res.epoch)
-    e.role = "leader" if res.role == 1 else "follower"
-    e.waited = res.waited_ns / 1e9
-    e.attempts = res.attempts
+    if res.role == 1:
+        e.role = "leader"
+        e.attempts = res.attempts
+    w = res.waited_ns
+    if w:
+        e.waited = w / 1e9
     return e
 
 
@@ -189,7 +195,7 @@ def _ms(seconds: Optional[float], what: str) -> int:
 
 # ---------------------------------------------------------------- handles
 
-_segments: Dict[Tuple[Optional[bytes], int], int] = {}
+_segments = {}  # type: Dict[Tuple[Optional[bytes], int], int]
 _segments_lock = threading.Lock()
 
 
@@ -261,7 +267,7 @@ class _Local(threading.local):
         self.warm: Optional[list] = None
 
 
-_local = _Local()
+_local = _Local()  # type: _Local
 
 
 def after_fork() -> None:
@@ -279,6 +285,16 @@ def after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=after_fork)
+
+
+_fast_fns = {}  # type: Dict[str, Any]
+
+
+def _fast(name: str) -> Any:
+    f = _fast_fns.get(name)
+    if f is None:
+        f = _fast_fns[name] = _lib.unchecked(_lib.load(), name)
+    return f
 
 
 def _pg_target(k: tuple) -> _Target:
@@ -302,8 +318,8 @@ def _pg_target(k: tuple) -> _Target:
     t = _Target()
     t.ptr = out.value
     t.close = lib.wl_pg_target_close
-    t.fn = lib.wl_pg_target_ensure
-    t.args = (t.ptr, byref(t.res))
+    t.fn = _fast("wl_pg_target_ensure")
+    t.args = (ctypes.c_void_p(t.ptr), byref(t.res))
     _remember(_local.targets, k, t)
     return t
 
@@ -345,7 +361,8 @@ def pg_ensure(
             again, seconds (None: 1 s).
 
     Returns:
-        The epoch (an :class:`Epoch`, an int with ``role``, ``waited`` and ``attempts``).
+        The epoch: a ``warmlock.Epoch``, an int with ``role`` ("leader" or "follower"),
+        ``waited`` (seconds) and ``attempts``.
 
     Raises:
         NotReady: ``ETIMEDOUT`` (deadline passed; the message says waiting for what),
@@ -484,7 +501,8 @@ def _key_target(k: tuple) -> _Target:
     t = _Target()
     t.ptr = out.value
     t.close = lib.wl_key_close
-    t.fn = lib.wl_key_ensure
+    t.fn = _fast("wl_key_ensure")
+    t.args = (ctypes.c_void_p(t.ptr), byref(t.res))
     t.keep = {}
     _remember(_local.keys, k, t)
     return t
@@ -512,7 +530,8 @@ def ensure(
     not an ``Exception`` (``KeyboardInterrupt``) is published as ``EINTR`` and raised again
     in the leader once the call is done.
 
-    Returns the epoch (an :class:`Epoch`); raises :class:`NotReady` as :func:`pg_ensure`.
+    Returns the epoch (a ``warmlock.Epoch``, as :func:`pg_ensure`); raises
+    :class:`NotReady` as :func:`pg_ensure`.
     """
     if not callable(warm):
         raise TypeError("warm must be callable")
@@ -523,18 +542,18 @@ def ensure(
     ok = (timeout, fail_fast, fail_ttl)
     opts = t.keep.get(ok)
     if opts is None:
-        opts = _lib.WaitOpts()
-        opts.timeout_ms = _ms(timeout, "timeout")
-        opts.fail_ttl_ms = _ms(fail_ttl, "fail_ttl")
-        opts.flags = _lib.FAIL_FAST if fail_fast else 0
+        o = _lib.WaitOpts()
+        o.timeout_ms = _ms(timeout, "timeout")
+        o.fail_ttl_ms = _ms(fail_ttl, "fail_ttl")
+        o.flags = _lib.FAIL_FAST if fail_fast else 0
         if len(t.keep) >= _PER_THREAD:
             t.keep.clear()
-        t.keep[ok] = opts
+        opts = t.keep[ok] = (o, byref(o))
     loc = _local
     prev = loc.warm
     st = loc.warm = [warm, None]
     try:
-        r = t.fn(t.ptr, _WARM_CB, None, byref(opts), byref(t.res))
+        r = t.fn(t.args[0], _WARM_CB, None, opts[1], t.args[1])
     finally:
         loc.warm = prev
     if st[1] is not None:

@@ -186,6 +186,15 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn("wl_pg_target_close", None, c_void_p)
 
 
+def unchecked(lib: ctypes.CDLL, name: str):
+    """`name` without argtypes, returning int: for the ready path, called only with ctypes
+    objects (c_void_p, byref(), a WARM_FN, None), which need no conversion. A third of the
+    cost of a call that converts its arguments through argtypes."""
+    f = lib[name]  # a new function object, not the one _declare() set up
+    f.restype = c_int
+    return f
+
+
 def load() -> ctypes.CDLL:
     """The library, loaded once per process (OSError naming every place tried if none)."""
     global _lib
