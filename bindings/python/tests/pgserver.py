@@ -197,8 +197,10 @@ class Server:
         self._give(path)
 
     def _env(self) -> dict:
+        # PG* and locale variables removed, and a sanitizer run's preload: the server
+        # programs are not under test
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PG", "LC_")) and k not in ("LANG", "LANGUAGE")}
+               if not k.startswith(("PG", "LC_")) and k not in ("LANG", "LANGUAGE", "LD_PRELOAD")}
         env.update(LC_ALL="C", LANG="C")
         if self.root:
             env.update(HOME=self.dir, USER=SERVER_USER, LOGNAME=SERVER_USER)
