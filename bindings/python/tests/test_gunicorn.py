@@ -26,6 +26,29 @@ def _log(path: str) -> str:
         return f.read()
 
 
+def _get(port: int) -> tuple:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def _every_worker_answers(port: int, log_path: str, workers: int = 4) -> None:
+    """Requests until each of the workers has answered one (which worker accepts is the
+    kernel's choice: bounded by a count, not a time); every answer must be a 200."""
+    pids = set()
+    for _ in range(2000):
+        status, body = _get(port)
+        assert status == 200, (body, _log(log_path))
+        pids.add(body.split("pid=")[1].split()[0])
+        if len(pids) == workers:
+            return
+    pytest.fail("only workers %s answered 2000 requests" % sorted(pids))
+
+
 def test_gunicorn_4_workers_started_during_recovery_one_warmup(pg, shm, tmp_path):
     for m in ("gunicorn", "psycopg2"):
         if not _have(m):
@@ -66,5 +89,18 @@ def test_gunicorn_4_workers_started_during_recovery_one_warmup(pg, shm, tmp_path
         assert slot(shm)["warmups"] == 1
         assert pg.count_since(mark, marker) == 1  # the warm-up ran once for the 4 workers
         print("gunicorn: server ready -> first response %.1f ms" % ((t_response - t_ready) * 1000))
+
+        # A restart closes every worker's connection: each request still succeeds (the app
+        # invalidates the epoch of its broken connection and tries again), and the server
+        # is re-warmed once for the 4 workers, however many of them saw the break.
+        _every_worker_answers(port, log_path)  # so each has a connection to lose
+        epoch = slot(shm)["epoch"]
+        mark = pg.log_mark()
+        pg.stop("fast")
+        pg.start()
+        _every_worker_answers(port, log_path)
+        s = slot(shm)
+        assert s["epoch"] == epoch + 1 and s["invalidations"] == 1, s
+        assert pg.count_since(mark, marker) == 1
     finally:
         gunicorn_run.stop(p)
