@@ -214,3 +214,24 @@ def test_library_lookup_order(tmp_path):
     first, version = p.stdout.split()
     assert first == str(tmp_path / "nonexistent.so")  # $WARMLOCK_LIB comes first
     assert version == warmlock.library_version()  # then the build tree
+
+
+def test_transient_errno_from_warm_is_an_outage_then_ready(shm):
+    calls = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "not listening yet")
+
+    e = warmlock.ensure("py-flaky", flaky, timeout=60.0, shm=shm)
+    assert int(e) == 1 and len(calls) == 3
+    s = slot(shm, "py-flaky")
+    assert s["state"] == "ready" and s["failures"] >= 2, s
+
+    def down() -> None:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "down")
+
+    with pytest.raises(warmlock.NotReady) as ei:
+        warmlock.ensure("py-down", down, timeout=0.2, shm=shm)
+    assert ei.value.code == "ETIMEDOUT" and "down" in ei.value.message, repr(ei.value)
