@@ -82,6 +82,7 @@ class Backoff(ctypes.Structure):
         ("jitter", c_int),
         ("refused_ms", c_uint32),
         ("busy_ms", c_uint32),
+        ("flags", c_uint32),
     ]
 
 
