@@ -10,6 +10,16 @@
  * human detail goes into struct wl_result.error, or, for wl_open()/wl_unlink(), into the
  * calling thread's wl_last_error().
  *
+ * Threads: one segment handle may be shared by all the threads of its process. wl_open(),
+ * wl_ensure(), wl_invalidate(), wl_lookup(), wl_snapshot(), wl_check(), wl_reset(),
+ * wl_unlink(), wl_unlink_unused() and the libpq engine's wl_pg_ensure(), wl_pg_connect(),
+ * wl_pg_key() and wl_pg_slot_key() are thread-safe; a thread in wl_ensure() is elected like
+ * a process of its own, so threads and processes together get one leader per epoch.
+ * wl_last_error() is the calling thread's. One thread at a time: a wl_key and a
+ * wl_pg_target (open one per thread; they share the slot), a wl_keeper (only its creating
+ * thread, but wl_keeper_stop() from anywhere). wl_close() must not race with other calls on
+ * the handle it closes.
+ *
  * Caveats
  * - A struct wl_segment belongs to the process that opened it. A child created by fork()
  *   may read through an inherited handle (the ready path works), but a leader that forks
