@@ -41,6 +41,9 @@ struct wl__probe_conf {
     uint64_t deadline_ns;         /* absolute CLOCK_MONOTONIC bound; UINT64_MAX: none */
     uint32_t hold_ms;             /* after verification keep the connection and run
                                    * verify_sql on it every hold_ms; 0: end there */
+    int keep_conn;                /* after verification, end keeping the connection for
+                                   * wl__probe_take_conn (restored to blocking mode and
+                                   * libpq's own notice processing) */
     int connect_only;             /* end as soon as a connection is up, handing it over
                                    * (wl_pg_connect); no queries */
     const char *application_name; /* fallback_application_name, or NULL */
@@ -86,6 +89,9 @@ void wl__pg_conf(struct wl__probe_conf *c, const struct wl_pg_opts *opts, uint64
  * bound (0: opts' own, default 30 s from now). */
 int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
                  struct wl_result *res);
+/* wl__pg_probe, keeping the verified connection in *conn (NULL on failure). */
+int wl__pg_probe_keep(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
+                      struct wl_result *res, PGconn **conn);
 /* Classify a libpq failure: its SQLSTATE ("" if none) and message. Returns 0 when worth a
  * retry (with *refused = 1 for "connection refused" or a missing socket file), else the
  * -errno to fail with. `connecting`: the error came while connecting (not from a query). */

@@ -234,6 +234,8 @@ struct wl__probe {
     const char *sql_name[2];
     int nsql;
     int connect_only;
+    int keep_conn;
+    PQnoticeReceiver own_rcv; /* libpq's, while on_notice is set */
     uint64_t hold_ns;
     const char *app_name;
     struct wl__probe_hooks hooks;
@@ -301,8 +303,13 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
 static int finish(struct wl__probe *p, int code)
 {
     p->rc = code;
-    if (code < 0 || !p->connect_only)
+    if (code < 0 || !(p->connect_only || p->keep_conn))
         drop_conn(p);
+    else if (p->keep_conn && p->conn) {
+        /* handed over: as the caller's own connection would be */
+        PQsetnonblocking(p->conn, 0);
+        PQsetNoticeReceiver(p->conn, p->own_rcv, NULL);
+    }
     p->running = 0;
     if (p->hooks.ended)
         p->hooks.ended(p->hooks.arg, code);
@@ -549,7 +556,7 @@ static int start_attempt(struct wl__probe *p)
     /* Before any PQconnectPoll reads the server's answer: see the file's header. */
     PQsetErrorVerbosity(p->conn, PQERRORS_VERBOSE);
     if (!p->connect_only) /* the caller's own connection keeps libpq's notice processing */
-        PQsetNoticeReceiver(p->conn, on_notice, p);
+        p->own_rcv = PQsetNoticeReceiver(p->conn, on_notice, p);
     p->phase = PH_CONNECT;
     p->timed_out = 0;
     p->phase_t0 = now;
@@ -870,6 +877,7 @@ int wl__probe_start(struct wl__probe *p, struct wl__loop *l, const struct wl__pr
         return -ENOMEM;
     p->sql_name[p->nsql++] = "verify_sql";
     p->connect_only = c->connect_only;
+    p->keep_conn = c->keep_conn && !c->hold_ms;
     p->hold_ns = (uint64_t)c->hold_ms * MS;
     p->app_name = c->application_name;
     p->val[0] = c->application_name;
@@ -1006,11 +1014,19 @@ static void warm_progress(void *arg, int code, const char *error, const char *sq
 int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
                  struct wl_result *res)
 {
+    return wl__pg_probe_keep(conninfo, opts, deadline_ns, res, NULL);
+}
+
+int wl__pg_probe_keep(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
+                      struct wl_result *res, PGconn **conn)
+{
     struct wl__probe_conf c;
     struct wl__probe *p;
     char err[256];
     int r;
 
+    if (conn)
+        *conn = NULL;
     if ((r = wl__probe_new(conninfo, &p, err, sizeof(err))) < 0) {
         if (res) {
             res->attempts = 0;
@@ -1021,12 +1037,15 @@ int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t d
     }
     wl__pg_conf(&c, opts, deadline_ns);
     c.hooks.attempt_failed = warm_progress;
+    c.keep_conn = conn != NULL;
     r = wl__probe_run(p, &c, WL__IO_AUTO);
     if (res) {
         wl__probe_result(p, res);
         if (r == 0)
             res->sqlstate[0] = res->error[0] = '\0';
     }
+    if (conn && r == 0)
+        *conn = wl__probe_take_conn(p);
     wl__probe_free(p);
     return r;
 }

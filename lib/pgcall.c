@@ -41,16 +41,31 @@ struct wl_pg_target {
 struct warm_ctx {
     const struct wl_pg_target *t;
     uint64_t deadline_ns; /* the caller's whole-call deadline */
+    int want_conn;        /* wl_pg_connect: keep the leader's verified connection... */
+    PGconn *kept;         /* ...here, as the caller's own */
 };
+
+/* The leader's probe; with want_conn and no warm_sql to run, its verified connection is
+ * kept as the caller's own (a session warm_sql touched is never handed over). */
+static int probe(struct warm_ctx *c, const struct wl_pg_opts *opts, struct wl_result *res)
+{
+    if (c->kept) { /* a connection kept by an earlier run of this call: superseded */
+        PQfinish(c->kept);
+        c->kept = NULL;
+    }
+    if (c->want_conn && !(opts->warm_sql && *opts->warm_sql))
+        return wl__pg_probe_keep(c->t->conninfo, opts, c->deadline_ns, res, &c->kept);
+    return wl__pg_probe(c->t->conninfo, opts, c->deadline_ns, res);
+}
 
 static int pg_warm(void *arg, struct wl_result *res)
 {
-    const struct warm_ctx *c = arg;
+    struct warm_ctx *c = arg;
     const struct wl_pg_opts *opts = &c->t->opts;
     struct wl_pg_opts o;
 
     if (!wl__warm_reverifying() && !wl__warm_fail_fast()) {
-        int r = wl__pg_probe(c->t->conninfo, opts, c->deadline_ns, res);
+        int r = probe(c, opts, res);
         /* The caller's own max_attempts ran out: that is its answer (-ECONNREFUSED). */
         if (r < 0 && opts->backoff.max_attempts)
             wl__warm_stop();
@@ -62,7 +77,7 @@ static int pg_warm(void *arg, struct wl_result *res)
     if (wl__warm_reverifying())
         o.warm_sql = NULL;
     o.backoff.max_attempts = 1;
-    return wl__pg_probe(c->t->conninfo, &o, c->deadline_ns, res);
+    return probe(c, &o, res);
 }
 
 static uint64_t call_deadline(const struct wl_pg_target *t)
@@ -73,14 +88,21 @@ static uint64_t call_deadline(const struct wl_pg_target *t)
 
 /* The single-flight for what remains of the caller's deadline (wl_pg_connect may come
  * here more than once in a call). */
-static int ensure_until(struct wl_pg_target *t, uint64_t deadline_ns, struct wl_result *res)
+static int ensure_until(struct wl_pg_target *t, uint64_t deadline_ns, struct wl_result *res,
+                        PGconn **conn)
 {
-    struct warm_ctx ctx = {t, deadline_ns};
+    struct warm_ctx ctx = {t, deadline_ns, conn != NULL, NULL};
     struct wl_wait_opts w = t->wait;
     uint64_t now = wl__now_ns();
+    int r;
 
     w.timeout_ms = deadline_ns > now ? (uint32_t)((deadline_ns - now + MS - 1) / MS) : 1;
-    return wl_key_ensure(t->key, pg_warm, &ctx, &w, res);
+    r = wl_key_ensure(t->key, pg_warm, &ctx, &w, res);
+    if (conn && r == 0 && res->role == WL_LEADER)
+        *conn = ctx.kept; /* the epoch it published was verified on this connection */
+    else if (ctx.kept)
+        PQfinish(ctx.kept);
+    return r;
 }
 
 /* ---------------------------------------------------------------- targets */
@@ -211,7 +233,7 @@ WL_EXPORT int wl_pg_target_ensure(struct wl_pg_target *t, struct wl_result *res)
     if (!res)
         res = &scratch;
     memset(res, 0, sizeof(*res));
-    return ensure_until(t, call_deadline(t), res);
+    return ensure_until(t, call_deadline(t), res, NULL);
 }
 
 /* ---------------------------------------------------------------- own connections */
@@ -293,9 +315,15 @@ WL_EXPORT PGconn *wl_pg_target_connect(struct wl_pg_target *t, struct wl_result 
         uint64_t now;
         int slow;
 
+        conn = NULL;
         if (!wl__key_ready(t->key, t->wait.max_age_ms, res) &&
-            (r = ensure_until(t, deadline, res)) < 0)
+            (r = ensure_until(t, deadline, res, &conn)) < 0)
             return NULL;
+        if (conn) { /* we led: the connection that verified the epoch is ours */
+            PQsetErrorVerbosity(conn, PQERRORS_DEFAULT);
+            res->waited_ns = wl__now_ns() - t0;
+            return conn;
+        }
         memset(&mine, 0, sizeof(mine));
         r = own_attempt(t, deadline, &conn, &slow, &mine);
         if (r == 0) {

@@ -841,6 +841,59 @@ static void test_pg_schedule_probes_by_what_a_probe_costs(void **state)
     assert_true(fatal <= 1000 / 250 + 2 + 1000 / 25 + 2 + 1000 / 100 + 2);
 }
 
+/* wl_pg_connect's leader keeps the connection that verified the epoch as its own: one
+ * connection, not two, restored to what PQconnectdb gives (blocking). Not when warm_sql ran
+ * on it: that session is the warm-up's. */
+static void test_pg_connect_leader_keeps_its_verified_connection(void **state)
+{
+    struct wl_segment *seg;
+    struct wl_pg_opts o = {.wait.timeout_ms = 15000};
+    struct wl_result r;
+    PGresult *res;
+    PGconn *c;
+    long mark;
+    const char *name = wlt_segname();
+    use_target = via_target(state);
+    NEED_PG();
+    pg_ensure_up();
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    mark = pgh_log_mark(&H);
+    c = pg_connect(seg, CI, &o, &r);
+    assert_non_null(c);
+    assert_int_equal(r.role, WL_LEADER);
+    assert_int_equal(PQisnonblocking(c), 0);
+    res = PQexec(c, "SELECT 6 * 7");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(res, 0, 0), "42");
+    PQclear(res);
+    PQfinish(c);
+    assert_int_equal(pgh_count_log_since(&H, mark, "connection received"), 1);
+    /* a follower opens its own */
+    c = pg_connect(seg, CI, &o, &r);
+    assert_non_null(c);
+    assert_int_equal(r.role, WL_FOLLOWER);
+    PQfinish(c);
+    assert_int_equal(pgh_count_log_since(&H, mark, "connection received"), 2);
+    wl_close(seg);
+    wl_unlink(name);
+
+    /* with warm_sql: the warm-up's session is closed, the caller gets a fresh one */
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    o.warm_sql = "SET search_path = pg_catalog";
+    mark = pgh_log_mark(&H);
+    c = pg_connect(seg, CI, &o, &r);
+    assert_non_null(c);
+    assert_int_equal(r.role, WL_LEADER);
+    res = PQexec(c, "SHOW search_path");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_string_not_equal(PQgetvalue(res, 0, 0), "pg_catalog");
+    PQclear(res);
+    PQfinish(c);
+    assert_int_equal(pgh_count_log_since(&H, mark, "connection received"), 2);
+    wl_close(seg);
+    wl_unlink(name);
+}
+
 /* A prepared target's ready path makes no syscall (seccomp strict mode kills the process
  * on any but read, write, exit and sigreturn), with the engine's default max age, and its
  * results are those of wl_pg_ensure. */
@@ -972,6 +1025,7 @@ int main(void)
         WLT_CALLS(test_pg_ensure_publishes_auth_failure_to_followers),
         WLT_CALLS(test_pg_connect_invalidates_a_stale_epoch_and_reconnects),
         cmocka_unit_test(test_pg_target_ready_path_makes_no_syscall),
+        WLT_CALLS(test_pg_connect_leader_keeps_its_verified_connection),
         WLT_ALL(test_pg_schedule_probes_by_what_a_probe_costs),
     };
     return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
