@@ -151,9 +151,9 @@ struct wl_keeper_opts {
     uint32_t fail_ttl_ms;         /* a permanent failure is tried again no sooner, default
                                    * 1000 (the applications' default fail_ttl_ms) */
     uint32_t attempt_timeout_ms;  /* per connect/query attempt, default 2000 */
-    struct wl_backoff backoff;    /* delays between attempts (default 10 ms doubling to 250
-                                   * ms); max_attempts and deadline_ms are ignored: the
-                                   * keeper's warm-up runs until the server answers */
+    struct wl_backoff backoff;    /* the engine's schedule (struct wl_backoff); max_attempts
+                                   * and deadline_ms are ignored: the keeper's warm-up runs
+                                   * until the server answers */
     const char *verify_sql;       /* default "SELECT 1" */
     const char *application_name; /* of its connections, default "warmlock-keeper" */
     wl_keeper_event_fn on_event;  /* may be NULL */
