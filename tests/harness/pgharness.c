@@ -1675,6 +1675,11 @@ static int bouncer_listening(struct pgh *h, pid_t *pid)
 
 int pgh_bouncer_start(struct pgh *h, int *port)
 {
+    return pgh_bouncer_start_with(h, port, NULL);
+}
+
+int pgh_bouncer_start_with(struct pgh *h, int *port, const char *settings)
+{
     static char log[ERRBUF];
     const char *why = pgh_bouncer_unavailable();
     if (why) {
@@ -1720,9 +1725,10 @@ int pgh_bouncer_start(struct pgh *h, int *port)
             "admin_users = " DB_USER "\n"
             "ignore_startup_parameters = extra_float_digits\n"
             "logfile = %s\n"
-            "pidfile = %s/pgbouncer.pid\n",
+            "pidfile = %s/pgbouncer.pid\n"
+            "%s",
             h->sockdir, h->port, bport, h->dir, h->scram ? "scram-sha-256" : "trust", users,
-            h->bouncer_logpath, h->dir) ||
+            h->bouncer_logpath, h->dir, settings ? settings : "") ||
         write_file(ini, text, 0, 0644) || give(ini))
         return -1;
     if (fmt(h->bouncer_conninfo, sizeof(h->bouncer_conninfo),

@@ -195,6 +195,10 @@ int pgh_pid_alive(pid_t pid);
  * port, listening on 127.0.0.1 and a socket in dir; fills *port (may be NULL), bouncer_port and
  * the bouncer conninfos. Returns once it listens (bounded 10 s). 0 or -1. */
 int pgh_bouncer_start(struct pgh *h, int *port);
+/* The same with more [pgbouncer] settings: `settings` holds lines "name = value\n" written
+ * after the harness's own, so they win (e.g. "server_login_retry = 1\n"), or NULL. Restart
+ * (pgh_bouncer_stop first) for new settings to apply. 0 or -1. */
+int pgh_bouncer_start_with(struct pgh *h, int *port, const char *settings);
 /* Stop pgbouncer (SIGTERM, then SIGKILL after 5 s). Safe when it is not running. */
 void pgh_bouncer_stop(struct pgh *h);
 /* Stop everything (immediate) and remove the temp dir. Safe to call twice, on a zeroed struct,
