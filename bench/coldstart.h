@@ -25,11 +25,32 @@
 #define WL_TIMEOUT_MS   30000 /* warmlock workers' whole-call deadline (the default) */
 #define WL_ATTEMPT_MS   5000  /* warmlock's per-attempt timeout: the baselines' connect_timeout */
 
-enum scenario { SC_CLEAN, SC_CRASH, SC_UP, SC_OUTAGE, SC_COUNT };
+#define MAX_RUNS        20    /* --runs */
+#define MAX_PLAN        512   /* cells in one run */
+#define MAX_RETRIES     8     /* --bouncer-retry settings */
+#define DEFAULT_BUDGET  4     /* warmlock-paced's login budget without --login-budget */
+#define FATAL_WINDOW_MS 25.0  /* the prober's FATAL budget is per this much recovery */
+
+enum scenario { SC_CLEAN, SC_CRASH, SC_UP, SC_OUTAGE, SC_BOUNCER, SC_COUNT };
 extern const char *const sc_name[SC_COUNT];
 
-enum strategy { ST_INCIDENT, ST_NAIVE, ST_FLOCK, ST_WARMLOCK, ST_COORD, ST_COUNT };
+/* The order of the tables. Every strategy from ST_WARMLOCK on is a warmlock one. */
+enum strategy {
+    ST_INCIDENT,
+    ST_NAIVE,
+    ST_FLOCK,
+    ST_WARMLOCK,   /* wl_pg_opts.login_budget 0: the library's default */
+    ST_WL_UNPACED, /* login_budget UINT32_MAX */
+    ST_WL_PACED,   /* login_budget from --login-budget */
+    ST_COORD,      /* warmlockd beside ST_WARMLOCK's workers */
+    ST_COUNT
+};
 extern const char *const st_name[ST_COUNT];
+
+static inline int st_warmlock(enum strategy st)
+{
+    return st >= ST_WARMLOCK;
+}
 
 /* ---------------------------------------------------------------- shared with workers */
 
@@ -110,12 +131,16 @@ struct run_cfg {
     int outage_ms;         /* outage: the server starts this long after T0 */
     int timeout_ms;        /* the run's bound: workers still alive then are killed */
     int wl_backoff_max_ms; /* warmlock leader's backoff cap; 0: the library's default */
+    uint32_t login_budget; /* warmlock's wl_pg_opts.login_budget */
+    double retry_s;        /* pgbouncer-restart: pgbouncer's server_login_retry, s */
 };
 
 struct result {
     enum scenario sc;
     enum strategy st;
     int n;
+    double retry_s;                         /* pgbouncer-restart: server_login_retry, s */
+    int round;                              /* which of its cell's runs, from 0 */
     int ok;                                 /* workers that ran their query */
     double p50, p99, max;                   /* time to first successful query, ms (ok ones) */
     double all_ready;                       /* max if every worker is ok, else NAN */
@@ -128,6 +153,13 @@ struct result {
     int leaders;                            /* warmlock workers that led an epoch */
     int conns, fatal, rej57;                /* from the server log */
     long errors;                            /* errors surfaced to workers */
+    double first_ok;                        /* the first worker's query ended, ms after T0 */
+    double release_lag;                     /* first_ok - server_ready; NAN for already-up */
+    int fatal_pre, rej57_pre;               /* FATAL, 57P03 lines after T0 before ready */
+    double recovery_ms;                     /* first "connection received" (or T0) to ready */
+    double fatal_per25;                     /* fatal_pre per FATAL_WINDOW_MS of recovery */
+    double wait_ms;                         /* pgbouncer-restart: `warmlock wait` returned
+                                             * (ms after T0), NAN if it failed */
     double cpu_ms;                          /* workers' user+sys (+ warmlockd's) */
     int killed;                             /* workers killed at the run's bound */
     int aborted;                            /* the run could not be carried out */
@@ -142,15 +174,83 @@ struct result {
  * its record; never returns. */
 void worker_main(const struct run_cfg *cfg, int idx, uint32_t gen) __attribute__((noreturn));
 
-/* The report (coldstart_report.c) over the driver's results. */
-extern struct result *g_res;
+/* One line of the run's plan: a cell (scenario, strategy, N, pgbouncer setting) and how many
+ * times it runs. The driver runs round 0 of every cell, then round 1 ..., so that a cell's
+ * k-th run and its baseline's are neighbours in time. */
+struct plan {
+    enum scenario sc;
+    enum strategy st;
+    int n;
+    double retry_s;
+    int runs;
+};
+
+/* A cell's runs, gathered after the run (coldstart_cells.c). */
+struct cell {
+    enum scenario sc;
+    enum strategy st;
+    int n;
+    double retry_s;
+    int nruns;
+    const struct result *run[MAX_RUNS];
+};
+
+/* What a table can show of one run. Ratios pair a run with its baseline's run of the same
+ * round (or, without one, the baseline cell's median). */
+enum fig {
+    F_P50, F_P99, F_MAX, F_ALL, F_SRV, F_LAG50, F_LAG99, F_LAGMAX, F_REL50, F_RELMAX,
+    F_CPU, F_RLAG, F_FATAL_PRE, F_REJ57_PRE, F_PER25, F_RECOVERY, F_FATAL, F_REJ57, F_CONNS,
+    F_ERRORS, F_ATTEMPTS, F_PROBES,
+    F_WAIT_AFTER,  /* pgbouncer-restart: `warmlock wait` returned, ms after the server's ready */
+    F_ALL_AFTER,   /* all ready, ms after the server's ready */
+    F_LIMIT,       /* all ready / (server ready + the same N's already-up naive all ready) */
+    F_VS_INCIDENT, /* all ready / the incident's */
+    F_VS_NAIVE,    /* all ready / naive's */
+    F_CPU_NAIVE,   /* workers' CPU / naive's */
+};
+
+/* Over a cell's runs, NANs left out (n = how many were not). */
+struct figstat {
+    int n;
+    double p50, p99, min, max;
+};
+
+extern struct result *g_res; /* every run, in the order they ran */
 extern int g_nres;
+extern struct cell *g_cells; /* after cells_build() */
+extern int g_ncells;
 extern int g_verbose;
-/* A figure in ms for the table ("—" for none). */
+extern unsigned g_login_budget; /* warmlock-paced's wl_pg_opts.login_budget */
+
+/* coldstart_cells.c */
+void cells_build(void);
+const struct cell *cell_find(enum scenario sc, enum strategy st, int n, double retry_s);
+double fig(const struct result *r, enum fig f);
+struct figstat cell_stat(const struct cell *c, enum fig f);
+/* The physical limit's herd part: the median all-ready of already-up naive at n (NAN if the
+ * run has none). */
+double uplimit_ms(int n);
+/* Nearest-rank percentile of a sorted array. */
+double pct(const double *v, int n, double p);
+/* "pgbouncer-restart (retry 15 s)", or the scenario's name. */
+void cell_label(char *buf, size_t len, enum scenario sc, double retry_s);
+
+/* coldstart_report.c: the tables and the CSV. */
 void fmt_ms(char *buf, size_t len, double v);
 void print_table(FILE *f);
+void print_release_table(FILE *f);
+void print_bouncer_table(FILE *f);
 void print_headline(FILE *f, int nmax);
 int write_csv(const char *dir);
+
+/* coldstart_plot.c: coldstart.png (all ready against N) and coldstart-lag.png (release lag
+ * against the FATAL lines before ready, one point per run), each with its .gp. */
 int write_plot(const char *dir, const int *ns, int nn);
+int write_lag_plot(const char *dir);
+
+/* coldstart_goals.c: --goals, the performance goals' plan and their table. */
+int goals_plan(struct plan *out, int max);
+/* The goals table from the cells and micro's CSV (NULL: no micro rows). */
+void print_goals(FILE *f, const char *micro_csv);
 
 #endif

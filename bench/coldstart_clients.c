@@ -1,5 +1,6 @@
 /* The contended cold-start benchmark's client strategies: how a worker process gets its
- * first successful query (the incident's retry policy, a naive loop, a flock, warmlock), from
+ * first successful query (the incident's retry policy, a naive loop, a flock, warmlock with
+ * or without pacing its logins), from
  * the barrier to its record. See coldstart.c. */
 #include <errno.h>
 #include <fcntl.h>
@@ -100,32 +101,33 @@ static int flock_policy(const struct run_cfg *cfg, struct worker_rec *r)
     return rc;
 }
 
-/* warmlock: open the segment, wl_pg_connect (one process warms and verifies, the others wait),
- * then this worker's own SELECT 1 on the connection it got. */
+/* warmlock: open the segment and a prepared target (the conninfo parsed and keyed once),
+ * wl_pg_target_ensure (one process warms and verifies, the others wait; timed: "released"),
+ * then wl_pg_target_connect (now the ready path, then this worker's own connection, within
+ * the strategy's login budget; on a connection failure it invalidates the epoch and one
+ * process re-verifies) and this worker's own SELECT 1 on it. */
 static int warmlock_policy(const struct run_cfg *cfg, struct worker_rec *r)
 {
     struct wl_segment *seg;
+    struct wl_pg_target *t;
     struct wl_result res;
-    int rc = wl_open(cfg->shm, NULL, &seg);
-    if (rc < 0) {
-        copy_str(r->err, sizeof(r->err), wl_last_error());
-        r->errors++;
-        return -1;
-    }
     struct wl_pg_opts o;
     memset(&o, 0, sizeof(o));
     o.wait.timeout_ms = WL_TIMEOUT_MS;
     o.attempt_timeout_ms = WL_ATTEMPT_MS;
     o.backoff.max_ms = (uint32_t)cfg->wl_backoff_max_ms;
-    /* wl_pg_ensure first only to time the release of the herd; wl_pg_connect then finds the
-     * slot READY (a lookup) and opens this worker's own connection, invalidating the epoch and
-     * re-verifying if that connection fails. */
-    rc = wl_pg_ensure(seg, cfg->conninfo, &o, &res);
+    o.login_budget = cfg->login_budget;
+    if (wl_open(cfg->shm, NULL, &seg) < 0 || wl_pg_target_open(seg, cfg->conninfo, &o, &t) < 0) {
+        copy_str(r->err, sizeof(r->err), wl_last_error());
+        r->errors++;
+        return -1;
+    }
+    int rc = wl_pg_target_ensure(t, &res);
     r->leader = res.role == WL_LEADER;
     if (rc == 0)
         r->t_rel_ns = mono_ns() - g_sh->t0_mono_ns;
     r->attempts++;
-    PGconn *c = wl_pg_connect(seg, cfg->conninfo, &o, &res);
+    PGconn *c = wl_pg_target_connect(t, &res);
     if (!c) {
         copy_str(r->err, sizeof(r->err), res.error);
         r->errors++;

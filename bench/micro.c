@@ -1,9 +1,12 @@
 /*
  * Micro-benchmarks of the core, each against its baseline measured in the same run:
- *   1. the ready path of wl_ensure  vs  lock+unlock of an uncontended process-shared mutex
+ *   1. the ready path of wl_ensure, of a prepared key (wl_key_ensure), of a prepared target
+ *      (wl_pg_target_ensure) and of wl_pg_ensure  vs  lock+unlock of an uncontended
+ *      process-shared mutex
  *   2. releasing N waiters (1, 8, 64, 256)  vs  a raw FUTEX_WAKE broadcast to N processes
  *   3. takeover latency after SIGKILL of the leader (median, p99, max over >= 50 kills)
- * Prints a Markdown table; with --csv FILE also writes CSV. --quick: fewer rounds.
+ * Prints a Markdown table; with --csv FILE also writes CSV. --quick: fewer rounds;
+ * --ready-only: the ready path alone (full rounds).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -15,8 +18,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "micro_rows.h"
 #include "proc.h"
 #include "warmlock.h"
+#include "warmlock/pg.h"
 
 static uint64_t median(uint64_t *v, size_t n)
 {
@@ -48,40 +53,96 @@ static int noop_warm(void *arg, struct wl_result *res)
 }
 
 /* 1. The ready path. */
+
+/* A target nothing listens for: the ready path never connects (its slot is made READY by a
+ * no-op warm-up under the target's own key). */
+#define MICRO_CONNINFO "host=/nonexistent/warmlock-micro port=1 dbname=micro user=micro"
+
+/* `iters` runs of `stmt`, in ns per run, into `out`; timed in chunks of CHUNK runs with
+ * `between` run untimed before each (a target's slot re-verified now, so that a default max
+ * age never expires inside a timed loop: a re-verification here would find no server). */
+#define CHUNK 100000u
+#define TIME_LOOP(out, iters, between, stmt)                                                       \
+    do {                                                                                           \
+        uint64_t sum_ = 0;                                                                         \
+        for (unsigned done_ = 0; done_ < (iters); done_ += CHUNK) {                                \
+            unsigned n_ = (iters) - done_ < CHUNK ? (iters) - done_ : CHUNK;                       \
+            between;                                                                               \
+            uint64_t t0_ = wlt_now_ns();                                                           \
+            for (unsigned i_ = 0; i_ < n_; i_++) {                                                 \
+                stmt;                                                                              \
+            }                                                                                      \
+            sum_ += wlt_now_ns() - t0_;                                                            \
+        }                                                                                          \
+        (out) = (double)sum_ / (iters);                                                            \
+    } while (0)
+
+static void die_unless(int ok, const char *what, const char *why)
+{
+    if (!ok) {
+        fprintf(stderr, "micro: %s: %s\n", what, why);
+        exit(1);
+    }
+}
+
+/* The slot of `key` READY at a new epoch, verified now (a no-op warm-up). */
+static void fresh_ready(struct wl_segment *seg, const char *key)
+{
+    struct wl_result res;
+    if (wl_ensure(seg, key, noop_warm, NULL, NULL, &res) == 0)
+        wl_invalidate(seg, key, res.epoch);
+    die_unless(wl_ensure(seg, key, noop_warm, NULL, NULL, &res) == 0, key, res.error);
+}
+
 static void bench_ready_path(unsigned iters)
 {
     struct wl_segment *seg;
+    struct wl_key *key;
+    struct wl_pg_target *tgt;
     struct wl_result res;
     pthread_mutex_t *m = wlt_shared(sizeof(*m));
     pthread_mutexattr_t a;
-    uint64_t t0, t1, t2, sink = 0;
+    double mutex_ns = 0, ensure_ns = 0, key_ns = 0, tgt_ns = 0, pg_ns = 0;
+    unsigned pg_iters = iters / 64 + 1; /* it parses the conninfo: ~1 us a call */
+    uint64_t sink = 0;
 
-    if (wl_open(segname, NULL, &seg) < 0 ||
-        wl_ensure(seg, "bench-ready", noop_warm, NULL, NULL, &res) < 0) {
-        fprintf(stderr, "micro: %s\n", wl_last_error());
-        exit(1);
-    }
+    die_unless(wl_open(segname, NULL, &seg) == 0, "wl_open", wl_last_error());
+    die_unless(wl_key_open(seg, "bench-key", &key) == 0, "wl_key_open", wl_last_error());
+    die_unless(wl_pg_target_open(seg, MICRO_CONNINFO, NULL, &tgt) == 0, "wl_pg_target_open",
+               wl_last_error());
+    fresh_ready(seg, "bench-ready");
+    fresh_ready(seg, "bench-key");
     pthread_mutexattr_init(&a);
     pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     pthread_mutex_init(m, &a);
     for (int round = 0; round < 2; round++) { /* first round warms caches */
-        t0 = wlt_now_ns();
-        for (unsigned i = 0; i < iters; i++) {
-            wl_ensure(seg, "bench-ready", noop_warm, NULL, NULL, &res);
-            sink += res.epoch;
-        }
-        t1 = wlt_now_ns();
-        for (unsigned i = 0; i < iters; i++) {
-            pthread_mutex_lock(m);
-            pthread_mutex_unlock(m);
-        }
-        t2 = wlt_now_ns();
+        TIME_LOOP(mutex_ns, iters, (void)0, pthread_mutex_lock(m); pthread_mutex_unlock(m));
+        TIME_LOOP(ensure_ns, iters, (void)0,
+                  wl_ensure(seg, "bench-ready", noop_warm, NULL, NULL, &res);
+                  sink += res.epoch);
+        TIME_LOOP(key_ns, iters, (void)0, wl_key_ensure(key, noop_warm, NULL, NULL, &res);
+                  sink += res.epoch);
+        TIME_LOOP(tgt_ns, iters, fresh_ready(seg, wl_pg_target_key(tgt)),
+                  wl_pg_target_ensure(tgt, &res); sink += res.epoch);
+        TIME_LOOP(pg_ns, pg_iters, fresh_ready(seg, wl_pg_target_key(tgt)),
+                  wl_pg_ensure(seg, MICRO_CONNINFO, NULL, &res); sink += res.epoch);
     }
+    fresh_ready(seg, wl_pg_target_key(tgt));
+    /* each ready path still answers READY after its loop (no re-verification ran in it) */
+    die_unless(wl_ensure(seg, "bench-ready", noop_warm, NULL, NULL, &res) == 0, "wl_ensure",
+               res.error);
+    die_unless(wl_key_ensure(key, noop_warm, NULL, NULL, &res) == 0, "wl_key_ensure", res.error);
+    die_unless(wl_pg_target_ensure(tgt, &res) == 0, "wl_pg_target_ensure", res.error);
+    die_unless(wl_pg_ensure(seg, MICRO_CONNINFO, NULL, &res) == 0, "wl_pg_ensure", res.error);
     if (sink == 0)
         abort();
-    row("ready path: wl_ensure vs pshared mutex lock+unlock", "1",
-        (double)(t1 - t0) / iters, (double)(t2 - t1) / iters, "ns");
+    row(MICRO_ROW_ENSURE, "1", ensure_ns, mutex_ns, "ns");
+    row(MICRO_ROW_KEY, "1", key_ns, mutex_ns, "ns");
+    row(MICRO_ROW_TARGET, "1", tgt_ns, mutex_ns, "ns");
+    row(MICRO_ROW_PG, "1", pg_ns, mutex_ns, "ns");
+    wl_pg_target_close(tgt);
+    wl_key_close(key);
     wl_close(seg);
 }
 
@@ -293,10 +354,12 @@ static void bench_takeover(unsigned kills)
 
 int main(int argc, char **argv)
 {
-    int quick = 0;
+    int quick = 0, ready_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) {
             quick = 1;
+        } else if (!strcmp(argv[i], "--ready-only")) {
+            ready_only = 1;
         } else if (!strcmp(argv[i], "--csv") && i + 1 < argc) {
             if (!(csv = fopen(argv[++i], "w"))) {
                 fprintf(stderr, "micro: cannot write %s: %s\n", argv[i], strerror(errno));
@@ -304,7 +367,7 @@ int main(int argc, char **argv)
             }
             fprintf(csv, "benchmark,n,warmlock,baseline,unit,ratio\n");
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: micro [--quick] [--csv FILE]\n");
+            printf("usage: micro [--quick] [--ready-only] [--csv FILE]\n");
             return 0;
         } else {
             fprintf(stderr, "micro: unknown argument '%s' (try --help)\n", argv[i]);
@@ -315,10 +378,12 @@ int main(int argc, char **argv)
     printf("| benchmark | N | warmlock | baseline | ratio |\n|---|---|---|---|---|\n");
     fprintf(stderr, "micro: ready path\n");
     bench_ready_path(quick ? 200000 : 5000000);
-    fprintf(stderr, "micro: release of N waiters\n");
-    bench_release(quick ? 3 : 9);
-    fprintf(stderr, "micro: takeover after SIGKILL\n");
-    bench_takeover(quick ? 20 : 100);
+    if (!ready_only) {
+        fprintf(stderr, "micro: release of N waiters\n");
+        bench_release(quick ? 3 : 9);
+        fprintf(stderr, "micro: takeover after SIGKILL\n");
+        bench_takeover(quick ? 20 : 100);
+    }
     wl_unlink(segname);
     if (csv)
         fclose(csv);
