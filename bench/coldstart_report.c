@@ -38,9 +38,9 @@ static int workers_failed(const struct cell *c, int *total)
 
 /* A cell's ratio against a baseline strategy (f = F_VS_INCIDENT, F_VS_NAIVE or F_CPU_NAIVE):
  * the median of its runs' ratios, "" without that baseline in the run, or why there is none. */
-static void fmt_ratio(char *buf, size_t len, const struct cell *c, enum strategy base_st,
-                      enum fig f)
+static void fmt_ratio(char *buf, size_t len, const struct cell *c, enum fig f)
 {
+    enum strategy base_st = f == F_VS_INCIDENT ? ST_INCIDENT : ST_NAIVE;
     const struct cell *b = cell_find(c->sc, base_st, c->n, c->retry_s);
     int total;
     if (!b) {
@@ -57,18 +57,6 @@ static void fmt_ratio(char *buf, size_t len, const struct cell *c, enum strategy
     }
 }
 
-/* ÷ limit: the median, and the worst run when there are several. */
-static void fmt_limit(char *buf, size_t len, const struct cell *c)
-{
-    struct figstat s = cell_stat(c, F_LIMIT);
-    if (s.n == 0)
-        snprintf(buf, len, "—");
-    else if (c->nruns > 1)
-        snprintf(buf, len, "%.2f (max %.2f)", s.p50, s.max);
-    else
-        snprintf(buf, len, "%.2f", s.p50);
-}
-
 /* The cell's all-ready median, and how many runs had every worker ready when not all did. */
 static void fmt_all(char *buf, size_t len, const struct cell *c)
 {
@@ -78,57 +66,31 @@ static void fmt_all(char *buf, size_t len, const struct cell *c)
         snprintf(buf + strlen(buf), len - strlen(buf), " (%d/%d runs)", s.n, c->nruns);
 }
 
-void print_table(FILE *f)
-{
-    fprintf(f, "| scenario | strategy | N | runs | ok | p50 ms | p99 ms | all ready ms "
-               "| server ready ms | lag p50/p99/max ms | released p50/max ms | attempts "
-               "| conns logged | FATAL | 57P03 | errors | CPU ms | ÷ limit "
-               "| all ready ÷ incident | ÷ naive | CPU ÷ naive |\n");
-    fprintf(f, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:"
-               "|--:|--:|\n");
-    for (int i = 0; i < g_ncells; i++) {
-        const struct cell *c = &g_cells[i];
-        char sc[64], p50[32], p99[32], all[48], srv[32], l1[32], l2[32], l3[32], r1[32],
-            r2[32], at[32], pr[32], cn[32], fa[32], rj[32], er[32], cpu[32], lim[48], ri[64],
-            rn[64], rc[32], att[80], rel[80] = "—";
-        int total, failed = workers_failed(c, &total);
-        cell_label(sc, sizeof(sc), c->sc, c->retry_s);
-        fmt_med(p50, sizeof(p50), c, F_P50);
-        fmt_med(p99, sizeof(p99), c, F_P99);
-        fmt_all(all, sizeof(all), c);
-        fmt_med(srv, sizeof(srv), c, F_SRV);
-        fmt_med(l1, sizeof(l1), c, F_LAG50);
-        fmt_med(l2, sizeof(l2), c, F_LAG99);
-        fmt_med(l3, sizeof(l3), c, F_LAGMAX);
-        fmt_med(r1, sizeof(r1), c, F_REL50);
-        fmt_med(r2, sizeof(r2), c, F_RELMAX);
-        fmt_med(at, sizeof(at), c, F_ATTEMPTS);
-        fmt_med(pr, sizeof(pr), c, F_PROBES);
-        fmt_med(cn, sizeof(cn), c, F_CONNS);
-        fmt_med(fa, sizeof(fa), c, F_FATAL);
-        fmt_med(rj, sizeof(rj), c, F_REJ57);
-        fmt_med(er, sizeof(er), c, F_ERRORS);
-        fmt_med(cpu, sizeof(cpu), c, F_CPU);
-        fmt_limit(lim, sizeof(lim), c);
-        fmt_ratio(ri, sizeof(ri), c, ST_INCIDENT, F_VS_INCIDENT);
-        fmt_ratio(rn, sizeof(rn), c, ST_NAIVE, F_VS_NAIVE);
-        fmt_ratio(rc, sizeof(rc), c, ST_NAIVE, F_CPU_NAIVE);
-        if (strcmp(r1, "—"))
-            snprintf(rel, sizeof(rel), "%s / %s", r1, r2);
-        if (st_warmlock(c->st))
-            snprintf(att, sizeof(att), "%s + %s probes", at, pr);
-        else
-            snprintf(att, sizeof(att), "%s", at);
-        int aborted = 0;
-        for (int k = 0; k < c->nruns; k++)
-            aborted += c->run[k]->aborted;
-        fprintf(f, "| %s | %s | %d | %d | %d/%d%s | %s | %s | %s | %s | %s / %s / %s | %s | %s "
-                   "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-                sc, st_name[c->st], c->n, c->nruns, total - failed, total,
-                aborted ? " (aborted)" : "", p50, p99, all, srv, l1, l2, l3, rel, att, cn, fa,
-                rj, er, cpu, lim, ri, rn, rc);
-    }
-}
+/* What a column shows of a cell. */
+enum col_kind {
+    C_SCENARIO, /* with the pgbouncer setting */
+    C_RETRY,    /* the pgbouncer setting alone */
+    C_STRATEGY,
+    C_N,
+    C_RUNS,
+    C_OK,       /* workers that ran their query / workers, over the runs */
+    C_MED,      /* the median of `f` */
+    C_ALL,      /* all ready (fmt_all) */
+    C_LAGS,     /* lag p50 / p99 / max, medians */
+    C_RELEASED, /* released p50 / max, medians, warmlock only */
+    C_ATTEMPTS, /* attempts, + the engine's probes for warmlock */
+    C_RATIO,    /* fmt_ratio of `f` */
+    C_P50_P99,  /* of `f` over the runs */
+    C_MIN_MAX,
+    C_P50_MAX,
+};
+
+struct column {
+    const char *head;
+    enum col_kind kind;
+    enum fig f;
+    int prec; /* decimals of the C_P50_* and C_MIN_MAX kinds */
+};
 
 /* "a / b" with `prec` decimals, or "—" when there is nothing. */
 static void fmt_pair(char *buf, size_t len, int have, double a, double b, int prec)
@@ -139,58 +101,163 @@ static void fmt_pair(char *buf, size_t len, int have, double a, double b, int pr
         snprintf(buf, len, "—");
 }
 
+static void fmt_col(char *buf, size_t len, const struct cell *c, const struct column *col)
+{
+    char a[32], b[32], d[32];
+    struct figstat s = cell_stat(c, col->f);
+    int total, failed, aborted = 0;
+    switch (col->kind) {
+    case C_SCENARIO: cell_label(buf, len, c->sc, c->retry_s); break;
+    case C_RETRY: snprintf(buf, len, "%g", c->retry_s); break;
+    case C_STRATEGY: snprintf(buf, len, "%s", st_name[c->st]); break;
+    case C_N: snprintf(buf, len, "%d", c->n); break;
+    case C_RUNS: snprintf(buf, len, "%d", c->nruns); break;
+    case C_OK:
+        failed = workers_failed(c, &total);
+        for (int k = 0; k < c->nruns; k++)
+            aborted += c->run[k]->aborted;
+        snprintf(buf, len, "%d/%d%s", total - failed, total, aborted ? " (aborted)" : "");
+        break;
+    case C_MED: fmt_med(buf, len, c, col->f); break;
+    case C_ALL: fmt_all(buf, len, c); break;
+    case C_LAGS:
+        fmt_med(a, sizeof(a), c, F_LAG50);
+        fmt_med(b, sizeof(b), c, F_LAG99);
+        fmt_med(d, sizeof(d), c, F_LAGMAX);
+        snprintf(buf, len, "%s / %s / %s", a, b, d);
+        break;
+    case C_RELEASED:
+        fmt_med(a, sizeof(a), c, F_REL50);
+        fmt_med(b, sizeof(b), c, F_RELMAX);
+        snprintf(buf, len, "%s / %s", a, b);
+        if (!strcmp(a, "—"))
+            snprintf(buf, len, "—");
+        break;
+    case C_ATTEMPTS:
+        fmt_med(a, sizeof(a), c, F_ATTEMPTS);
+        fmt_med(b, sizeof(b), c, F_PROBES);
+        if (st_warmlock(c->st))
+            snprintf(buf, len, "%s + %s probes", a, b);
+        else
+            snprintf(buf, len, "%s", a);
+        break;
+    case C_RATIO: fmt_ratio(buf, len, c, col->f); break;
+    case C_P50_P99: fmt_pair(buf, len, s.n, s.p50, s.p99, col->prec); break;
+    case C_MIN_MAX: fmt_pair(buf, len, s.n, s.min, s.max, col->prec); break;
+    case C_P50_MAX:
+        if (c->nruns > 1 || col->f != F_LIMIT)
+            fmt_pair(buf, len, s.n, s.p50, s.max, col->prec);
+        else
+            snprintf(buf, len, "%.*f", col->prec, s.p50);
+        break;
+    }
+}
+
+/* A Markdown table of the cells `want` accepts (NULL: all), one column per entry. */
+static void print_cells(FILE *f, const struct column *cols, size_t ncols,
+                        int (*want)(const struct cell *))
+{
+    int rows = 0;
+    for (int i = 0; i < g_ncells; i++) {
+        const struct cell *c = &g_cells[i];
+        if (want && !want(c))
+            continue;
+        if (!rows++) {
+            for (size_t k = 0; k < ncols; k++)
+                fprintf(f, "| %s ", cols[k].head);
+            fprintf(f, "|\n");
+            for (size_t k = 0; k < ncols; k++) {
+                enum col_kind kd = cols[k].kind;
+                fprintf(f, "|%s", kd == C_SCENARIO || kd == C_STRATEGY ? "---" : "--:");
+            }
+            fprintf(f, "|\n");
+        }
+        for (size_t k = 0; k < ncols; k++) {
+            char buf[160];
+            fmt_col(buf, sizeof(buf), c, &cols[k]);
+            fprintf(f, "| %s ", buf);
+        }
+        fprintf(f, "|\n");
+    }
+}
+
+#define NCOLS(a) (sizeof(a) / sizeof((a)[0]))
+
+void print_table(FILE *f)
+{
+    static const struct column cols[] = {
+        {"scenario", C_SCENARIO, 0, 0},
+        {"strategy", C_STRATEGY, 0, 0},
+        {"N", C_N, 0, 0},
+        {"runs", C_RUNS, 0, 0},
+        {"ok", C_OK, 0, 0},
+        {"p50 ms", C_MED, F_P50, 0},
+        {"p99 ms", C_MED, F_P99, 0},
+        {"all ready ms", C_ALL, F_ALL, 0},
+        {"server ready ms", C_MED, F_SRV, 0},
+        {"lag p50/p99/max ms", C_LAGS, 0, 0},
+        {"released p50/max ms", C_RELEASED, 0, 0},
+        {"attempts", C_ATTEMPTS, 0, 0},
+        {"conns logged", C_MED, F_CONNS, 0},
+        {"FATAL", C_MED, F_FATAL, 0},
+        {"57P03", C_MED, F_REJ57, 0},
+        {"errors", C_MED, F_ERRORS, 0},
+        {"CPU ms", C_MED, F_CPU, 0},
+        {"÷ limit (median / max)", C_P50_MAX, F_LIMIT, 2},
+        {"all ready ÷ incident", C_RATIO, F_VS_INCIDENT, 0},
+        {"÷ naive", C_RATIO, F_VS_NAIVE, 0},
+        {"CPU ÷ naive", C_RATIO, F_CPU_NAIVE, 0},
+    };
+    print_cells(f, cols, NCOLS(cols), NULL);
+}
+
+static int server_starts(const struct cell *c)
+{
+    return c->sc != SC_UP;
+}
+
 /* Every cell whose server starts: the release lag over its runs, beside the FATAL lines
  * logged before the server's ready line (for warmlock: its prober's) and their rate. */
 void print_release_table(FILE *f)
 {
-    int any = 0;
-    for (int i = 0; i < g_ncells; i++) {
-        const struct cell *c = &g_cells[i];
-        if (c->sc == SC_UP)
-            continue;
-        if (!any++)
-            fprintf(f, "| scenario | strategy | N | runs | server ready ms "
-                       "| release lag p50 / p99 ms | min / max ms | FATAL before ready "
-                       "| 57P03 before ready | recovery ms | FATAL per 25 ms p50 / max |\n"
-                       "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
-        char sc[64], srv[32], lag[64], mm[64], fa[32], rj[32], rec[32], per[64];
-        struct figstat l = cell_stat(c, F_RLAG), p = cell_stat(c, F_PER25);
-        cell_label(sc, sizeof(sc), c->sc, c->retry_s);
-        fmt_med(srv, sizeof(srv), c, F_SRV);
-        fmt_med(fa, sizeof(fa), c, F_FATAL_PRE);
-        fmt_med(rj, sizeof(rj), c, F_REJ57_PRE);
-        fmt_med(rec, sizeof(rec), c, F_RECOVERY);
-        fmt_pair(lag, sizeof(lag), l.n, l.p50, l.p99, 0);
-        fmt_pair(mm, sizeof(mm), l.n, l.min, l.max, 0);
-        fmt_pair(per, sizeof(per), p.n, p.p50, p.max, 2);
-        fprintf(f, "| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s |\n", sc,
-                st_name[c->st], c->n, c->nruns, srv, lag, mm, fa, rj, rec, per);
-    }
+    static const struct column cols[] = {
+        {"scenario", C_SCENARIO, 0, 0},
+        {"strategy", C_STRATEGY, 0, 0},
+        {"N", C_N, 0, 0},
+        {"runs", C_RUNS, 0, 0},
+        {"server ready ms", C_MED, F_SRV, 0},
+        {"release lag p50 / p99 ms", C_P50_P99, F_RLAG, 0},
+        {"min / max ms", C_MIN_MAX, F_RLAG, 0},
+        {"FATAL before ready", C_MED, F_FATAL_PRE, 0},
+        {"57P03 before ready", C_MED, F_REJ57_PRE, 0},
+        {"recovery ms", C_MED, F_RECOVERY, 0},
+        {"FATAL per 25 ms p50 / max", C_P50_MAX, F_PER25, 2},
+    };
+    print_cells(f, cols, NCOLS(cols), server_starts);
+}
+
+static int behind_bouncer(const struct cell *c)
+{
+    return c->sc == SC_BOUNCER;
 }
 
 /* pgbouncer-restart: per server_login_retry setting, how long after the server's ready line
  * `warmlock wait` through pgbouncer returned and every worker was ready. */
 void print_bouncer_table(FILE *f)
 {
-    int any = 0;
-    for (int i = 0; i < g_ncells; i++) {
-        const struct cell *c = &g_cells[i];
-        if (c->sc != SC_BOUNCER)
-            continue;
-        if (!any++)
-            fprintf(f, "| server_login_retry s | strategy | N | runs | ok | server ready ms "
-                       "| `warmlock wait` − server ready ms | all ready − server ready ms "
-                       "| FATAL | errors |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
-        char srv[32], wt[32], al[32], fa[32], er[32];
-        int total, failed = workers_failed(c, &total);
-        fmt_med(srv, sizeof(srv), c, F_SRV);
-        fmt_med(wt, sizeof(wt), c, F_WAIT_AFTER);
-        fmt_med(al, sizeof(al), c, F_ALL_AFTER);
-        fmt_med(fa, sizeof(fa), c, F_FATAL);
-        fmt_med(er, sizeof(er), c, F_ERRORS);
-        fprintf(f, "| %g | %s | %d | %d | %d/%d | %s | %s | %s | %s | %s |\n", c->retry_s,
-                st_name[c->st], c->n, c->nruns, total - failed, total, srv, wt, al, fa, er);
-    }
+    static const struct column cols[] = {
+        {"server_login_retry s", C_RETRY, 0, 0},
+        {"strategy", C_STRATEGY, 0, 0},
+        {"N", C_N, 0, 0},
+        {"runs", C_RUNS, 0, 0},
+        {"ok", C_OK, 0, 0},
+        {"server ready ms", C_MED, F_SRV, 0},
+        {"`warmlock wait` − server ready ms", C_MED, F_WAIT_AFTER, 0},
+        {"all ready − server ready ms", C_MED, F_ALL_AFTER, 0},
+        {"FATAL", C_MED, F_FATAL, 0},
+        {"errors", C_MED, F_ERRORS, 0},
+    };
+    print_cells(f, cols, NCOLS(cols), behind_bouncer);
 }
 
 /* warmlock against incident and naive at each scenario's largest N. */
@@ -218,12 +285,12 @@ void print_headline(FILE *f, int nmax)
         fmt_med(fw, sizeof(fw), w, F_FATAL);
         fmt_med(ew, sizeof(ew), w, F_ERRORS);
         if (inc) {
-            fmt_ratio(ri, sizeof(ri), w, ST_INCIDENT, F_VS_INCIDENT);
+            fmt_ratio(ri, sizeof(ri), w, F_VS_INCIDENT);
             fmt_med(fi, sizeof(fi), inc, F_FATAL);
             fmt_med(ei, sizeof(ei), inc, F_ERRORS);
         }
         if (nai) {
-            fmt_ratio(rn, sizeof(rn), w, ST_NAIVE, F_VS_NAIVE);
+            fmt_ratio(rn, sizeof(rn), w, F_VS_NAIVE);
             fmt_med(fn, sizeof(fn), nai, F_FATAL);
             fmt_med(en, sizeof(en), nai, F_ERRORS);
         }
