@@ -240,7 +240,9 @@ static int prepare(struct run_cfg *cfg)
                 fprintf(stderr, "coldstart: %s\n", wl_last_error());
                 return -1;
             }
-            if (wl_pg_ensure(seg, cfg->conninfo, NULL, &res) < 0) {
+            int rc = wl_pg_ensure(seg, cfg->conninfo, NULL, &res);
+            wl_close(seg);
+            if (rc < 0) {
                 fprintf(stderr, "coldstart: pre-warming the slot: %s\n", res.error);
                 return -1;
             }
@@ -572,6 +574,7 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
                 res->probes += (long)info[i].attempts;
                 res->warmups += (long)info[i].warmups;
             }
+            wl_close(seg);
         }
     }
     unlink_live(g_shm_live);
@@ -707,7 +710,7 @@ static const char usage_text[] =
     "  --n LIST            comma-separated worker counts (at most 512)\n"
     "  --runs K            run every cell K times (1; at most 20): tables show medians over\n"
     "                      the runs, the release lag its p50/p99/min/max, the CSV every run\n"
-    "  --login-budget K    warmlock-paced's concurrent logins per target (4)\n"
+    "  --login-budget K    warmlock-paced's concurrent logins per target, 1..16 (4)\n"
     "  --bouncer-retry LIST  pgbouncer-restart's server_login_retry settings, seconds\n"
     "                      (15,1,0.25,0.1)\n"
     "  --outage-ms MS      how long the server stays down in the outage scenario (8000)\n"
@@ -885,7 +888,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
                     return 2;
                 o->runs = (int)v;
             } else if (!strcmp(a, "--login-budget")) {
-                if ((v = parse_int(a, val, 1, 100000)) < 0)
+                if ((v = parse_int(a, val, 1, 16)) < 0) /* the library's most */
                     return 2;
                 g_login_budget = (unsigned)v;
             } else {
