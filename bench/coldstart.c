@@ -72,8 +72,12 @@
 
 const char *const sc_name[SC_COUNT] = {"clean", "crash-recovery", "already-up", "outage",
                                        "pgbouncer-restart"};
-const char *const st_name[ST_COUNT] = {"incident",         "naive",          "flock",
-                                       "warmlock",         "warmlock-unpaced", "warmlock-paced",
+const char *const st_name[ST_COUNT] = {"incident",
+                                       "naive",
+                                       "flock",
+                                       "warmlock",
+                                       "warmlock-unpaced",
+                                       "warmlock-paced",
                                        "warmlock+coordinator"};
 unsigned g_login_budget = DEFAULT_BUDGET;
 
@@ -330,9 +334,7 @@ static void scan_log(long mark, long long ready_ns, struct log_scan *out)
 static void server_side(const struct run_cfg *cfg, struct result *res, long mark, int64_t t0_real)
 {
     int64_t ready_real = cfg->sc == SC_UP ? 0 : (int64_t)pgh_log_ready_realtime_ns(&g_h, mark);
-    res->server_ready = cfg->sc == SC_UP ? 0.0
-                        : ready_real  ? ms_of(ready_real - t0_real)
-                                      : NAN;
+    res->server_ready = cfg->sc == SC_UP ? 0.0 : ready_real ? ms_of(ready_real - t0_real) : NAN;
     res->conns = pgh_count_log_since(&g_h, mark, "connection received");
     res->fatal = pgh_count_log_since(&g_h, mark, "FATAL:");
     res->rej57 = pgh_count_log_57P03_since(&g_h, mark);
@@ -507,14 +509,14 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
     wlt_wake(&g_sh->go);
     if (cfg->st == ST_COORD) {
         const char *argv[] = {WL_WARMLOCKD, "--foreground", "--shm", cfg->shm,
-                              "--target", cfg->conninfo, NULL};
+                              "--target",   cfg->conninfo,  NULL};
         g_daemon = spawn_tool("warmlockd.log", argv);
     }
     if (cfg->sc == SC_BOUNCER) { /* its own segment: the single prober through pgbouncer */
         snprintf(g_wait_shm_live, sizeof(g_wait_shm_live), "%s.wait", cfg->shm);
         wl_unlink(g_wait_shm_live);
-        const char *argv[] = {WL_CLI, "--shm", g_wait_shm_live, "wait", "--timeout", "60",
-                              cfg->conninfo, NULL};
+        const char *argv[] = {WL_CLI,      "--shm", g_wait_shm_live, "wait",
+                              "--timeout", "60",    cfg->conninfo,   NULL};
         g_waiter = spawn_tool("warmlock-wait.log", argv);
     }
     int start_pending = cfg->sc != SC_UP;
@@ -646,8 +648,7 @@ static struct plan g_plan[MAX_PLAN];
 static int g_nplan;
 
 /* Add a cell to the plan (or raise its runs); at the front when `front`. */
-static void plan_add(enum scenario sc, enum strategy st, int n, double retry_s, int runs,
-                     int front)
+static void plan_add(enum scenario sc, enum strategy st, int n, double retry_s, int runs, int front)
 {
     for (int i = 0; i < g_nplan; i++) {
         struct plan *p = &g_plan[i];
@@ -841,8 +842,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->micro = 0;
         } else if (!strcmp(a, "--verbose")) {
             g_verbose = 1;
-        } else if (!strcmp(a, "--scenarios") || !strcmp(a, "--strategies") ||
-                   !strcmp(a, "--n") || !strcmp(a, "--outage-ms") || !strcmp(a, "--out") ||
+        } else if (!strcmp(a, "--scenarios") || !strcmp(a, "--strategies") || !strcmp(a, "--n") ||
+                   !strcmp(a, "--outage-ms") || !strcmp(a, "--out") ||
                    !strcmp(a, "--wl-backoff-max-ms") || !strcmp(a, "--runs") ||
                    !strcmp(a, "--login-budget") || !strcmp(a, "--bouncer-retry")) {
             if (!val) {
@@ -853,8 +854,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             long v = 0;
             double d[16];
             int k = 0;
-            if (!strcmp(o->preset, "full") && (!strcmp(a, "--scenarios") ||
-                                               !strcmp(a, "--strategies") || !strcmp(a, "--n")))
+            if (!strcmp(o->preset, "full") &&
+                (!strcmp(a, "--scenarios") || !strcmp(a, "--strategies") || !strcmp(a, "--n")))
                 o->preset = "custom";
             if (!strcmp(a, "--scenarios")) {
                 if ((o->nsc = parse_list(val, sc_name, SC_COUNT, o->scs)) <= 0)
@@ -983,9 +984,8 @@ static int run_plan(const struct opts *o, int64_t t_start)
             int wl = st_warmlock(cfg.st);
             if (rc < 0 || r->aborted || r->killed || (wl && (r->errors || r->ok != r->n))) {
                 failed = 1;
-                fprintf(stderr, "coldstart: FAILED: %s %s N=%d: %s\n", sc, st_name[cfg.st],
-                        cfg.n,
-                        r->aborted ? "the run could not be carried out"
+                fprintf(stderr, "coldstart: FAILED: %s %s N=%d: %s\n", sc, st_name[cfg.st], cfg.n,
+                        r->aborted  ? "the run could not be carried out"
                         : r->killed ? "workers had to be killed"
                                     : "warmlock surfaced errors");
             }

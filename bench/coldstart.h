@@ -25,11 +25,11 @@
 #define WL_TIMEOUT_MS   30000 /* warmlock workers' whole-call deadline (the default) */
 #define WL_ATTEMPT_MS   5000  /* warmlock's per-attempt timeout: the baselines' connect_timeout */
 
-#define MAX_RUNS        20    /* --runs */
-#define MAX_PLAN        512   /* cells in one run */
-#define MAX_RETRIES     8     /* --bouncer-retry settings */
-#define DEFAULT_BUDGET  4     /* warmlock-paced's login budget without --login-budget */
-#define FATAL_WINDOW_MS 25.0  /* the prober's FATAL budget is per this much recovery */
+#define MAX_RUNS        20   /* --runs */
+#define MAX_PLAN        512  /* cells in one run */
+#define MAX_RETRIES     8    /* --bouncer-retry settings */
+#define DEFAULT_BUDGET  4    /* warmlock-paced's login budget without --login-budget */
+#define FATAL_WINDOW_MS 25.0 /* the prober's FATAL budget is per this much recovery */
 
 enum scenario { SC_CLEAN, SC_CRASH, SC_UP, SC_OUTAGE, SC_BOUNCER, SC_COUNT };
 extern const char *const sc_name[SC_COUNT];
@@ -198,9 +198,28 @@ struct cell {
 /* What a table can show of one run. Ratios pair a run with its baseline's run of the same
  * round (or, without one, the baseline cell's median). */
 enum fig {
-    F_P50, F_P99, F_MAX, F_ALL, F_SRV, F_LAG50, F_LAG99, F_LAGMAX, F_REL50, F_RELMAX,
-    F_CPU, F_RLAG, F_FATAL_PRE, F_REJ57_PRE, F_PER25, F_RECOVERY, F_FATAL, F_REJ57, F_CONNS,
-    F_ERRORS, F_ATTEMPTS, F_PROBES,
+    F_P50,
+    F_P99,
+    F_MAX,
+    F_ALL,
+    F_SRV,
+    F_LAG50,
+    F_LAG99,
+    F_LAGMAX,
+    F_REL50,
+    F_RELMAX,
+    F_CPU,
+    F_RLAG,
+    F_FATAL_PRE,
+    F_REJ57_PRE,
+    F_PER25,
+    F_RECOVERY,
+    F_FATAL,
+    F_REJ57,
+    F_CONNS,
+    F_ERRORS,
+    F_ATTEMPTS,
+    F_PROBES,
     F_WAIT_AFTER,  /* pgbouncer-restart: `warmlock wait` returned, ms after the server's ready */
     F_ALL_AFTER,   /* all ready, ms after the server's ready */
     F_LIMIT,       /* all ready / (server ready + the same N's already-up naive all ready) */

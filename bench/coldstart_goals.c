@@ -129,9 +129,10 @@ static void pacing_row(FILE *f, int n)
     if (p && u) {
         double pp = cell_stat(p, F_P50).p50, pa = cell_stat(p, F_ALL).p50;
         double up = cell_stat(u, F_P50).p50, ua = cell_stat(u, F_ALL).p50;
-        int k = snprintf(buf, sizeof(buf), "paced %.0f / %.0f, unpaced %.0f / %.0f: paced ÷ "
-                                           "unpaced %.2f / %.2f", pp, pa, up, ua, pp / up,
-                         pa / ua);
+        int k = snprintf(buf, sizeof(buf),
+                         "paced %.0f / %.0f, unpaced %.0f / %.0f: paced ÷ "
+                         "unpaced %.2f / %.2f",
+                         pp, pa, up, ua, pp / up, pa / ua);
         if (d && k > 0 && (size_t)k < sizeof(buf))
             snprintf(buf + k, sizeof(buf) - (size_t)k, "; library default %.0f / %.0f",
                      cell_stat(d, F_P50).p50, cell_stat(d, F_ALL).p50);
@@ -152,8 +153,10 @@ void print_goals(FILE *f, const char *micro_csv)
 
     const struct cell *lag = cell_find(SC_CRASH, ST_WARMLOCK, LAG_N, 0);
     struct figstat l = stat_of(lag, F_RLAG);
-    snprintf(what, sizeof(what), "release lag, crash-recovery N=%d, warmlock: median of %d runs "
-                                 "(min–max)", LAG_N, lag ? lag->nruns : 0);
+    snprintf(what, sizeof(what),
+             "release lag, crash-recovery N=%d, warmlock: median of %d runs "
+             "(min–max)",
+             LAG_N, lag ? lag->nruns : 0);
     snprintf(buf, sizeof(buf), "%.0f ms (%.0f–%.0f)", l.p50, l.min, l.max);
     row(f, what, "≤ 15 ms", buf, met(l.p50, 15));
     snprintf(buf, sizeof(buf), "%.0f ms", l.p99);
@@ -165,19 +168,29 @@ void print_goals(FILE *f, const char *micro_csv)
     snprintf(buf, sizeof(buf), "%.2f (median %.2f)", per.max, per.p50);
     row(f, "… per 25 ms of recovery, worst run", "≤ 1", buf, met(per.max, 1.0));
 
-    micro_goal(f, micro_csv, MICRO_ROW_ENSURE, "ready path of wl_ensure ÷ pshared mutex "
-               "lock+unlock (bench/micro)", "reported", NAN);
-    micro_goal(f, micro_csv, MICRO_ROW_KEY, "ready path of wl_key_ensure (prepared key) ÷ the "
-               "mutex", "≤ 0.5", 0.5);
-    micro_goal(f, micro_csv, MICRO_ROW_TARGET, "ready path of wl_pg_target_ensure (prepared "
-               "target) ÷ the mutex", "≤ 1.0", 1.0);
-    micro_goal(f, micro_csv, MICRO_ROW_PG, "ready path of wl_pg_ensure (parses the conninfo) ÷ "
-               "the mutex", "reported", NAN);
+    micro_goal(f, micro_csv, MICRO_ROW_ENSURE,
+               "ready path of wl_ensure ÷ pshared mutex "
+               "lock+unlock (bench/micro)",
+               "reported", NAN);
+    micro_goal(f, micro_csv, MICRO_ROW_KEY,
+               "ready path of wl_key_ensure (prepared key) ÷ the "
+               "mutex",
+               "≤ 0.5", 0.5);
+    micro_goal(f, micro_csv, MICRO_ROW_TARGET,
+               "ready path of wl_pg_target_ensure (prepared "
+               "target) ÷ the mutex",
+               "≤ 1.0", 1.0);
+    micro_goal(f, micro_csv, MICRO_ROW_PG,
+               "ready path of wl_pg_ensure (parses the conninfo) ÷ "
+               "the mutex",
+               "reported", NAN);
 
     const struct cell *crash = cell_find(SC_CRASH, ST_WARMLOCK, HERD_N, 0);
     fmt_runs(buf, sizeof(buf), crash, F_LIMIT, "%.2f", &worst);
-    snprintf(what, sizeof(what), "N=%d crash-recovery all ready ÷ (server ready + already-up "
-                                 "naive N=%d), warmlock, each run", HERD_N, HERD_N);
+    snprintf(what, sizeof(what),
+             "N=%d crash-recovery all ready ÷ (server ready + already-up "
+             "naive N=%d), warmlock, each run",
+             HERD_N, HERD_N);
     row(f, what, "≤ 1.0 in every run", buf, met(worst, 1.0));
 
     const struct cell *up = cell_find(SC_UP, ST_WARMLOCK, HERD_N, 0);

@@ -80,8 +80,8 @@ int write_plot(const char *dir, const int *ns, int nn)
         for (int st = 0; st < ST_COUNT; st++) {
             fprintf(f, "$d%d_%d << EOD\n", k, st);
             for (int j = 0; j < nn; j++) {
-                const struct cell *c = cell_find(pan[k].sc, (enum strategy)st, ns[j],
-                                                 pan[k].retry_s);
+                const struct cell *c =
+                    cell_find(pan[k].sc, (enum strategy)st, ns[j], pan[k].retry_s);
                 double all = c ? cell_stat(c, F_ALL).p50 : NAN;
                 if (!isnan(all))
                     fprintf(f, "%d %.3f\n", ns[j], all / 1000.0);
@@ -93,8 +93,8 @@ int write_plot(const char *dir, const int *ns, int nn)
             double v[ST_COUNT];
             int m = 0;
             for (int st = 0; st < ST_COUNT; st++) {
-                const struct cell *c = cell_find(pan[k].sc, (enum strategy)st, ns[j],
-                                                 pan[k].retry_s);
+                const struct cell *c =
+                    cell_find(pan[k].sc, (enum strategy)st, ns[j], pan[k].retry_s);
                 double srv = c ? cell_stat(c, F_SRV).p50 : NAN;
                 if (!isnan(srv))
                     v[m++] = srv;
@@ -107,9 +107,10 @@ int write_plot(const char *dir, const int *ns, int nn)
     }
     fprintf(f, "set terminal pngcairo size 1400,%d font ',10'\n", 500 * ((np + 1) / 2) + 20);
     fprintf(f, "set output '%s/coldstart.png'\n", dir);
-    fprintf(f, "set multiplot layout %d,2 title 'warmlock cold-start benchmark: time from T0 until "
-               "all N workers ran their first query (s; median of the runs); failed runs have "
-               "no point'\n",
+    fprintf(f,
+            "set multiplot layout %d,2 title 'warmlock cold-start benchmark: time from T0 until "
+            "all N workers ran their first query (s; median of the runs); failed runs have "
+            "no point'\n",
             (np + 1) / 2);
     fprintf(f, "set logscale x 2\nset xtics (");
     for (int j = 0; j < nn; j++)
@@ -122,8 +123,8 @@ int write_plot(const char *dir, const int *ns, int nn)
         cell_label(sc, sizeof(sc), pan[k].sc, pan[k].retry_s);
         fprintf(f, "set title '%s start'\nplot ", sc);
         for (int st = 0; st < ST_COUNT; st++)
-            fprintf(f, "$d%d_%d with linespoints lw 2 pt 7 lc rgb '%s' title '%s', \\\n     ",
-                    k, st, colors[st], st_name[st]);
+            fprintf(f, "$d%d_%d with linespoints lw 2 pt 7 lc rgb '%s' title '%s', \\\n     ", k,
+                    st, colors[st], st_name[st]);
         fprintf(f, "$s%d with lines dt 2 lw 1 lc rgb 'black' title 'server ready'\n", k);
     }
     fprintf(f, "unset multiplot\n");
@@ -160,16 +161,17 @@ int write_lag_plot(const char *dir)
     fprintf(f, "set xlabel 'FATAL lines in the server log after T0, before its ready line "
                "(warmlock: its prober)'\n");
     fprintf(f, "set ylabel 'release lag ms (first worker query − server ready)'\n");
-    fprintf(f, "set logscale xy\nset xrange [0.4:%g]\nset xtics add ('0' 0.5)\nset grid\n"
-               "set key top right font ',9'\n",
+    fprintf(f,
+            "set logscale xy\nset xrange [0.4:%g]\nset xtics add ('0' 0.5)\nset grid\n"
+            "set key top right font ',9'\n",
             xmax * 1.6);
     fprintf(f, "plot ");
     int first = 1;
     for (int st = 0; st < ST_COUNT; st++) {
         if (!have[st])
             continue;
-        fprintf(f, "%s$l%d with points pt 7 ps 1.2 lc rgb '%s' title '%s'", first ? "" : ", \\\n     ",
-                st, colors[st], st_name[st]);
+        fprintf(f, "%s$l%d with points pt 7 ps 1.2 lc rgb '%s' title '%s'",
+                first ? "" : ", \\\n     ", st, colors[st], st_name[st]);
         first = 0;
     }
     if (first)

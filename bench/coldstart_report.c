@@ -279,7 +279,7 @@ void print_headline(FILE *f, int nmax)
                     nmax);
         }
         char sc[64], all[48], ri[64] = "—", rn[64] = "—", fw[32], fi[32] = "—", fn[32] = "—",
-                                      ew[32], ei[32] = "—", en[32] = "—";
+                              ew[32], ei[32] = "—", en[32] = "—";
         cell_label(sc, sizeof(sc), w->sc, w->retry_s);
         fmt_all(all, sizeof(all), w);
         fmt_med(fw, sizeof(fw), w, F_FATAL);
@@ -294,8 +294,8 @@ void print_headline(FILE *f, int nmax)
             fmt_med(fn, sizeof(fn), nai, F_FATAL);
             fmt_med(en, sizeof(en), nai, F_ERRORS);
         }
-        fprintf(f, "| %s | %s | %s | %s | %s / %s / %s | %s / %s / %s |\n", sc, all, ri, rn, fw,
-                fi, fn, ew, ei, en);
+        fprintf(f, "| %s | %s | %s | %s | %s / %s / %s | %s / %s / %s |\n", sc, all, ri, rn, fw, fi,
+                fn, ew, ei, en);
     }
 }
 
@@ -324,16 +324,17 @@ int write_csv(const char *dir)
         const struct result *r = &g_res[i];
         char note_txt[160];
         copy_str(note_txt, sizeof(note_txt), r->err);
-        fprintf(f, "%s,%s,%d,%g,%d,%d,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,"
-                   "%.1f,%d,%d,%.1f,%.3f,%.1f,%ld,%ld,%ld,%d,%d,%d,%d,%ld,%.1f,%d,%d,%.1f,%.3f,"
-                   "%.3f,%.3f,%.3f,%s\n",
-                sc_name[r->sc], st_name[r->st], r->n, r->retry_s, r->round, r->ok, r->p50,
-                r->p99, r->max, r->all_ready, r->server_ready, r->lag_p50, r->lag_p99,
-                r->lag_max, r->rel_p50, r->rel_max, r->first_ok, r->release_lag, r->fatal_pre,
-                r->rej57_pre, r->recovery_ms, r->fatal_per25, r->wait_ms, r->attempts,
-                r->probes, r->warmups, r->leaders, r->conns, r->fatal, r->rej57, r->errors,
-                r->cpu_ms, r->killed, r->aborted, uplimit_ms(r->n), fig(r, F_LIMIT),
-                fig(r, F_VS_INCIDENT), fig(r, F_VS_NAIVE), fig(r, F_CPU_NAIVE), note_txt);
+        fprintf(f,
+                "%s,%s,%d,%g,%d,%d,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,"
+                "%.1f,%d,%d,%.1f,%.3f,%.1f,%ld,%ld,%ld,%d,%d,%d,%d,%ld,%.1f,%d,%d,%.1f,%.3f,"
+                "%.3f,%.3f,%.3f,%s\n",
+                sc_name[r->sc], st_name[r->st], r->n, r->retry_s, r->round, r->ok, r->p50, r->p99,
+                r->max, r->all_ready, r->server_ready, r->lag_p50, r->lag_p99, r->lag_max,
+                r->rel_p50, r->rel_max, r->first_ok, r->release_lag, r->fatal_pre, r->rej57_pre,
+                r->recovery_ms, r->fatal_per25, r->wait_ms, r->attempts, r->probes, r->warmups,
+                r->leaders, r->conns, r->fatal, r->rej57, r->errors, r->cpu_ms, r->killed,
+                r->aborted, uplimit_ms(r->n), fig(r, F_LIMIT), fig(r, F_VS_INCIDENT),
+                fig(r, F_VS_NAIVE), fig(r, F_CPU_NAIVE), note_txt);
     }
     fclose(f);
     if (!(f = open_out(dir, "coldstart-workers.csv")))
@@ -344,8 +345,8 @@ int write_csv(const char *dir)
         const struct result *r = &g_res[i];
         for (int k = 0; k < r->n; k++)
             fprintf(f, "%s,%s,%d,%g,%d,%d,%d,%.2f,%.2f,%.2f,%u,%u\n", sc_name[r->sc],
-                    st_name[r->st], r->n, r->retry_s, r->round, k, !isnan(r->t_ms[k]),
-                    r->t_ms[k], r->lag_ms[k], r->rel_ms[k], r->w_attempts[k], r->w_errors[k]);
+                    st_name[r->st], r->n, r->retry_s, r->round, k, !isnan(r->t_ms[k]), r->t_ms[k],
+                    r->lag_ms[k], r->rel_ms[k], r->w_attempts[k], r->w_errors[k]);
     }
     fclose(f);
     return 0;

@@ -66,7 +66,7 @@ static int noop_warm(void *arg, struct wl_result *res)
     do {                                                                                           \
         uint64_t sum_ = 0;                                                                         \
         for (unsigned done_ = 0; done_ < (iters); done_ += CHUNK) {                                \
-            unsigned n_ = (iters) - done_ < CHUNK ? (iters) - done_ : CHUNK;                       \
+            unsigned n_ = (iters)-done_ < CHUNK ? (iters)-done_ : CHUNK;                           \
             between;                                                                               \
             uint64_t t0_ = wlt_now_ns();                                                           \
             for (unsigned i_ = 0; i_ < n_; i_++) {                                                 \
@@ -124,9 +124,11 @@ static void bench_ready_path(unsigned iters)
         TIME_LOOP(key_ns, iters, (void)0, wl_key_ensure(key, noop_warm, NULL, NULL, &res);
                   sink += res.epoch);
         TIME_LOOP(tgt_ns, iters, fresh_ready(seg, wl_pg_target_key(tgt)),
-                  wl_pg_target_ensure(tgt, &res); sink += res.epoch);
+                  wl_pg_target_ensure(tgt, &res);
+                  sink += res.epoch);
         TIME_LOOP(pg_ns, pg_iters, fresh_ready(seg, wl_pg_target_key(tgt)),
-                  wl_pg_ensure(seg, MICRO_CONNINFO, NULL, &res); sink += res.epoch);
+                  wl_pg_ensure(seg, MICRO_CONNINFO, NULL, &res);
+                  sink += res.epoch);
     }
     fresh_ready(seg, wl_pg_target_key(tgt));
     /* each ready path still answers READY after its loop (no re-verification ran in it) */
