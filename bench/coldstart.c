@@ -14,22 +14,36 @@
  *                             the server answers 57P03 while it replays
  *             already-up      the server is up before T0 (warmlock: slot READY, the ready path)
  *             outage          the server is down at T0 and starts OUTAGE ms later (8000)
+ *             pgbouncer-restart  pgbouncer (session mode, the cell's server_login_retry) in
+ *                             front of a server stopped before T0 and started at T0; the
+ *                             workers and a `warmlock wait` (its own segment) go through it
  * Strategies: incident        2.5 s sleep, SELECT 1 up to 3 x 500 ms apart, then up to 5
  *                             attempts 200 ms -> 3000 ms doubling (background/ incident)
  *             naive           the same without the sleep
  *             flock           processes serialise on flock(2) and run the naive loop in turn
- *             warmlock        wl_pg_connect (single-flight warm-up), then SELECT 1
+ *             warmlock        a prepared target: wl_pg_target_ensure, wl_pg_target_connect,
+ *                             SELECT 1; the library's login budget
+ *             warmlock-unpaced, warmlock-paced  the same, login budget UINT32_MAX or
+ *                             --login-budget
  *             warmlock+coordinator  warmlockd started at T0 beside warmlock workers
  *
- * Output: a Markdown table on stdout, with each row's time-to-all-ready as a ratio of the
- * incident's and naive's in the same run; with --out DIR also CSV files and a gnuplot PNG.
- * A progress line per run on stderr. Exit status: 0; 1 if a run could not be carried out
- * (harness failure, a worker that had to be killed) or if a warmlock worker surfaced an
- * error or had no successful query; 2 usage; 77 PostgreSQL is not available here.
+ * The plan: every cell (scenario, pgbouncer setting, N, strategy) --runs times, in rounds;
+ * every N also gets already-up naive, the reference of its physical limit (all ready /
+ * (server ready + that)). --goals runs the performance goals' cells instead
+ * (coldstart_goals.c).
  *
- * Files: coldstart.c the driver (runs, the server, warmlockd, options), coldstart_clients.c
- * the client strategies (one worker process each), coldstart_report.c the table, CSV and
- * plot; coldstart.h what they share.
+ * Output: Markdown tables on stdout, one row per cell (medians over its runs), with ratios to
+ * the limit, the incident's and naive's; the release lag (first worker's query - the server's
+ * ready line) beside the FATAL lines before ready; with --out DIR also CSV files (one row per
+ * run, one per worker) and two gnuplot PNGs. A progress line per run on stderr. Exit status:
+ * 0; 1 if a run could not be carried out (harness failure, a worker that had to be killed) or
+ * if a warmlock worker surfaced an error or had no successful query; 2 usage; 77 PostgreSQL is
+ * not available here.
+ *
+ * Files: coldstart.c the driver (the plan, runs, the server and its log, warmlockd, options),
+ * coldstart_clients.c the client strategies (one worker process each), coldstart_cells.c a
+ * run's cells and their figures, coldstart_report.c the tables and CSV, coldstart_plot.c the
+ * plots, coldstart_goals.c --goals; coldstart.h what they share.
  */
 #include <errno.h>
 #include <fcntl.h>
