@@ -787,7 +787,9 @@ static int parse_numbers(const char *opt, const char *arg, double lo, double hi,
 static long parse_int(const char *opt, const char *arg, long lo, long hi)
 {
     double v;
-    if (parse_numbers(opt, arg, (double)lo, (double)hi, &v, 1) != 1 || v != (double)(long)v) {
+    if (parse_numbers(opt, arg, (double)lo, (double)hi, &v, 1) != 1)
+        return -1;
+    if (v != (double)(long)v) {
         fprintf(stderr, "coldstart: %s wants a whole number %ld..%ld\n", opt, lo, hi);
         return -1;
     }

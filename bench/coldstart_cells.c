@@ -96,8 +96,9 @@ double fig(const struct result *r, enum fig f)
     case F_RELMAX: return r->rel_max;
     case F_CPU: return r->cpu_ms;
     case F_RLAG: return r->release_lag;
-    case F_FATAL_PRE: return r->sc == SC_UP ? NAN : r->fatal_pre;
-    case F_REJ57_PRE: return r->sc == SC_UP ? NAN : r->rej57_pre;
+    /* before ready: only when the server started and said when it was ready */
+    case F_FATAL_PRE: return r->sc == SC_UP || isnan(r->server_ready) ? NAN : r->fatal_pre;
+    case F_REJ57_PRE: return r->sc == SC_UP || isnan(r->server_ready) ? NAN : r->rej57_pre;
     case F_PER25: return r->fatal_per25;
     case F_RECOVERY: return r->recovery_ms;
     case F_FATAL: return r->fatal;
