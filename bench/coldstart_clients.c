@@ -1,7 +1,6 @@
 /* The contended cold-start benchmark's client strategies: how a worker process gets its
  * first successful query (the incident's retry policy, a naive loop, a flock, warmlock with
- * or without pacing its logins), from
- * the barrier to its record. See coldstart.c. */
+ * its logins paced or not), from the barrier to its record. See coldstart.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>

@@ -13,7 +13,7 @@
 #include "coldstart.h"
 #include "micro_rows.h"
 
-/* The cells (overridable when compiling, to try the mode on small herds). */
+/* The goals' cells (overridable when compiling, to try the mode on small herds). */
 #ifndef LAG_N
 #define LAG_N 64
 #endif
