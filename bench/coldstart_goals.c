@@ -156,7 +156,7 @@ void print_goals(FILE *f, const char *micro_csv)
     snprintf(what, sizeof(what),
              "release lag, crash-recovery N=%d, warmlock: median of %d runs "
              "(min–max)",
-             LAG_N, lag ? lag->nruns : 0);
+             LAG_N, l.n);
     snprintf(buf, sizeof(buf), "%.0f ms (%.0f–%.0f)", l.p50, l.min, l.max);
     row(f, what, "≤ 15 ms", buf, met(l.p50, 15));
     snprintf(buf, sizeof(buf), "%.0f ms", l.p99);
