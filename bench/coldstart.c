@@ -25,6 +25,8 @@
  *                             SELECT 1; the library's login budget
  *             warmlock-unpaced, warmlock-paced  the same, login budget UINT32_MAX or
  *                             --login-budget
+ *             warmlock-nowatch  the same without the postmaster.pid watch (WL_BACKOFF_NO_WATCH):
+ *                             the paced schedule a server on another host gets
  *             warmlock+coordinator  warmlockd started at T0 beside warmlock workers
  *
  * The plan: every cell (scenario, pgbouncer setting, N, strategy) --runs times, in rounds;
@@ -92,6 +94,7 @@ const char *const st_name[ST_COUNT] = {"incident",
                                        "warmlock",
                                        "warmlock-unpaced",
                                        "warmlock-paced",
+                                       "warmlock-nowatch",
                                        "warmlock+coordinator"};
 unsigned g_login_budget = DEFAULT_BUDGET;
 
@@ -721,6 +724,7 @@ static const char usage_text[] =
     "  --scenarios LIST    comma-separated: clean,crash-recovery,already-up,outage,\n"
     "                      pgbouncer-restart\n"
     "  --strategies LIST   comma-separated: incident,naive,flock,warmlock,warmlock-unpaced,\n"
+    "                      warmlock-nowatch (no postmaster.pid watch: the paced schedule),\n"
     "                      warmlock-paced,warmlock+coordinator\n"
     "  --n LIST            comma-separated worker counts (at most 512)\n"
     "  --runs K            run every cell K times (1; at most 20): tables show medians over\n"
@@ -977,6 +981,7 @@ static int run_plan(const struct opts *o, int64_t t_start)
             cfg.outage_ms = o->outage_ms;
             cfg.wl_backoff_max_ms = o->wl_backoff_max_ms;
             cfg.login_budget = login_budget_of(p->st);
+            cfg.backoff_flags = p->st == ST_WL_NOWATCH ? WL_BACKOFF_NO_WATCH : 0;
             cfg.timeout_ms = 60000 + (cfg.sc == SC_OUTAGE ? o->outage_ms : 0);
             cell_label(sc, sizeof(sc), cfg.sc, cfg.retry_s);
             fprintf(stderr, "coldstart: [%d/%d %5.1fs] %s %s N=%d run %d ...\n", seq + 1, total,

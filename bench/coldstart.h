@@ -42,6 +42,7 @@ enum strategy {
     ST_WARMLOCK,   /* wl_pg_opts.login_budget 0: the library's default */
     ST_WL_UNPACED, /* login_budget UINT32_MAX */
     ST_WL_PACED,   /* login_budget from --login-budget */
+    ST_WL_NOWATCH, /* backoff.flags WL_BACKOFF_NO_WATCH: the paced schedule (busy_ms) only */
     ST_COORD,      /* warmlockd beside ST_WARMLOCK's workers */
     ST_COUNT
 };
@@ -132,6 +133,7 @@ struct run_cfg {
     int timeout_ms;        /* the run's bound: workers still alive then are killed */
     int wl_backoff_max_ms; /* warmlock leader's backoff cap; 0: the library's default */
     uint32_t login_budget; /* warmlock's wl_pg_opts.login_budget */
+    uint32_t backoff_flags; /* warmlock's wl_pg_opts.backoff.flags */
     double retry_s;        /* pgbouncer-restart: pgbouncer's server_login_retry, s */
 };
 

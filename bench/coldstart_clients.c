@@ -116,6 +116,7 @@ static int warmlock_policy(const struct run_cfg *cfg, struct worker_rec *r)
     o.attempt_timeout_ms = WL_ATTEMPT_MS;
     o.backoff.max_ms = (uint32_t)cfg->wl_backoff_max_ms;
     o.login_budget = cfg->login_budget;
+    o.backoff.flags = cfg->backoff_flags;
     if (wl_open(cfg->shm, NULL, &seg) < 0 || wl_pg_target_open(seg, cfg->conninfo, &o, &t) < 0) {
         copy_str(r->err, sizeof(r->err), wl_last_error());
         r->errors++;

@@ -34,6 +34,7 @@ int goals_plan(struct plan *out, int max)
         {SC_CRASH, ST_WARMLOCK, LAG_N, 0, LAG_RUNS},
         {SC_CRASH, ST_WL_UNPACED, LAG_N, 0, LAG_RUNS},
         {SC_CRASH, ST_WL_PACED, LAG_N, 0, LAG_RUNS},
+        {SC_CRASH, ST_WL_NOWATCH, LAG_N, 0, LAG_RUNS},
         {SC_CRASH, ST_WARMLOCK, HERD_N, 0, HERD_RUNS},
         {SC_CRASH, ST_WL_UNPACED, HERD_N, 0, HERD_RUNS},
         {SC_CRASH, ST_WL_PACED, HERD_N, 0, HERD_RUNS},
@@ -151,22 +152,28 @@ void print_goals(FILE *f, const char *micro_csv)
     double worst;
     fprintf(f, "| figure | goal | measured | met |\n|---|---|---|---|\n");
 
-    const struct cell *lag = cell_find(SC_CRASH, ST_WARMLOCK, LAG_N, 0);
-    struct figstat l = stat_of(lag, F_RLAG);
-    snprintf(what, sizeof(what),
-             "release lag, crash-recovery N=%d, warmlock: median of %d runs "
-             "(min–max)",
-             LAG_N, l.n);
-    snprintf(buf, sizeof(buf), "%.0f ms (%.0f–%.0f)", l.p50, l.min, l.max);
-    row(f, what, "≤ 15 ms", buf, met(l.p50, 15));
-    snprintf(buf, sizeof(buf), "%.0f ms", l.p99);
-    row(f, "… p99 over those runs", "≤ 50 ms", buf, met(l.p99, 50));
-    struct figstat fp = stat_of(lag, F_FATAL_PRE), per = stat_of(lag, F_PER25);
-    snprintf(buf, sizeof(buf), "%.0f (%.0f–%.0f)", fp.p50, fp.min, fp.max);
-    row(f, "FATAL lines caused by the prober during that recovery: median (min–max)", "reported",
-        buf, "—");
-    snprintf(buf, sizeof(buf), "%.2f (median %.2f)", per.max, per.p50);
-    row(f, "… per 25 ms of recovery, worst run", "≤ 1", buf, met(per.max, 1.0));
+    /* warmlock (the library's schedule, watching the local server's postmaster.pid) and
+     * warmlock-nowatch (the paced schedule a remote server gets) */
+    static const enum strategy lag_st[] = {ST_WARMLOCK, ST_WL_NOWATCH};
+    for (size_t i = 0; i < sizeof(lag_st) / sizeof(lag_st[0]); i++) {
+        const struct cell *lag = cell_find(SC_CRASH, lag_st[i], LAG_N, 0);
+        if (!lag)
+            continue;
+        struct figstat l = stat_of(lag, F_RLAG);
+        snprintf(what, sizeof(what),
+                 "release lag, crash-recovery N=%d, %s: median of %d runs (min–max)", LAG_N,
+                 st_name[lag_st[i]], l.n);
+        snprintf(buf, sizeof(buf), "%.0f ms (%.0f–%.0f)", l.p50, l.min, l.max);
+        row(f, what, "≤ 15 ms", buf, met(l.p50, 15));
+        snprintf(buf, sizeof(buf), "%.0f ms", l.p99);
+        row(f, "… p99 over those runs", "≤ 50 ms", buf, met(l.p99, 50));
+        struct figstat fp = stat_of(lag, F_FATAL_PRE), per = stat_of(lag, F_PER25);
+        snprintf(buf, sizeof(buf), "%.0f (%.0f–%.0f)", fp.p50, fp.min, fp.max);
+        row(f, "… FATAL lines caused by the prober during that recovery: median (min–max)",
+            "reported", buf, "—");
+        snprintf(buf, sizeof(buf), "%.2f (median %.2f)", per.max, per.p50);
+        row(f, "… per 25 ms of recovery, worst run", "≤ 1", buf, met(per.max, 1.0));
+    }
 
     micro_goal(f, micro_csv, MICRO_ROW_ENSURE,
                "ready path of wl_ensure ÷ pshared mutex "
@@ -202,7 +209,8 @@ void print_goals(FILE *f, const char *micro_csv)
     snprintf(what, sizeof(what), "workers' CPU, warmlock ÷ naive, already-up N=%d, each run",
              HERD_N);
     row(f, what, "≤ 1.05", buf, met(worst, 1.05));
-    fmt_runs(buf, sizeof(buf), lag, F_CPU_NAIVE, "%.2f", &worst);
+    fmt_runs(buf, sizeof(buf), cell_find(SC_CRASH, ST_WARMLOCK, LAG_N, 0), F_CPU_NAIVE, "%.2f",
+             &worst);
     snprintf(what, sizeof(what), "workers' CPU, warmlock ÷ naive, crash-recovery N=%d, each run",
              LAG_N);
     row(f, what, "≤ 1.05", buf, met(worst, 1.05));

@@ -139,8 +139,8 @@ WL_EXPORT void wl_pg_target_close(struct wl_pg_target *t)
 
 /* wl_pg_target_open with the message into err (passwords masked). */
 static int target_open(struct wl_segment *seg, const char *conninfo,
-                       const struct wl_pg_opts *opts, struct wl_pg_target **out, char *err,
-                       size_t errlen)
+                       const struct wl_pg_opts *opts, int connects, struct wl_pg_target **out,
+                       char *err, size_t errlen)
 {
     struct wl_pg_target *t;
     PQconninfoOption *parsed;
@@ -163,8 +163,10 @@ static int target_open(struct wl_segment *seg, const char *conninfo,
         return -ENOMEM;
     }
     /* the caller's own connections reuse the key's parse (else they parse on first use) */
-    if (parsed && wl__probe_new_parsed(parsed, &t->own, err, errlen) < 0)
+    if (parsed && connects && wl__probe_new_parsed(parsed, &t->own, err, errlen) < 0)
         t->own = NULL;
+    else if (parsed && !connects)
+        PQconninfoFree(parsed);
     t->seg = seg;
     if (opts)
         t->opts = *opts;
@@ -207,7 +209,7 @@ WL_EXPORT int wl_pg_target_open(struct wl_segment *seg, const char *conninfo,
 
     if (!out)
         return wl__set_error(-EINVAL, "wl_pg_target_open: out is NULL");
-    if ((r = target_open(seg, conninfo, opts, out, err, sizeof(err))) < 0)
+    if ((r = target_open(seg, conninfo, opts, 1, out, err, sizeof(err))) < 0)
         wl__set_error(r, "%s", err);
     return r;
 }
@@ -383,7 +385,7 @@ WL_EXPORT int wl_pg_ensure(struct wl_segment *seg, const char *conninfo,
     if (!res)
         res = &scratch;
     memset(res, 0, sizeof(*res));
-    if ((r = target_open(seg, conninfo, opts, &t, res->error, sizeof(res->error))) < 0)
+    if ((r = target_open(seg, conninfo, opts, 0, &t, res->error, sizeof(res->error))) < 0)
         return r;
     r = wl_pg_target_ensure(t, res);
     wl_pg_target_close(t);
@@ -400,7 +402,7 @@ WL_EXPORT PGconn *wl_pg_connect(struct wl_segment *seg, const char *conninfo,
     if (!res)
         res = &scratch;
     memset(res, 0, sizeof(*res));
-    if (target_open(seg, conninfo, opts, &t, res->error, sizeof(res->error)) < 0)
+    if (target_open(seg, conninfo, opts, 1, &t, res->error, sizeof(res->error)) < 0)
         return NULL;
     conn = wl_pg_target_connect(t, res);
     wl_pg_target_close(t);
