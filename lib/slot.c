@@ -37,8 +37,10 @@
 #include "internal.h"
 
 #define MS 1000000ull
-#define PROBE_MIN_NS (10ull * MS) /* followers check the watcher every 10-40 ms */
-#define PROBE_SPAN_NS (30ull * MS)
+#define PROBE_MIN_NS (50ull * MS) /* followers check the watcher every 50-150 ms: only the
+                                   * rare death of both watcher and deputy needs it, and each
+                                   * wake of each follower costs CPU a herd can see */
+#define PROBE_SPAN_NS (100ull * MS)
 #define MIN_CLAIM_NS (50ull * MS) /* too little time left to start a warm-up */
 #define DEADLINE_SLACK_NS (20ull * MS) /* a timeout this close to it is the deadline's */
 #define RETRY_FIRST_NS (10ull * MS) /* pacing of probers after transient failures */
