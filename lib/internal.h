@@ -108,6 +108,8 @@ uint64_t wl__realtime_ms(void);            /* CLOCK_REALTIME, ms since the epoch
 void wl__ns_to_timespec(uint64_t ns, struct timespec *ts);
 /* snprintf into buf (never overflows; truncates). */
 void wl__fmt(char *buf, size_t len, const char *fmt, ...) WL_PRINTF(3, 4);
+/* strdup(s), NULL for NULL; *oom = 1 when it could not allocate. */
+char *wl__dup_or_null(const char *s, int *oom);
 /* Set the thread's wl_last_error() message; returns code for tail calls. */
 int wl__set_error(int code, const char *fmt, ...) WL_PRINTF(2, 3);
 void wl__copy(char *dst, size_t len, const char *src); /* strlcpy */

@@ -554,16 +554,6 @@ static int watch_step(struct wl__task *task, int event, int revents)
 
 /* ---------------------------------------------------------------- the API */
 
-static char *dup_or_null(const char *s, int *oom)
-{
-    char *d;
-    if (!s)
-        return NULL;
-    if (!(d = strdup(s)))
-        *oom = 1;
-    return d;
-}
-
 WL_EXPORT int wl_keeper_new(const struct wl_keeper_opts *opts, struct wl_keeper **out)
 {
     static const struct wl_keeper_opts none;
@@ -585,9 +575,9 @@ WL_EXPORT int wl_keeper_new(const struct wl_keeper_opts *opts, struct wl_keeper 
     k->attempt_timeout_ms = opts->attempt_timeout_ms;
     k->backoff = opts->backoff;
     k->backoff.deadline_ms = 0;
-    k->verify_sql = dup_or_null(opts->verify_sql, &oom);
+    k->verify_sql = wl__dup_or_null(opts->verify_sql, &oom);
     k->app_name =
-        dup_or_null(opts->application_name ? opts->application_name : DEFAULT_APP_NAME, &oom);
+        wl__dup_or_null(opts->application_name ? opts->application_name : DEFAULT_APP_NAME, &oom);
     k->on_event = opts->on_event;
     k->event_arg = opts->event_arg;
     if (oom) {

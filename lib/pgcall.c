@@ -107,16 +107,6 @@ static int ensure_until(struct wl_pg_target *t, uint64_t deadline_ns, struct wl_
 
 /* ---------------------------------------------------------------- targets */
 
-static char *dup_or_null(const char *s, int *oom)
-{
-    char *d;
-    if (!s)
-        return NULL;
-    if (!(d = strdup(s)))
-        *oom = 1;
-    return d;
-}
-
 static void wipe_free(char *s)
 {
     if (s) {
@@ -170,9 +160,9 @@ static int target_open(struct wl_segment *seg, const char *conninfo,
     t->seg = seg;
     if (opts)
         t->opts = *opts;
-    t->conninfo = dup_or_null(conninfo ? conninfo : "", &oom);
-    t->warm_sql = dup_or_null(t->opts.warm_sql, &oom);
-    t->verify_sql = dup_or_null(t->opts.verify_sql, &oom);
+    t->conninfo = wl__dup_or_null(conninfo ? conninfo : "", &oom);
+    t->warm_sql = wl__dup_or_null(t->opts.warm_sql, &oom);
+    t->verify_sql = wl__dup_or_null(t->opts.verify_sql, &oom);
     t->opts.warm_sql = t->warm_sql;
     t->opts.verify_sql = t->verify_sql;
     if (oom) {

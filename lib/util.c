@@ -49,6 +49,16 @@ void wl__copy(char *dst, size_t len, const char *src)
     dst[n] = '\0';
 }
 
+char *wl__dup_or_null(const char *s, int *oom)
+{
+    char *d;
+    if (!s)
+        return NULL;
+    if (!(d = strdup(s)))
+        *oom = 1;
+    return d;
+}
+
 int wl__set_error(int code, const char *fmt, ...)
 {
     va_list ap;
