@@ -13,7 +13,9 @@
 # - test_pg_probe_wrong_password_fails_fast_with_28P01: asserts < 1 s, and libpq's client
 #   side of SCRAM (4096 PBKDF2 rounds) alone takes longer under valgrind. The 28P01 path
 #   still runs here in test_pg_connect_invalidates_a_stale_epoch_and_reconnects and
-#   test_pg_ensure_publishes_auth_failure_to_followers.
+#   test_pg_ensure_publishes_auth_failure_to_followers;
+# - test_pg_target_ready_path_makes_no_syscall: runs the ready path under seccomp strict
+#   mode, where valgrind's own syscalls kill the process (the normal and ASan builds run it).
 # Cases are picked without touching the suites: a preloaded shim wraps cmocka's
 # _cmocka_run_group_tests and keeps the cases matching $WL_TEST_ONLY and not $WL_TEST_SKIP
 # (comma-separated globs).
@@ -30,7 +32,7 @@ suites=("$@")
 timeout_s=${WL_VALGRIND_TIMEOUT:-300}
 
 declare -A skip=(
-  [pg]='test_pg_ensure_herd_one_leader_through_crash_recovery,test_pg_probe_wrong_password_fails_fast_with_28P01'
+  [pg]='test_pg_ensure_herd_one_leader_through_crash_recovery,test_pg_probe_wrong_password_fails_fast_with_28P01,test_pg_target_ready_path_makes_no_syscall'
 )
 
 if ! command -v valgrind >/dev/null 2>&1; then
