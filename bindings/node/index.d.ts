@@ -1,0 +1,71 @@
+// Type declarations for warmlock's Node binding.
+
+export interface EnsureOptions {
+  /** Whole-call deadline in ms (default 30000). */
+  timeoutMs?: number;
+  /** SQL the leader runs once per epoch (may hold several statements). */
+  warmSql?: string | null;
+  /** During an outage, reject at once with the current transient failure instead of waiting. */
+  failFast?: boolean;
+  /** Segment name (default $WARMLOCK_SHM, then /warmlock.<uid>). */
+  shm?: string | null;
+  /** READY verified longer ago than this is re-verified once, through the single-flight
+   * (default: the engine's, 10000; Infinity: never). */
+  maxAgeMs?: number;
+}
+
+export interface Ready {
+  /** The readiness epoch observed: pass it to invalidate(). */
+  epoch: number;
+  /** What this call was: the one that warmed the server up, or one that waited. */
+  role: 'leader' | 'follower';
+}
+
+/** A rejection of pgEnsure. */
+export interface WarmlockError extends Error {
+  /** 'ETIMEDOUT', 'EACCES', 'ENOENT', 'ECONNREFUSED', 'EAGAIN', 'EINVAL', 'EIO', ... */
+  code: string;
+  /** The negative errno. */
+  errno: number;
+  /** SQLSTATE of the failure, null if none. */
+  sqlstate: string | null;
+}
+
+export interface HistBucket {
+  /** Upper bound of the bucket in ms; null for the last one (+Inf). */
+  lt_ms: number | null;
+  count: number;
+}
+
+/** One slot: the fields of `warmlock status --json`. */
+export interface SlotStatus {
+  key: string;
+  key_len: number;
+  key_hash: string;
+  state: 'cold' | 'warming' | 'ready' | 'stale' | 'failed';
+  epoch: number;
+  leader_pid: number;
+  leader_alive: boolean;
+  waiters: number;
+  warmups: number;
+  takeovers: number;
+  attempts: number;
+  failures: number;
+  invalidations: number;
+  last_error: string;
+  last_code: number;
+  sqlstate: string;
+  ready_age_ms: number | null;
+  time_to_ready_ms: number | null;
+  down_ms: number | null;
+  wait_count: number;
+  wait_sum_ms: number;
+  wait_hist: HistBucket[];
+}
+
+export function pgEnsure(conninfo: string, opts?: EnsureOptions): Promise<Ready>;
+export function invalidate(conninfo: string, epoch: number | bigint,
+                           opts?: { shm?: string | null }): boolean;
+export function status(opts?: { shm?: string | null }): SlotStatus[];
+export function key(conninfo: string, opts?: { shm?: string | null; warmSql?: string | null }): string;
+export const version: string;

@@ -1,0 +1,201 @@
+'use strict';
+// The binding against a real PostgreSQL (one throwaway server for the file, stopped,
+// crashed and held in recovery as the tests need). Verdicts rest on held states, never on
+// how fast the machine is; time bounds are generous upper bounds.
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fsp = require('node:fs/promises');
+const path = require('node:path');
+const readline = require('node:readline');
+const { PG, shmName, cli, threadCount } = require('./harness');
+const wl = require('..');
+
+const pg = new PG();
+let skipReason = null;
+
+before(async () => {
+  const why = await pg.setUp();
+  if (why) skipReason = `no PostgreSQL: ${why}`;
+});
+after(() => pg.close());
+
+/** A test that needs the server: skipped with the reason when there is none. */
+function pgTest(name, fn) {
+  test(name, { timeout: 180000 }, async (t) => {
+    if (skipReason) return t.skip(skipReason);
+    await pg.cmd('up');
+    return fn(t);
+  });
+}
+
+/** Settle state of a promise without waiting for it. */
+function tracked(p) {
+  const s = { settled: false, value: undefined, error: undefined };
+  s.promise = p.then((v) => { s.settled = true; s.value = v; return v; },
+    (e) => { s.settled = true; s.error = e; throw e; });
+  s.promise.catch(() => {});
+  return s;
+}
+
+/** fs work that needs libuv's thread pool: reads and stats of this directory's files. */
+async function fsWork(rounds) {
+  const files = (await fsp.readdir(__dirname)).map((f) => path.join(__dirname, f));
+  let n = 0;
+  for (let i = 0; i < rounds; i++) {
+    const all = await Promise.all(files.map(async (f) => {
+      const st = await fsp.stat(f);
+      if (st.isFile()) await fsp.readFile(f);
+      return 1;
+    }));
+    n += all.length;
+  }
+  return n;
+}
+
+pgTest('ready_path_invalidate_reverify', async () => {
+  const shm = shmName('inv');
+  const a = await wl.pgEnsure(pg.conninfo, { shm });
+  assert.equal(a.role, 'leader');
+  assert.ok(a.epoch >= 1);
+  const b = await wl.pgEnsure(pg.conninfo, { shm });
+  assert.deepEqual(b, { epoch: a.epoch, role: 'follower' });
+  assert.equal(wl.invalidate(pg.conninfo, a.epoch, { shm }), true);
+  assert.equal(wl.invalidate(pg.conninfo, a.epoch, { shm }), false, 'second invalidation');
+  const c = await wl.pgEnsure(pg.conninfo, { shm });
+  assert.ok(c.epoch > a.epoch, `epoch ${c.epoch} after ${a.epoch}`);
+  assert.equal(c.role, 'leader');
+  assert.equal(wl.invalidate(pg.conninfo, a.epoch, { shm }), false, 'an old epoch is ignored');
+  const slot = wl.status({ shm }).find((s) => s.key === wl.key(pg.conninfo, { shm }));
+  assert.equal(slot.state, 'ready');
+  assert.equal(slot.invalidations, 1);
+});
+
+pgTest('missing_database_ENOENT_3D000', async () => {
+  const shm = shmName('nodb');
+  const t0 = performance.now();
+  await assert.rejects(wl.pgEnsure(pg.withDb('no_such_db'), { shm, timeoutMs: 60000 }), (e) => {
+    assert.ok(e instanceof Error);
+    assert.equal(e.code, 'ENOENT');
+    assert.equal(e.errno, -2);
+    assert.equal(e.sqlstate, '3D000');
+    assert.match(e.message, /no_such_db/);
+    return true;
+  });
+  // a permanent failure is not waited out: well under the 60 s deadline
+  assert.ok(performance.now() - t0 < 30000);
+  // a second caller within fail_ttl is served the published failure
+  await assert.rejects(wl.pgEnsure(pg.withDb('no_such_db'), { shm }), { code: 'ENOENT', sqlstate: '3D000' });
+});
+
+pgTest('status_equals_cli_json', async () => {
+  const shm = shmName('status');
+  await wl.pgEnsure(pg.conninfo, { shm });
+  await wl.pgEnsure(pg.conninfo, { shm });
+  await assert.rejects(wl.pgEnsure(pg.withDb('no_such_db'), { shm }), { code: 'ENOENT' });
+  await assert.rejects(wl.pgEnsure('host=/nonexistent.wlnode dbname=x', { shm, timeoutMs: 100 }),
+    { code: 'ETIMEDOUT' });
+  const mine = wl.status({ shm });
+  const json = JSON.parse(cli(shm, 'status', '--json'));
+  assert.equal(json.segment, shm);
+  const theirs = json.slots;
+  assert.equal(mine.length, 3);
+  assert.equal(mine.length, theirs.length);
+  const ages = new Set(['ready_age_ms', 'down_ms']);
+  for (let i = 0; i < mine.length; i++) {
+    assert.deepEqual(Object.keys(mine[i]), Object.keys(theirs[i]), 'the same fields in the same order');
+    for (const k of Object.keys(theirs[i])) {
+      if (ages.has(k)) {
+        // read a moment apart: the same null-ness, within a generous second
+        assert.equal(mine[i][k] === null, theirs[i][k] === null, `${k} null-ness`);
+        if (mine[i][k] !== null) assert.ok(Math.abs(mine[i][k] - theirs[i][k]) <= 1000, k);
+      } else {
+        assert.deepEqual(mine[i][k], theirs[i][k], `slot ${i} field ${k}`);
+      }
+    }
+  }
+  const states = mine.map((s) => s.state).sort();
+  assert.deepEqual(states, ['failed', 'ready', 'stale']);
+});
+
+pgTest('concurrent_100_ready_fs_not_starved', async () => {
+  const shm = shmName('c100r');
+  const first = await wl.pgEnsure(pg.conninfo, { shm });
+  await fsWork(1); // libuv starts its pool's threads on first use
+  const threads = threadCount();
+  const fsDone = fsWork(3);
+  const calls = Array.from({ length: 100 }, () => wl.pgEnsure(pg.conninfo, { shm }));
+  const [n, results] = await Promise.all([fsDone, Promise.all(calls)]);
+  assert.ok(n > 0);
+  for (const r of results) assert.deepEqual(r, { epoch: first.epoch, role: 'follower' });
+  assert.equal(threadCount(), threads, 'the ready path starts no thread');
+});
+
+pgTest('concurrent_100_waiting_fs_not_starved', async () => {
+  const shm = shmName('c100w');
+  await pg.cmd('stop');
+  await pg.cmd('held');
+  await fsWork(1); // libuv starts its pool's threads on first use
+  const threads = threadCount();
+  const mark = await pg.cmd('mark');
+  const calls = Array.from({ length: 100 }, () => tracked(wl.pgEnsure(pg.conninfo, { shm, timeoutMs: 120000 })));
+  // the leader probes the held server: it answers 57P03, so every call is still waiting
+  await pg.cmd(`wait57 ${mark} 2 60000`);
+  // libuv's pool (4 threads) is free: fs work completes while 100 waits are pending
+  const n = await fsWork(5);
+  assert.ok(n > 0);
+  assert.equal(calls.filter((c) => c.settled).length, 0, 'no call settled while the server is held');
+  const added = threadCount() - threads;
+  assert.ok(added <= 4, `${added} threads for 100 waiting calls (at most 4 per target)`);
+  await pg.cmd('release');
+  const results = await Promise.all(calls.map((c) => c.promise));
+  const epochs = new Set(results.map((r) => r.epoch));
+  assert.equal(epochs.size, 1, 'one epoch');
+  assert.ok(results.filter((r) => r.role === 'leader').length <= 1, 'at most one leader');
+});
+
+pgTest('cluster_8_workers_crash_recovery', async (t) => {
+  const shm = shmName('cluster');
+  await pg.cmd('crash');
+  await pg.cmd('held'); // replays the crash's WAL, then stays in recovery until released
+  const mark = await pg.cmd('mark');
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'cluster.js'),
+    pg.conninfo, shm, '8'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const msgs = [];
+  let onMsg = () => {};
+  readline.createInterface({ input: child.stdout }).on('line', (l) => {
+    msgs.push(JSON.parse(l));
+    onMsg();
+  });
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  const until = (pred, what) => new Promise((resolve, reject) => {
+    onMsg = () => { if (pred()) resolve(); };
+    exited.then(() => { if (!pred()) reject(new Error(`cluster exited before ${what}`)); });
+    onMsg();
+  });
+  try {
+    // every worker's loop ticks 20 times while its pgEnsure waits on the held server
+    await until(() => msgs.filter((m) => m.type === 'ticking').length === 8, '8 workers ticking');
+    await pg.cmd(`wait57 ${mark} 1 60000`);
+    assert.equal(msgs.filter((m) => m.type === 'listening').length, 0, 'nobody listens before the release');
+    await pg.cmd('release');
+    await until(() => msgs.filter((m) => m.type === 'listening' || m.type === 'error').length === 8,
+      '8 workers reporting');
+    assert.equal(await exited, 0);
+  } finally {
+    child.kill();
+  }
+  const errors = msgs.filter((m) => m.type === 'error');
+  assert.deepEqual(errors, [], 'no worker failed');
+  const up = msgs.filter((m) => m.type === 'listening');
+  assert.equal(new Set(up.map((m) => m.epoch)).size, 1, 'one epoch');
+  assert.ok(up.filter((m) => m.role === 'leader').length <= 1, 'at most one leader');
+  for (const m of up) assert.ok(m.ticks >= 20, `worker ${m.worker} ticked ${m.ticks} times while waiting`);
+  const maxLate = Math.max(...up.map((m) => m.maxLateMs));
+  // a blocked loop would be late by the whole hold; a busy 2-core machine, by far less
+  assert.ok(maxLate < 5000, `timer drift ${maxLate} ms`);
+  const readyMs = Number(await pg.cmd(`readyns ${mark}`)) / 1e6;
+  const lastUp = Math.max(...up.map((m) => m.at));
+  t.diagnostic(`cluster: 8 workers listening ${Math.round(lastUp - readyMs)} ms after the server ` +
+    `logged ready (ms resolution); worst timer drift while waiting ${maxLate} ms`);
+});
