@@ -654,31 +654,46 @@ static int peek_ready(struct target *t, uint32_t max_age_ms, uint64_t *epoch)
     return 1;
 }
 
-/* ensure(handle, timeoutMs, failFast, maxAgeMs) -> the epoch (a number) when READY now,
- * else a Promise settled by the waiter. */
-static napi_value js_ensure(napi_env env, napi_callback_info info)
+/* ready(handle[, maxAgeMs]) -> the epoch when the target is READY now (verified within
+ * maxAgeMs, default the engine's), else -1. The ready path: on the JS thread, no hop. */
+static napi_value js_ready(napi_env env, napi_callback_info info)
+{
+    size_t argc = 2;
+    napi_value argv[2], v;
+    struct target *t;
+    uint32_t max_age_ms = 0;
+    uint64_t epoch;
+
+    CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc < 1)
+        return throw_code(env, -EINVAL, "warmlock: ready(handle[, maxAgeMs])");
+    if (!(t = get_target(env, argv[0])) || (argc > 1 && get_u32(env, argv[1], &max_age_ms) < 0))
+        return NULL;
+    CHECK(env, napi_create_double(env, peek_ready(t, max_age_ms, &epoch) ? (double)epoch : -1.0,
+                                  &v));
+    return v;
+}
+
+/* wait(handle, timeoutMs, failFast, maxAgeMs) -> a Promise settled by the target's
+ * waiters (they answer at once if it became READY meanwhile). */
+static napi_value js_wait(napi_env env, napi_callback_info info)
 {
     size_t argc = 4;
     napi_value argv[4], v, promise;
     struct target *t;
     struct req *r;
     uint32_t timeout_ms, max_age_ms;
-    uint64_t epoch;
     bool ff = false;
 
     CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
     if (argc < 4)
-        return throw_code(env, -EINVAL, "warmlock: ensure(handle, timeoutMs, failFast, maxAgeMs)");
+        return throw_code(env, -EINVAL, "warmlock: wait(handle, timeoutMs, failFast, maxAgeMs)");
     if (!(t = get_target(env, argv[0])) || get_u32(env, argv[1], &timeout_ms) < 0 ||
         get_u32(env, argv[3], &max_age_ms) < 0)
         return NULL;
     CHECK(env, napi_coerce_to_bool(env, argv[2], &v));
     CHECK(env, napi_get_value_bool(env, v, &ff));
 
-    if (peek_ready(t, max_age_ms, &epoch)) {
-        CHECK(env, napi_create_double(env, (double)epoch, &v));
-        return v;
-    }
     if (!(r = calloc(1, sizeof(*r))))
         return throw_code(env, -ENOMEM, "warmlock: out of memory");
     r->deadline_ns = now_ns() + (uint64_t)(timeout_ms ? timeout_ms : 30000u) * 1000000u;
@@ -950,8 +965,8 @@ static napi_value init(napi_env env, napi_value exports)
         const char *name;
         napi_callback fn;
     } fns[] = {
-        {"open", js_open},   {"ensure", js_ensure}, {"invalidate", js_invalidate},
-        {"key", js_key},     {"status", js_status},
+        {"open", js_open}, {"ready", js_ready},   {"wait", js_wait},
+        {"invalidate", js_invalidate}, {"key", js_key}, {"status", js_status},
     };
     napi_value f, v;
     size_t i;

@@ -26,11 +26,7 @@ function loadAddon() {
 }
 
 const addon = loadAddon();
-
-// One native target per (segment, conninfo, warmSql), kept for the life of the process:
-// its key is computed once and its waiter thread serves every call on it.
-const targets = new Map();
-const byConninfo = new Map(); // segment + conninfo -> the first target opened (invalidate)
+const EMPTY = Object.freeze({});
 
 function checkString(v, what, optional) {
   if (optional && (v === undefined || v === null)) return;
@@ -43,20 +39,39 @@ function checkMs(v, what) {
   return v;
 }
 
+// One native target per (segment, conninfo, warmSql), kept for the life of the process:
+// its key is computed once and its waiter thread serves every call on it. Looked up
+// conninfo -> segment -> warmSql, each a Map keyed by the caller's own strings (no string
+// is built per call).
+const targets = new Map();
+
 function target(conninfo, shm, warmSql) {
-  checkString(conninfo, 'conninfo', false);
-  checkString(shm, 'shm', true);
-  checkString(warmSql, 'warmSql', true);
-  const name = shm == null ? '' : shm;
-  const k = name + '\0' + conninfo + '\0' + (warmSql == null ? '\0' : warmSql);
-  let h = targets.get(k);
+  let bySeg = targets.get(conninfo);
+  if (bySeg === undefined) {
+    checkString(conninfo, 'conninfo', false);
+    targets.set(conninfo, (bySeg = new Map()));
+  }
+  const s = shm == null ? '' : shm;
+  let bySql = bySeg.get(s);
+  if (bySql === undefined) {
+    checkString(shm, 'shm', true);
+    bySeg.set(s, (bySql = new Map()));
+  }
+  const w = warmSql == null ? null : warmSql;
+  let h = bySql.get(w);
   if (h === undefined) {
-    h = addon.open(shm == null ? null : shm, conninfo, warmSql == null ? null : warmSql);
-    targets.set(k, h);
-    const ck = name + '\0' + conninfo;
-    if (!byConninfo.has(ck)) byConninfo.set(ck, h);
+    checkString(warmSql, 'warmSql', true);
+    h = addon.open(s === '' ? null : s, conninfo, w);
+    bySql.set(w, h);
   }
   return h;
+}
+
+/** Any target of conninfo in the segment (they share its slot), opened if there is none. */
+function anyTarget(conninfo, shm) {
+  const bySql = targets.get(conninfo)?.get(shm == null ? '' : shm);
+  if (bySql !== undefined) for (const h of bySql.values()) return h;
+  return target(conninfo, shm, null);
 }
 
 /**
@@ -66,16 +81,16 @@ function target(conninfo, shm, warmSql) {
  * .errno and .sqlstate (null if none).
  */
 function pgEnsure(conninfo, opts) {
-  let r;
   try {
-    const o = opts || {};
+    const o = opts || EMPTY;
     const h = target(conninfo, o.shm, o.warmSql);
-    r = addon.ensure(h, checkMs(o.timeoutMs, 'timeoutMs'), !!o.failFast,
-      checkMs(o.maxAgeMs, 'maxAgeMs'));
+    const maxAge = o.maxAgeMs;
+    const epoch = maxAge === undefined ? addon.ready(h) : addon.ready(h, checkMs(maxAge, 'maxAgeMs'));
+    if (epoch >= 0) return Promise.resolve({ epoch, role: 'follower' });
+    return addon.wait(h, checkMs(o.timeoutMs, 'timeoutMs'), !!o.failFast, checkMs(maxAge, 'maxAgeMs'));
   } catch (e) {
     return Promise.reject(e);
   }
-  return typeof r === 'number' ? Promise.resolve({ epoch: r, role: 'follower' }) : r;
 }
 
 /** Mark conninfo's slot stale if it is still READY at epoch: true if this call did. */
@@ -83,9 +98,7 @@ function invalidate(conninfo, epoch, opts) {
   const o = opts || {};
   checkString(conninfo, 'conninfo', false);
   checkString(o.shm, 'shm', true);
-  const h = byConninfo.get((o.shm == null ? '' : o.shm) + '\0' + conninfo) ||
-    target(conninfo, o.shm, null);
-  return addon.invalidate(h, epoch);
+  return addon.invalidate(anyTarget(conninfo, o.shm), epoch);
 }
 
 /** The slots of the segment, with the fields (and values) of `warmlock status --json`. */
