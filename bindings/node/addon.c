@@ -219,6 +219,7 @@ static int get_segment(const char *shm, int existing, struct wl_segment **out, c
 struct req {
     struct req *next;
     napi_deferred deferred;
+    char *check_sql;        /* a check (pgCheck): this SQL on a connection of its own */
     uint64_t deadline_ns;
     uint32_t max_age_ms;
     int fail_fast;
@@ -278,6 +279,7 @@ static void free_reqs(struct req *r)
 {
     while (r) {
         struct req *next = r->next;
+        free(r->check_sql);
         free(r);
         r = next;
     }
@@ -301,6 +303,49 @@ static void deliver(struct target *t, struct req *done)
     pthread_mutex_unlock(&t->mu);
     if (!sent)
         free_reqs(done);
+}
+
+/* A check: a connection of its own (blocking, bounded by the request's deadline), the
+ * request's SQL on it, closed. -ECONNREFUSED when the connection fails, -EIO (with the
+ * SQLSTATE) when the SQL does, -ETIMEDOUT with no time left. */
+static void do_check(const struct target *t, struct req *r)
+{
+    uint64_t now = now_ns();
+    char secs[16];
+    /* the conninfo's own gssencmode wins over ours (as in the engine: no KDC round trip) */
+    const char *keys[] = {"gssencmode", "dbname", "connect_timeout", NULL};
+    const char *vals[] = {"disable", t->conninfo, secs, NULL};
+    PGconn *c;
+    PGresult *res;
+
+    if (now >= r->deadline_ns) {
+        r->code = -ETIMEDOUT;
+        copy_str(r->error, sizeof(r->error), "check: deadline passed before it could run");
+        return;
+    }
+    /* libpq's connect_timeout is in whole seconds, at least 2 */
+    snprintf(secs, sizeof(secs), "%llu",
+             (unsigned long long)((r->deadline_ns - now) / 1000000000u < 2
+                                      ? 2
+                                      : (r->deadline_ns - now) / 1000000000u));
+    c = PQconnectdbParams(keys, vals, 1);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        r->code = -ECONNREFUSED;
+        copy_str(r->error, sizeof(r->error), c ? PQerrorMessage(c) : "out of memory");
+        r->error[strcspn(r->error, "\n")] = '\0';
+        PQfinish(c);
+        return;
+    }
+    res = PQexec(c, r->check_sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        r->code = PQstatus(c) == CONNECTION_OK ? -EIO : -ECONNRESET;
+        copy_str(r->error, sizeof(r->error), PQerrorMessage(c));
+        r->error[strcspn(r->error, "\n")] = '\0';
+        copy_str(r->sqlstate, sizeof(r->sqlstate), st ? st : "");
+    }
+    PQclear(res);
+    PQfinish(c);
 }
 
 struct waiter_arg {
@@ -346,10 +391,22 @@ static void *waiter_main(void *arg)
 
         struct wl_pg_opts o = {0};
         struct wl_result res;
-        struct req *r, **pp, *done = NULL, **dtail = &done;
+        struct req *r, **pp, *done = NULL, **dtail = &done, *checks = NULL, **ctail = &checks;
         uint64_t start = now_ns(), earliest = UINT64_MAX, end, left_ms;
-        int ff = 0, first = 1, code;
+        int ff = 0, first = 1, code = 0;
 
+        for (pp = &batch; (r = *pp);) {
+            if (!r->check_sql) {
+                pp = &r->next;
+                continue;
+            }
+            *pp = r->next;
+            r->next = NULL;
+            *ctail = r;
+            ctail = &r->next;
+            if (r->deadline_ns < earliest)
+                earliest = r->deadline_ns;
+        }
         for (r = batch; r; r = r->next) {
             if (r->deadline_ns < earliest)
                 earliest = r->deadline_ns;
@@ -367,7 +424,10 @@ static void *waiter_main(void *arg)
         o.wait.flags = ff ? WL_FAIL_FAST : 0;
         o.warm_sql = t->warm_sql;
         memset(&res, 0, sizeof(res));
-        code = wl_pg_ensure(t->seg, t->conninfo, &o, &res);
+        if (batch)
+            code = wl_pg_ensure(t->seg, t->conninfo, &o, &res);
+        for (r = checks; r; r = r->next)
+            do_check(t, r);
         end = now_ns();
 
         for (pp = &batch; (r = *pp);) {
@@ -394,6 +454,7 @@ static void *waiter_main(void *arg)
         btail = &batch;
         while (*btail)
             btail = &(*btail)->next;
+        *dtail = checks;
         deliver(t, done);
         /* A transient return that settled nobody before any deadline: do not spin. */
         if (!done && end - start < 1000000u) {
@@ -499,7 +560,9 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data)
             napi_handle_scope scope;
             napi_value v;
             napi_open_handle_scope(env, &scope);
-            if (r->code == 0 && (v = ready_object(env, r->epoch, r->leader)))
+            if (r->code == 0 && r->check_sql && napi_get_undefined(env, &v) == napi_ok)
+                napi_resolve_deferred(env, r->deferred, v);
+            else if (r->code == 0 && (v = ready_object(env, r->epoch, r->leader)))
                 napi_resolve_deferred(env, r->deferred, v);
             else if ((v = make_error(env, r->code ? r->code : -ENOMEM, r->error, r->sqlstate)))
                 napi_reject_deferred(env, r->deferred, v);
@@ -507,6 +570,7 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data)
             if (t->pending && --t->pending == 0)
                 napi_unref_threadsafe_function(env, t->tsfn);
         }
+        free(r->check_sql);
         free(r);
         r = next;
     }
@@ -674,12 +738,14 @@ static napi_value js_ready(napi_env env, napi_callback_info info)
     return v;
 }
 
-/* wait(handle, timeoutMs, failFast, maxAgeMs) -> a Promise settled by the target's
- * waiters (they answer at once if it became READY meanwhile). */
+/* wait(handle, timeoutMs, failFast, maxAgeMs[, checkSql]) -> a Promise settled by the
+ * target's waiters (they answer at once if it became READY meanwhile); with checkSql, a
+ * check instead (pgCheck), settled with undefined. */
 static napi_value js_wait(napi_env env, napi_callback_info info)
 {
-    size_t argc = 4;
-    napi_value argv[4], v, promise;
+    size_t argc = 5;
+    napi_value argv[5], v, promise;
+    char *check_sql = NULL;
     struct target *t;
     struct req *r;
     uint32_t timeout_ms, max_age_ms;
@@ -693,13 +759,19 @@ static napi_value js_wait(napi_env env, napi_callback_info info)
         return NULL;
     CHECK(env, napi_coerce_to_bool(env, argv[2], &v));
     CHECK(env, napi_get_value_bool(env, v, &ff));
+    if (argc > 4 && get_string(env, argv[4], 1, &check_sql) < 0)
+        return NULL;
 
-    if (!(r = calloc(1, sizeof(*r))))
+    if (!(r = calloc(1, sizeof(*r)))) {
+        free(check_sql);
         return throw_code(env, -ENOMEM, "warmlock: out of memory");
+    }
+    r->check_sql = check_sql;
     r->deadline_ns = now_ns() + (uint64_t)(timeout_ms ? timeout_ms : 30000u) * 1000000u;
     r->fail_fast = ff;
     r->max_age_ms = max_age_ms;
     if (napi_create_promise(env, &r->deferred, &promise) != napi_ok) {
+        free(r->check_sql);
         free(r);
         return throw_last(env, "napi_create_promise");
     }

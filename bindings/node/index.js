@@ -93,6 +93,26 @@ function pgEnsure(conninfo, opts) {
   }
 }
 
+/**
+ * Warmlock's own check, for programs without a PostgreSQL client of their own: a connection
+ * of its own to conninfo's server (on the target's waiter thread, never the event loop),
+ * `sql` (default SELECT 1) on it, closed. Resolves with undefined; rejects with
+ * 'ECONNREFUSED' (cannot connect), 'ECONNRESET' (the connection broke), 'EIO' (the SQL
+ * failed: .sqlstate), 'ETIMEDOUT'. A program that sees a connection error calls
+ * invalidate(conninfo, epoch), as it would after a query of its own.
+ */
+function pgCheck(conninfo, opts) {
+  try {
+    const o = opts || EMPTY;
+    checkString(o.sql, 'sql', true);
+    const timeout = checkMs(o.timeoutMs, 'timeoutMs');
+    return addon.wait(anyTarget(conninfo, o.shm), timeout || 5000, false, 0,
+      o.sql == null ? 'SELECT 1' : o.sql);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
 /** Mark conninfo's slot stale if it is still READY at epoch: true if this call did. */
 function invalidate(conninfo, epoch, opts) {
   const o = opts || {};
@@ -114,4 +134,4 @@ function key(conninfo, opts) {
   return addon.key(target(conninfo, o.shm, o.warmSql));
 }
 
-module.exports = { pgEnsure, invalidate, status, key, version: addon.version };
+module.exports = { pgEnsure, invalidate, status, key, pgCheck, version: addon.version };

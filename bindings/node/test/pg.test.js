@@ -8,6 +8,7 @@ const { spawn } = require('node:child_process');
 const fsp = require('node:fs/promises');
 const path = require('node:path');
 const readline = require('node:readline');
+const http = require('node:http');
 const { PG, shmName, cli, threadCount } = require('./harness');
 const wl = require('..');
 
@@ -198,4 +199,68 @@ pgTest('cluster_8_workers_crash_recovery', async (t) => {
   const lastUp = Math.max(...up.map((m) => m.at));
   t.diagnostic(`cluster: 8 workers listening ${Math.round(lastUp - readyMs)} ms after the server ` +
     `logged ready (ms resolution); worst timer drift while waiting ${maxLate} ms`);
+});
+
+pgTest('pgcheck_and_invalidate_on_connection_error', async () => {
+  const shm = shmName('check');
+  const { epoch } = await wl.pgEnsure(pg.conninfo, { shm });
+  assert.equal(await wl.pgCheck(pg.conninfo, { shm }), undefined);
+  await assert.rejects(wl.pgCheck(pg.conninfo, { shm, sql: 'SELECT 1/0' }),
+    { code: 'EIO', sqlstate: '22012' });
+  await pg.cmd('stop');
+  // the slot is still READY (nobody has looked): the ready path answers, the check fails
+  assert.deepEqual(await wl.pgEnsure(pg.conninfo, { shm, failFast: true }), { epoch, role: 'follower' });
+  await assert.rejects(wl.pgCheck(pg.conninfo, { shm, timeoutMs: 5000 }), { code: 'ECONNREFUSED' });
+  assert.equal(wl.invalidate(pg.conninfo, epoch, { shm }), true);
+  // now an outage: fail-fast says so at once
+  await assert.rejects(wl.pgEnsure(pg.conninfo, { shm, failFast: true }), { code: 'ECONNREFUSED' });
+  const waiting = tracked(wl.pgEnsure(pg.conninfo, { shm, timeoutMs: 120000 }));
+  await pg.cmd('start');
+  const again = await waiting.promise;
+  assert.ok(again.epoch > epoch);
+});
+
+pgTest('example_cluster_server', async () => {
+  const shm = shmName('example');
+  const child = spawn(process.execPath, [path.join(__dirname, '..', 'examples', 'cluster-server.js')], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, DATABASE_URL: pg.conninfo, PORT: '0', WORKERS: '2', WARMLOCK_SHM: shm },
+  });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  try {
+    const all = await new Promise((resolve, reject) => {
+      readline.createInterface({ input: child.stdout }).on('line', (l) => {
+        const m = JSON.parse(l);
+        if (m.type === 'all-listening') resolve(m);
+      });
+      exited.then(() => reject(new Error('the example exited')));
+    });
+    const get = () => new Promise((resolve, reject) => {
+      http.get({ host: '127.0.0.1', port: all.port, path: '/' }, (res) => {
+        let body = '';
+        res.on('data', (d) => { body += d; });
+        res.on('end', () => resolve({ status: res.statusCode, body }));
+      }).on('error', reject);
+    });
+    const ok = await get();
+    assert.equal(ok.status, 200, ok.body);
+    assert.match(ok.body, new RegExp(`^ok epoch ${all.epoch} `));
+    await pg.cmd('stop');
+    const down = await get();
+    assert.equal(down.status, 503, down.body);
+    const slot = wl.status({ shm })[0];
+    assert.equal(slot.invalidations, 1, 'the failed check invalidated the epoch');
+    await pg.cmd('start');
+    // until a worker has re-verified for all (a liveness loop: no verdict on speed)
+    let r = await get();
+    for (const t0 = performance.now(); r.status !== 200 && performance.now() - t0 < 60000;) {
+      await new Promise((res) => setTimeout(res, 50));
+      r = await get();
+    }
+    assert.equal(r.status, 200, r.body);
+    assert.ok(Number(/epoch (\d+)/.exec(r.body)[1]) > all.epoch, r.body);
+  } finally {
+    child.kill('SIGTERM');
+    await exited;
+  }
 });
