@@ -554,6 +554,7 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data)
     struct target *t = context;
     struct req *r = data;
 
+    (void)js_cb;
     while (r) {
         struct req *next = r->next;
         if (env) {
@@ -581,6 +582,7 @@ static void tsfn_finalize(napi_env env, void *data, void *hint)
 {
     struct target *t = data;
 
+    (void)env, (void)hint;
     pthread_mutex_lock(&t->mu);
     t->tsfn_dead = 1;
     t->stop = 1;
@@ -595,6 +597,7 @@ static void handle_finalize(napi_env env, void *data, void *hint)
 {
     struct target *t = data;
 
+    (void)env, (void)hint;
     pthread_mutex_lock(&t->mu);
     t->stop = 1;
     pthread_cond_signal(&t->cv);

@@ -38,7 +38,10 @@ function cli(shm, ...args) {
 /** A throwaway PostgreSQL server driven through wl-node-pghelper. */
 class PG {
   constructor() {
-    this.proc = spawn(helperPath, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+    // (a sanitizer runtime preloaded into node for the addon is not for the server programs)
+    const env = { ...process.env };
+    delete env.LD_PRELOAD;
+    this.proc = spawn(helperPath, [], { stdio: ['pipe', 'pipe', 'inherit'], env });
     this.waiting = [];
     this.lines = readline.createInterface({ input: this.proc.stdout });
     this.lines.on('line', (l) => {
