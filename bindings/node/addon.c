@@ -305,46 +305,49 @@ static void deliver(struct target *t, struct req *done)
         free_reqs(done);
 }
 
-/* A check: a connection of its own (blocking, bounded by the request's deadline), the
- * request's SQL on it, closed. -ECONNREFUSED when the connection fails, -EIO (with the
- * SQLSTATE) when the SQL does, -ETIMEDOUT with no time left. */
+/* A check: the library's own connection (wl_pg_connect, fail-fast: during an outage it
+ * answers at once; a connection that fails where the slot said READY ends the epoch), the
+ * request's SQL on it, closed. The library's codes (-ECONNREFUSED when our connection
+ * failed after READY), or -EIO (with the SQLSTATE) when the SQL fails, -ECONNRESET when the
+ * connection breaks under it. */
 static void do_check(const struct target *t, struct req *r)
 {
-    uint64_t now = now_ns();
-    char secs[16];
-    /* the conninfo's own gssencmode wins over ours (as in the engine: no KDC round trip) */
-    const char *keys[] = {"gssencmode", "dbname", "connect_timeout", NULL};
-    const char *vals[] = {"disable", t->conninfo, secs, NULL};
+    struct wl_pg_opts o = {0};
+    struct wl_result res;
+    uint64_t now = now_ns(), left_ms;
     PGconn *c;
-    PGresult *res;
+    PGresult *q;
 
     if (now >= r->deadline_ns) {
         r->code = -ETIMEDOUT;
-        copy_str(r->error, sizeof(r->error), "check: deadline passed before it could run");
+        copy_str(r->error, sizeof(r->error), "check: the deadline passed before it could run");
         return;
     }
-    /* libpq's connect_timeout is in whole seconds, at least 2 */
-    snprintf(secs, sizeof(secs), "%llu",
-             (unsigned long long)((r->deadline_ns - now) / 1000000000u < 2
-                                      ? 2
-                                      : (r->deadline_ns - now) / 1000000000u));
-    c = PQconnectdbParams(keys, vals, 1);
-    if (!c || PQstatus(c) != CONNECTION_OK) {
-        r->code = -ECONNREFUSED;
-        copy_str(r->error, sizeof(r->error), c ? PQerrorMessage(c) : "out of memory");
-        r->error[strcspn(r->error, "\n")] = '\0';
-        PQfinish(c);
+    left_ms = (r->deadline_ns - now + 999999u) / 1000000u;
+    o.wait.timeout_ms = left_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)left_ms;
+    o.wait.flags = WL_FAIL_FAST;
+    o.warm_sql = t->warm_sql;
+    memset(&res, 0, sizeof(res));
+    /* wl_pg_connect says no code: the ensure before it gives the single-flight's, and a
+     * failure after it is our own connection's */
+    if ((r->code = wl_pg_ensure(t->seg, t->conninfo, &o, &res)) < 0 ||
+        !(c = wl_pg_connect(t->seg, t->conninfo, &o, &res))) {
+        if (!r->code)
+            r->code = now_ns() >= r->deadline_ns ? -ETIMEDOUT : -ECONNREFUSED;
+        copy_str(r->error, sizeof(r->error), res.error);
+        copy_str(r->sqlstate, sizeof(r->sqlstate), res.sqlstate);
         return;
     }
-    res = PQexec(c, r->check_sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
-        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    r->epoch = res.epoch;
+    q = PQexec(c, r->check_sql);
+    if (PQresultStatus(q) != PGRES_TUPLES_OK && PQresultStatus(q) != PGRES_COMMAND_OK) {
+        const char *st = PQresultErrorField(q, PG_DIAG_SQLSTATE);
         r->code = PQstatus(c) == CONNECTION_OK ? -EIO : -ECONNRESET;
         copy_str(r->error, sizeof(r->error), PQerrorMessage(c));
         r->error[strcspn(r->error, "\n")] = '\0';
         copy_str(r->sqlstate, sizeof(r->sqlstate), st ? st : "");
     }
-    PQclear(res);
+    PQclear(q);
     PQfinish(c);
 }
 

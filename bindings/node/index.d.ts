@@ -68,8 +68,8 @@ export function invalidate(conninfo: string, epoch: number | bigint,
                            opts?: { shm?: string | null }): boolean;
 export function status(opts?: { shm?: string | null }): SlotStatus[];
 export function key(conninfo: string, opts?: { shm?: string | null; warmSql?: string | null }): string;
-/** Warmlock's own check: a connection of its own, `sql` (default SELECT 1) on it, closed.
- * Rejects with 'ECONNREFUSED', 'ECONNRESET', 'EIO' (.sqlstate) or 'ETIMEDOUT'. */
+/** Warmlock's own check: the library's own connection (fail-fast), `sql` (default SELECT 1)
+ * on it, closed. Rejects with pgEnsure's codes, 'ECONNREFUSED', 'ECONNRESET' or 'EIO'. */
 export function pgCheck(conninfo: string,
                         opts?: { timeoutMs?: number; shm?: string | null; sql?: string }): Promise<void>;
 export const version: string;

@@ -94,12 +94,13 @@ function pgEnsure(conninfo, opts) {
 }
 
 /**
- * Warmlock's own check, for programs without a PostgreSQL client of their own: a connection
- * of its own to conninfo's server (on the target's waiter thread, never the event loop),
- * `sql` (default SELECT 1) on it, closed. Resolves with undefined; rejects with
- * 'ECONNREFUSED' (cannot connect), 'ECONNRESET' (the connection broke), 'EIO' (the SQL
- * failed: .sqlstate), 'ETIMEDOUT'. A program that sees a connection error calls
- * invalidate(conninfo, epoch), as it would after a query of its own.
+ * Warmlock's own check, for programs without a PostgreSQL client of their own: the
+ * library's own connection (wl_pg_connect: after pgEnsure's single-flight, fail-fast) on
+ * the target's waiter thread, never the event loop, `sql` (default SELECT 1) on it, closed.
+ * Resolves with undefined; rejects with pgEnsure's codes, 'ECONNREFUSED' (the connection
+ * failed although the slot was READY: the library has ended the epoch), 'ECONNRESET' (it
+ * broke during the SQL), 'EIO' (the SQL failed: .sqlstate). A program that sees a
+ * connection error calls invalidate(conninfo, epoch), as after a query of its own.
  */
 function pgCheck(conninfo, opts) {
   try {

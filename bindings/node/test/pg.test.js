@@ -210,8 +210,11 @@ pgTest('pgcheck_and_invalidate_on_connection_error', async () => {
   await pg.cmd('stop');
   // the slot is still READY (nobody has looked): the ready path answers, the check fails
   assert.deepEqual(await wl.pgEnsure(pg.conninfo, { shm, failFast: true }), { epoch, role: 'follower' });
+  // the check's own connection fails where the slot said READY: the epoch ends (the
+  // library invalidates it, so ours finds nothing left to do)
   await assert.rejects(wl.pgCheck(pg.conninfo, { shm, timeoutMs: 5000 }), { code: 'ECONNREFUSED' });
-  assert.equal(wl.invalidate(pg.conninfo, epoch, { shm }), true);
+  assert.equal(wl.invalidate(pg.conninfo, epoch, { shm }), false);
+  assert.equal(wl.status({ shm })[0].invalidations, 1);
   // now an outage: fail-fast says so at once
   await assert.rejects(wl.pgEnsure(pg.conninfo, { shm, failFast: true }), { code: 'ECONNREFUSED' });
   const waiting = tracked(wl.pgEnsure(pg.conninfo, { shm, timeoutMs: 120000 }));
