@@ -73,10 +73,10 @@ static const char *code_name(int code)
     return n ? n : "EUNKNOWN";
 }
 
-#define CHECK(env, call)                                                                   \
-    do {                                                                                   \
-        if ((call) != napi_ok)                                                             \
-            return throw_last(env, #call);                                                 \
+#define CHECK(env, call)                                                                           \
+    do {                                                                                           \
+        if ((call) != napi_ok)                                                                     \
+            return throw_last(env, #call);                                                         \
     } while (0)
 
 /* Throw what the last failed napi call said (unless an exception is already pending). */
@@ -139,8 +139,7 @@ static int get_string(napi_env env, napi_value v, int optional, char **out)
         napi_throw_type_error(env, NULL, "warmlock: expected a string");
         return -1;
     }
-    if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok ||
-        !(*out = malloc(n + 1)) ||
+    if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok || !(*out = malloc(n + 1)) ||
         napi_get_value_string_utf8(env, v, *out, n + 1, &n) != napi_ok) {
         free(*out);
         *out = NULL;
@@ -219,7 +218,7 @@ static int get_segment(const char *shm, int existing, struct wl_segment **out, c
 struct req {
     struct req *next;
     napi_deferred deferred;
-    char *check_sql;        /* a check (pgCheck): this SQL on a connection of its own */
+    char *check_sql; /* a check (pgCheck): this SQL on the library's own connection */
     uint64_t deadline_ns;
     uint32_t max_age_ms;
     int fail_fast;
@@ -244,7 +243,7 @@ struct target {
         int fail_fast;        /* made with WL_FAIL_FAST */
         uint64_t deadline_ns; /* that returns by then */
     } calls[MAX_WAITERS];
-    atomic_int refs;          /* handle, waiter threads, threadsafe function */
+    atomic_int refs; /* handle, waiter threads, threadsafe function */
 
     napi_threadsafe_function tsfn;
     unsigned pending; /* promises not settled yet (JS thread only) */
@@ -522,10 +521,9 @@ static int needs_waiter(const struct target *t, uint64_t deadline_ns, int fail_f
     if (t->idle)
         return 0;
     for (i = 0; i < MAX_WAITERS; i++)
-        if (t->calls[i].used &&
-            (!t->calls[i].active || /* between calls: it takes the queue next */
-             (t->calls[i].deadline_ns <= deadline_ns + 2000000u &&
-              (t->calls[i].fail_fast || !fail_fast))))
+        if (t->calls[i].used && (!t->calls[i].active || /* between calls: it takes the queue next */
+                                 (t->calls[i].deadline_ns <= deadline_ns + 2000000u &&
+                                  (t->calls[i].fail_fast || !fail_fast))))
             return 0;
     return 1;
 }
@@ -683,13 +681,13 @@ static napi_value js_open(napi_env env, napi_callback_info info)
     shm = NULL;
 
     if (napi_create_string_latin1(env, "warmlock.pgEnsure", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-        napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, t, tsfn_finalize, t,
-                                        call_js, &t->tsfn) != napi_ok) {
+        napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, t, tsfn_finalize, t, call_js,
+                                        &t->tsfn) != napi_ok) {
         throw_last(env, "napi_create_threadsafe_function");
         goto fail;
     }
     atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); /* the tsfn's */
-    napi_unref_threadsafe_function(env, t->tsfn); /* idle: keep nothing alive */
+    napi_unref_threadsafe_function(env, t->tsfn);                 /* idle: keep nothing alive */
     if ((r = start_waiter(t, 0)) < 0) {
         /* the tsfn's finalizer drops its reference */
         napi_release_threadsafe_function(t->tsfn, napi_tsfn_abort);
@@ -739,8 +737,8 @@ static napi_value js_ready(napi_env env, napi_callback_info info)
         return throw_code(env, -EINVAL, "warmlock: ready(handle[, maxAgeMs])");
     if (!(t = get_target(env, argv[0])) || (argc > 1 && get_u32(env, argv[1], &max_age_ms) < 0))
         return NULL;
-    CHECK(env, napi_create_double(env, peek_ready(t, max_age_ms, &epoch) ? (double)epoch : -1.0,
-                                  &v));
+    CHECK(env,
+          napi_create_double(env, peek_ready(t, max_age_ms, &epoch) ? (double)epoch : -1.0, &v));
     return v;
 }
 
@@ -1026,7 +1024,8 @@ static napi_value js_status(napi_env env, napi_callback_info info)
         return throw_last(env, "napi_create_array_with_length");
     }
     for (i = 0; i < (size_t)m; i++) {
-        if (!(o = slot_object(env, &s[i])) || napi_set_element(env, arr, (uint32_t)i, o) != napi_ok) {
+        if (!(o = slot_object(env, &s[i])) ||
+            napi_set_element(env, arr, (uint32_t)i, o) != napi_ok) {
             free(s);
             return throw_last(env, "status");
         }
@@ -1043,8 +1042,8 @@ static napi_value init(napi_env env, napi_value exports)
         const char *name;
         napi_callback fn;
     } fns[] = {
-        {"open", js_open}, {"ready", js_ready},   {"wait", js_wait},
-        {"invalidate", js_invalidate}, {"key", js_key}, {"status", js_status},
+        {"open", js_open}, {"ready", js_ready},   {"wait", js_wait}, {"invalidate", js_invalidate},
+        {"key", js_key},   {"status", js_status},
     };
     napi_value f, v;
     size_t i;
