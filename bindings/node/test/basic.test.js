@@ -66,7 +66,8 @@ test('unreachable_times_out_loop_ticks', async () => {
   const ms = performance.now() - t0;
   assert.ok(ms >= 390, `rejected after ${ms} ms, before the deadline`);
   assert.ok(ms < 20000, `rejected after ${ms} ms`);
-  assert.ok(ticks >= 5, `the loop ticked ${ticks} times while waiting`);
+  // a loop blocked in the call would not tick before the rejection is handled
+  assert.ok(ticks >= 2, `the loop ticked ${ticks} times while waiting`);
 });
 
 // In a process of its own, which exits with its 60 s wait still pending.
