@@ -406,8 +406,6 @@ static void *waiter_main(void *arg)
             r->next = NULL;
             *ctail = r;
             ctail = &r->next;
-            if (r->deadline_ns < earliest)
-                earliest = r->deadline_ns;
         }
         for (r = batch; r; r = r->next) {
             if (r->deadline_ns < earliest)
@@ -416,11 +414,21 @@ static void *waiter_main(void *arg)
             if (r->max_age_ms && (!o.wait.max_age_ms || r->max_age_ms < o.wait.max_age_ms))
                 o.wait.max_age_ms = r->max_age_ms;
         }
+        /* in flight until the last check's deadline or the ensure's, whichever is later */
+        uint64_t until = batch ? earliest : 0;
+        for (r = checks; r; r = r->next)
+            if (r->deadline_ns > until)
+                until = r->deadline_ns;
         t->calls[wa.idx].active = 1;
-        t->calls[wa.idx].fail_fast = ff;
-        t->calls[wa.idx].deadline_ns = earliest;
+        t->calls[wa.idx].fail_fast = ff && !checks;
+        t->calls[wa.idx].deadline_ns = until;
         pthread_mutex_unlock(&t->mu);
 
+        /* Checks first (each bounded by its own deadline), so that none waits out a long
+         * wait queued beside it. */
+        for (r = checks; r; r = r->next)
+            do_check(t, r);
+        start = now_ns();
         left_ms = earliest > start ? (earliest - start + 999999u) / 1000000u : 1;
         o.wait.timeout_ms = left_ms > UINT32_MAX ? UINT32_MAX : left_ms ? (uint32_t)left_ms : 1;
         o.wait.flags = ff ? WL_FAIL_FAST : 0;
@@ -428,8 +436,6 @@ static void *waiter_main(void *arg)
         memset(&res, 0, sizeof(res));
         if (batch)
             code = wl_pg_ensure(t->seg, t->conninfo, &o, &res);
-        for (r = checks; r; r = r->next)
-            do_check(t, r);
         end = now_ns();
 
         for (pp = &batch; (r = *pp);) {
