@@ -71,7 +71,7 @@ test('unreachable_times_out_loop_ticks', async () => {
 });
 
 // In a process of its own, which exits with its 60 s wait still pending.
-test('fail_fast_not_queued_behind_a_long_wait', async () => {
+test('fail_fast_and_checks_not_queued_behind_a_long_wait', async () => {
   const code = `const wl = require(${JSON.stringify(require.resolve('..'))});
     const fs = require('node:fs');
     const threads = () => fs.readdirSync('/proc/self/task').length;
@@ -85,6 +85,7 @@ test('fail_fast_not_queued_behind_a_long_wait', async () => {
       const t0 = threads();
       await wl.pgEnsure(NOWHERE, { shm, failFast: true }).catch((e) => { out.ff = e.code; out.ffMsg = e.message; });
       await wl.pgEnsure(NOWHERE, { shm, timeoutMs: 200 }).catch((e) => { out.short = e.code; });
+      await wl.pgCheck(NOWHERE, { shm, timeoutMs: 300 }).catch((e) => { out.check = e.code; });
       const many = Array.from({ length: 50 }, () => wl.pgEnsure(NOWHERE, { shm, timeoutMs: 300 }));
       out.added = threads() - t0;
       out.many = [...new Set(await Promise.all(many.map((p) => p.catch((e) => e.code))))];
@@ -99,6 +100,7 @@ test('fail_fast_not_queued_behind_a_long_wait', async () => {
   assert.ok(['ECONNREFUSED', 'ETIMEDOUT', 'EAGAIN'].includes(out.ff), out.ff);
   assert.match(out.ffMsg, /fail-fast|down/);
   assert.equal(out.short, 'ETIMEDOUT');
+  assert.ok(['ECONNREFUSED', 'ETIMEDOUT'].includes(out.check), out.check);
   assert.deepEqual(out.many, ['ETIMEDOUT']);
   assert.equal(out.longDone, false, 'the long call still waits');
   assert.ok(out.added <= 3, `${out.added} more threads (at most 4 waiters per target)`);

@@ -67,6 +67,12 @@ pgTest('ready_path_invalidate_reverify', async () => {
   assert.ok(c.epoch > a.epoch, `epoch ${c.epoch} after ${a.epoch}`);
   assert.equal(c.role, 'leader');
   assert.equal(wl.invalidate(pg.conninfo, a.epoch, { shm }), false, 'an old epoch is ignored');
+  // a READY verified longer ago than maxAgeMs is re-verified (through the waiter) in its epoch
+  const attempts = wl.status({ shm })[0].attempts;
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal((await wl.pgEnsure(pg.conninfo, { shm, maxAgeMs: 10 })).epoch, c.epoch);
+  assert.equal(wl.status({ shm })[0].attempts, attempts + 1, 'one re-verification');
+  assert.equal((await wl.pgEnsure(pg.conninfo, { shm, maxAgeMs: Infinity })).epoch, c.epoch);
   const slot = wl.status({ shm }).find((s) => s.key === wl.key(pg.conninfo, { shm }));
   assert.equal(slot.state, 'ready');
   assert.equal(slot.invalidations, 1);
