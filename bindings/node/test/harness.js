@@ -38,20 +38,26 @@ function cli(shm, ...args) {
 /** A throwaway PostgreSQL server driven through wl-node-pghelper. */
 class PG {
   constructor() {
+    this.proc = null;
+    this.waiting = [];
+    this.conninfo = null;
+  }
+
+  spawn() {
     // (a sanitizer runtime preloaded into node for the addon is not for the server programs)
     const env = { ...process.env };
     delete env.LD_PRELOAD;
     this.proc = spawn(helperPath, [], { stdio: ['pipe', 'pipe', 'inherit'], env });
-    this.waiting = [];
     this.lines = readline.createInterface({ input: this.proc.stdout });
     this.lines.on('line', (l) => {
       const w = this.waiting.shift();
       if (w) w(l);
     });
-    this.proc.on('exit', () => {
-      for (const w of this.waiting.splice(0)) w('err helper exited');
-    });
-    this.conninfo = null;
+    const gone = (why) => {
+      for (const w of this.waiting.splice(0)) w(`err helper ${why}`);
+    };
+    this.proc.on('error', (e) => gone(`failed: ${e.message}`));
+    this.proc.on('exit', () => gone('exited'));
   }
 
   /** Run one command; its value, or throws with the helper's message. */
@@ -68,6 +74,7 @@ class PG {
   /** A new cluster, started. Returns null, or why PostgreSQL cannot be used here. */
   async setUp() {
     if (!fs.existsSync(helperPath)) return `${helperPath} is not built`;
+    this.spawn();
     try {
       await this.cmd('unavailable');
     } catch (e) {
@@ -83,10 +90,13 @@ class PG {
     return this.conninfo.replace(/dbname=\S+/, `dbname=${db}`);
   }
 
+  /** Stop and remove the cluster; the helper exits (it also does when its stdin closes). */
   async close() {
+    if (!this.proc) return;
     if (this.proc.exitCode === null) {
       try { await this.cmd('quit'); } catch { /* gone */ }
     }
+    this.proc.stdin.end();
   }
 }
 

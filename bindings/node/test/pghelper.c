@@ -59,6 +59,8 @@ int main(void)
             memset(&h, 0, sizeof(h));
             have = pgh_init(&h, pw ? "scram" : "trust", pw, NULL) == 0;
             answer(have, have ? h.conninfo : "pgh_init failed");
+        } else if (!strcmp(cmd, "quit")) {
+            break;
         } else if (!have) {
             answer(0, "no cluster (init first)");
         } else if (!strcmp(cmd, "start")) {
@@ -92,8 +94,6 @@ int main(void)
             answer(1, out);
         } else if (!strcmp(cmd, "sql")) {
             result(arg ? pgh_psql(&h, arg) : -1, "psql failed");
-        } else if (!strcmp(cmd, "quit")) {
-            break;
         } else {
             answer(0, "unknown command");
         }
