@@ -4,9 +4,9 @@
  *
  * pgEnsure's ready path is synchronous: when the slot is READY (and verified recently
  * enough) the addon says so from the shared segment and the promise is created resolved,
- * with no thread hop. Otherwise the call joins its target's queue, served by one thread of
- * the addon's own per target; it never blocks the event loop or takes a thread of libuv's
- * pool.
+ * with no thread hop. Otherwise the call joins its target's queue, served by the addon's
+ * own waiter thread for that target (one, and up to four when a call cannot wait for the
+ * one in flight); it never blocks the event loop or takes a thread of libuv's pool.
  */
 const fs = require('fs');
 const path = require('path');
