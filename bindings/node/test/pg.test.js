@@ -100,6 +100,8 @@ pgTest('status_equals_cli_json', async () => {
   await wl.pgEnsure(pg.conninfo, { shm });
   await wl.pgEnsure(pg.conninfo, { shm });
   await assert.rejects(wl.pgEnsure(pg.withDb('no_such_db'), { shm }), { code: 'ENOENT' });
+  // a key and a server message that are not ASCII
+  await assert.rejects(wl.pgEnsure(pg.withDb('n\u00f6_db_\u2603'), { shm }), { code: 'ENOENT' });
   await assert.rejects(wl.pgEnsure('host=/nonexistent.wlnode dbname=x', { shm, timeoutMs: 100 }),
     { code: 'ETIMEDOUT' });
   // ages are read at three moments: ours before and after, the CLI's in between
@@ -108,7 +110,7 @@ pgTest('status_equals_cli_json', async () => {
   const later = wl.status({ shm });
   assert.equal(json.segment, shm);
   const theirs = json.slots;
-  assert.equal(mine.length, 3);
+  assert.equal(mine.length, 4);
   assert.equal(mine.length, theirs.length);
   const ages = new Set(['ready_age_ms', 'down_ms']);
   for (let i = 0; i < mine.length; i++) {
@@ -125,7 +127,8 @@ pgTest('status_equals_cli_json', async () => {
     }
   }
   const states = mine.map((s) => s.state).sort();
-  assert.deepEqual(states, ['failed', 'ready', 'stale']);
+  assert.deepEqual(states, ['failed', 'failed', 'ready', 'stale']);
+  assert.ok(mine.some((x) => x.key.includes('n\u00f6_db_\u2603')));
 });
 
 pgTest('concurrent_100_ready_fs_not_starved', async () => {
