@@ -4,9 +4,12 @@
  * Threads and ownership
  * - Segment handles: one per segment name per process (a registry under a mutex, shared by
  *   every Node environment of the process, main thread and workers), never closed.
- * - A target is one (segment, conninfo, warm_sql). Its prepared key (wl_pg_target) belongs
- *   to the JS thread that opened it: the ready path runs there and answers without a thread
- *   hop or a syscall. The calls that were not ready join the target's queue, served by the
+ * - A target is one (segment, conninfo, warm_sql). Its prepared key (wl_pg_target, opened
+ *   on the JS thread: the conninfo parsed and keyed once, the slot allocated) belongs to
+ *   that thread, which uses only its key. The ready path runs there: the slot read in place
+ *   (wl_lookup: no lock, no syscall), no thread hop; the library has no call that answers
+ *   "READY or not" without ever waiting or leading on a prepared target, which would make it
+ *   one atomic load. The calls that were not ready join the target's queue, served by the
  *   target's waiter threads: one resident thread, which takes everything queued and runs
  *   one wl_pg_ensure for all of it (with the earliest deadline among the calls and
  *   WL_FAIL_FAST if any asked for it), and hands the outcomes back in one batch through a
@@ -17,7 +20,8 @@
  *   target cost one thread, and threads are bounded (MAX_WAITERS x MAX_TARGETS, in practice
  *   one per target). The waiters call wl_pg_ensure rather than the prepared target because
  *   each call carries its own deadline and fail-fast choice, while a target's options are
- *   fixed when it is opened (both key the same slot).
+ *   fixed when it is opened (both key the same slot). Checks (pgCheck) are queued and run
+ *   by the waiters too.
  * - A target's memory is shared by its JS handle (an external), its waiter threads and its
  *   threadsafe function; the last to let go frees it.
  */
