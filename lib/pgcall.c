@@ -88,11 +88,11 @@ static uint64_t call_deadline(const struct wl_pg_target *t)
 
 /* The single-flight for what remains of the caller's deadline (wl_pg_connect may come
  * here more than once in a call). */
-static int ensure_until(struct wl_pg_target *t, uint64_t deadline_ns, struct wl_result *res,
-                        PGconn **conn)
+static int ensure_until(struct wl_pg_target *t, const struct wl_wait_opts *wait,
+                        uint64_t deadline_ns, struct wl_result *res, PGconn **conn)
 {
     struct warm_ctx ctx = {t, deadline_ns, conn != NULL, NULL};
-    struct wl_wait_opts w = t->wait;
+    struct wl_wait_opts w = *wait;
     uint64_t now = wl__now_ns();
     int r;
 
@@ -106,6 +106,12 @@ static int ensure_until(struct wl_pg_target *t, uint64_t deadline_ns, struct wl_
 }
 
 /* ---------------------------------------------------------------- targets */
+
+static uint32_t max_age_of(uint32_t ms)
+{
+    return ms == UINT32_MAX ? 0 : ms; /* UINT32_MAX: never re-verify */
+}
+
 
 static void wipe_free(char *s)
 {
@@ -171,10 +177,7 @@ static int target_open(struct wl_segment *seg, const char *conninfo,
         return -ENOMEM;
     }
     t->wait = t->opts.wait;
-    if (t->wait.max_age_ms == 0)
-        t->wait.max_age_ms = WL_PG_MAX_AGE_MS;
-    else if (t->wait.max_age_ms == UINT32_MAX)
-        t->wait.max_age_ms = 0; /* never re-verify */
+    t->wait.max_age_ms = t->wait.max_age_ms ? max_age_of(t->wait.max_age_ms) : WL_PG_MAX_AGE_MS;
     t->login_budget = t->opts.login_budget == UINT32_MAX ? 0
                       : t->opts.login_budget            ? t->opts.login_budget
                                                         : WL_PG_LOGIN_BUDGET;
@@ -225,7 +228,44 @@ WL_EXPORT int wl_pg_target_ensure(struct wl_pg_target *t, struct wl_result *res)
     if (!res)
         res = &scratch;
     memset(res, 0, sizeof(*res));
-    return ensure_until(t, call_deadline(t), res, NULL);
+    return ensure_until(t, &t->wait, call_deadline(t), res, NULL);
+}
+
+WL_EXPORT int wl_pg_target_ready(struct wl_pg_target *t, uint32_t max_age_ms,
+                                 struct wl_result *res)
+{
+    if (!t)
+        return 0;
+    return wl__key_ready(t->key, max_age_ms ? max_age_of(max_age_ms) : t->wait.max_age_ms, res);
+}
+
+WL_EXPORT int wl_pg_target_ensure_opts(struct wl_pg_target *t, const struct wl_wait_opts *wait,
+                                       struct wl_result *res)
+{
+    struct wl_result scratch;
+    struct wl_wait_opts w;
+    uint32_t timeout_ms;
+
+    if (!t)
+        return -EINVAL;
+    if (!wait)
+        return wl_pg_target_ensure(t, res);
+    w = t->wait;
+    if (wait->max_age_ms)
+        w.max_age_ms = max_age_of(wait->max_age_ms);
+    if (wait->fail_ttl_ms)
+        w.fail_ttl_ms = wait->fail_ttl_ms;
+    if (wait->flags)
+        w.flags = wait->flags;
+    if (wl__key_ready(t->key, w.max_age_ms, res))
+        return 0;
+    if (!res)
+        res = &scratch;
+    memset(res, 0, sizeof(*res));
+    timeout_ms = wait->timeout_ms      ? wait->timeout_ms
+                 : t->wait.timeout_ms ? t->wait.timeout_ms
+                                      : DEFAULT_TIMEOUT_MS;
+    return ensure_until(t, &w, wl__now_ns() + (uint64_t)timeout_ms * MS, res, NULL);
 }
 
 /* ---------------------------------------------------------------- own connections */
@@ -309,7 +349,7 @@ WL_EXPORT PGconn *wl_pg_target_connect(struct wl_pg_target *t, struct wl_result 
 
         conn = NULL;
         if (!wl__key_ready(t->key, t->wait.max_age_ms, res) &&
-            (r = ensure_until(t, deadline, res, &conn)) < 0)
+            (r = ensure_until(t, &t->wait, deadline, res, &conn)) < 0)
             return NULL;
         if (conn) { /* we led: the connection that verified the epoch is ours */
             PQsetErrorVerbosity(conn, PQERRORS_DEFAULT);

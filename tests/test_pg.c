@@ -913,6 +913,9 @@ static int target_ready_child(void *arg, int idx)
             syscall(SYS_exit, 4);
         sum += res.epoch;
     }
+    for (int i = 0; i < 1000; i++)
+        if (wl_pg_target_ready(t, 0, &res) != 1 || res.epoch != epoch)
+            syscall(SYS_exit, 7);
     syscall(SYS_exit, sum == 200000 * epoch ? 0 : 5);
     return 6;
 }
@@ -939,11 +942,16 @@ static void test_pg_target_ready_path_makes_no_syscall(void **state)
     if (st == 77)
         skip();
     assert_int_equal(st, 0); /* 128+SIGKILL would mean a syscall was made */
-    /* invalidated through the target: the next call leads a re-verification */
+    /* invalidated through the target: not ready, and the next call leads a re-verification
+     * (here with its own wait options) */
     assert_int_equal(wl_pg_target_invalidate(t, r1.epoch), 1);
-    assert_int_equal(wl_pg_target_ensure(t, &r2), 0);
+    assert_int_equal(wl_pg_target_ready(t, 0, &r2), 0);
+    struct wl_wait_opts w = {.timeout_ms = 5000, .max_age_ms = UINT32_MAX};
+    assert_int_equal(wl_pg_target_ensure_opts(t, &w, &r2), 0);
     assert_int_equal(r2.role, WL_LEADER);
     assert_true(r2.epoch > r1.epoch);
+    assert_int_equal(wl_pg_target_ready(t, UINT32_MAX, &r1), 1);
+    assert_int_equal(r1.epoch, r2.epoch);
     wl_pg_target_close(t);
     /* bad conninfo: the message in wl_last_error, the password masked */
     assert_int_equal(wl_pg_target_open(seg, "password=hunter2 nosuchkeyword=1", NULL, &t),

@@ -6,10 +6,9 @@
  *   every Node environment of the process, main thread and workers), never closed.
  * - A target is one (segment, conninfo, warm_sql). Its prepared key (wl_pg_target, opened
  *   on the JS thread: the conninfo parsed and keyed once, the slot allocated) belongs to
- *   that thread, which uses only its key. The ready path runs there: the slot read in place
- *   (wl_lookup: no lock, no syscall), no thread hop; the library has no call that answers
- *   "READY or not" without ever waiting or leading on a prepared target, which would make it
- *   one atomic load. The calls that were not ready join the target's queue, served by the
+ *   that thread, which uses only its ready path (wl_pg_target_ready: one atomic load, no
+ *   syscall, never waiting or leading), no thread hop. The calls that were not ready join
+ *   the target's queue, served by the
  *   target's waiter threads: one resident thread, which takes everything queued and runs
  *   one wl_pg_ensure for all of it (with the earliest deadline among the calls and
  *   WL_FAIL_FAST if any asked for it), and hands the outcomes back in one batch through a
@@ -18,10 +17,9 @@
  *   MAX_WAITERS per target; those leave when the queue is empty. So waits never block the
  *   event loop and never take a thread of libuv's pool, a hundred concurrent calls on a
  *   target cost one thread, and threads are bounded (MAX_WAITERS x MAX_TARGETS, in practice
- *   one per target). The waiters call wl_pg_ensure rather than the prepared target because
- *   each call carries its own deadline and fail-fast choice, while a target's options are
- *   fixed when it is opened (both key the same slot). Checks (pgCheck) are queued and run
- *   by the waiters too.
+ *   one per target). The waiters call wl_pg_ensure rather than the JS thread's prepared
+ *   target, which is one thread's at a time (both key the same slot). Checks (pgCheck) are
+ *   queued and run by the waiters too.
  * - A target's memory is shared by its JS handle (an external), its waiter threads and its
  *   threadsafe function; the last to let go frees it.
  */
@@ -716,19 +714,14 @@ fail:
 }
 
 /* Is the target READY, verified within max_age_ms (0: the engine's default)? Never
- * blocks, no syscall: the slot is read in place. */
+ * blocks, no syscall: the prepared target's ready path (the JS thread's own target). */
 static int peek_ready(struct target *t, uint32_t max_age_ms, uint64_t *epoch)
 {
-    struct wl_slot_info s;
+    struct wl_result res;
 
-    if (wl_lookup(t->seg, t->key, &s) < 0 || s.state != WL_READY)
+    if (!t->prepared || !wl_pg_target_ready(t->prepared, max_age_ms, &res))
         return 0;
-    if (!max_age_ms)
-        max_age_ms = t->max_age_ms;
-    if (max_age_ms != UINT32_MAX &&
-        (s.verified_age_ms < 0 || (uint64_t)s.verified_age_ms >= max_age_ms))
-        return 0;
-    *epoch = s.epoch;
+    *epoch = res.epoch;
     return 1;
 }
 

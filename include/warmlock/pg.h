@@ -78,6 +78,16 @@ WL_EXPORT int wl_pg_target_open(struct wl_segment *seg, const char *conninfo,
                                 const struct wl_pg_opts *opts, struct wl_pg_target **out);
 /* wl_pg_ensure() on a prepared target. */
 WL_EXPORT int wl_pg_target_ensure(struct wl_pg_target *t, struct wl_result *res);
+/* wl_pg_target_ensure() with this call's wait options instead of the target's (timeout_ms,
+ * fail_ttl_ms, flags, max_age_ms; a zero field takes the target's). */
+WL_EXPORT int wl_pg_target_ensure_opts(struct wl_pg_target *t, const struct wl_wait_opts *wait,
+                                       struct wl_result *res);
+/* The ready path alone, never waiting or leading: 1 with res filled (as a follower's) when
+ * the target is READY and verified within max_age_ms (0: the target's max age; UINT32_MAX:
+ * any age), else 0. No syscall. For event loops that answer at once when they can and hand
+ * the wait to a thread of their own. */
+WL_EXPORT int wl_pg_target_ready(struct wl_pg_target *t, uint32_t max_age_ms,
+                                 struct wl_result *res);
 /* wl_pg_connect() on a prepared target. */
 WL_EXPORT PGconn *wl_pg_target_connect(struct wl_pg_target *t, struct wl_result *res);
 /* wl_invalidate() of the target's slot at epoch: 1 made stale, 0 nothing changed. */
