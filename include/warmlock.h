@@ -146,7 +146,7 @@ struct wl_wait_opts {
  *   watches its data directory's postmaster.pid (found through the socket's lock file)
  *   with inotify and probes the moment its state changes to ready, and, while it answers
  *   57P03, otherwise only every max_ms; while the socket file is missing it probes the
- *   moment it appears. This needs read access to the data directory (the server's user,
+ *   moment it appears (and otherwise every max_ms). This needs read access to the data directory (the server's user,
  *   root, or initdb -g and its group); without it, or with WL_BACKOFF_NO_WATCH, the
  *   paces above apply.
  * - Anything else transient (an attempt that timed out, a connection lost, other 08xxx):

@@ -126,6 +126,9 @@ int wl__pmwatch_setup(struct wl__pmwatch *w, const char *host, const char *port)
 /* Watch postmaster.pid too, found through the socket's lock file, if not yet (the lock file
  * is there once the server has started; a few tries). 0 when watched, -1 not (yet). */
 int wl__pmwatch_watch_state(struct wl__pmwatch *w);
+/* 1 if the socket directory is watched and the socket file is not there (its creation will
+ * wake w->fd: the watch was set up before this looked). */
+int wl__pmwatch_socket_missing(const struct wl__pmwatch *w);
 /* 1 if postmaster.pid is watched (the server's state changes wake w->fd). */
 int wl__pmwatch_watches_state(const struct wl__pmwatch *w);
 /* The state postmaster.pid says now: WL__PM_*. */

@@ -367,6 +367,10 @@ static uint64_t next_delay(struct wl__probe *p, uint64_t now)
     if (p->refused) {
         pace_restart(p, now); /* what follows its return starts from initial_ms */
         p->sleep_watch = WL__PM_EV_SOCKET;
+        /* No socket file, and its directory watched: its creation wakes us; until then
+         * only the cap, as a safety net (a probe could learn nothing new). */
+        if (wl__pmwatch_socket_missing(&p->pm))
+            return p->pace.max_ns;
         return (uint64_t)(p->bo_opts.refused_ms ? p->bo_opts.refused_ms
                                                 : WL__BACKOFF_REFUSED_MS) * MS;
     }

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -175,6 +176,17 @@ int wl__pmwatch_watch_state(struct wl__pmwatch *w)
         return -1;
     snprintf(w->pidfile, sizeof(w->pidfile), "%s/postmaster.pid", datadir);
     return 0;
+}
+
+int wl__pmwatch_socket_missing(const struct wl__pmwatch *w)
+{
+    char path[sizeof(w->sockdir) + sizeof(w->sockname) + 1];
+    struct stat st;
+
+    if (w->fd < 0 || w->sock_wd < 0)
+        return 0;
+    snprintf(path, sizeof(path), "%s/%s", w->sockdir, w->sockname);
+    return stat(path, &st) < 0 && errno == ENOENT;
 }
 
 int wl__pmwatch_watches_state(const struct wl__pmwatch *w)

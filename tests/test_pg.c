@@ -797,13 +797,40 @@ static void test_pg_schedule_probes_by_what_a_probe_costs(void **state)
     NEED_PG();
     pg_ensure_up();
 
-    /* nothing listens: the socket file is missing */
+    /* nothing listens on a socket file that is there (bound, never listened on):
+     * ECONNREFUSED, probed every refused_ms */
+    {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        int n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%.90s/.s.PGSQL.%d", H.dir, 2);
+        assert_true(n > 0 && (size_t)n < sizeof(sa.sun_path) && strlen(H.dir) <= 90);
+        unlink(sa.sun_path);
+        assert_true(fd >= 0);
+        assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        snprintf(ci, sizeof(ci), "host=%s port=%d user=postgres dbname=postgres", H.dir, 2);
+        assert_int_equal(probe(ci, &o, &r, &ms), -ETIMEDOUT);
+        print_message("refused: %u attempts in %llu ms (refused_ms 5)\n", r.attempts,
+                      (unsigned long long)ms);
+        assert_true(r.attempts >= 20);
+        assert_true(r.attempts <= ms / 5 + 2);
+        close(fd);
+        unlink(sa.sun_path);
+    }
+    /* no socket file, its directory watched: its creation would wake the probe, so only
+     * the cap (max_ms) paces it; not watched, refused_ms */
     snprintf(ci, sizeof(ci), "host=%s port=%d user=postgres dbname=postgres", H.dir, 1);
     assert_int_equal(probe(ci, &o, &r, &ms), -ETIMEDOUT);
-    print_message("refused: %u attempts in %llu ms (refused_ms 5)\n", r.attempts,
+    print_message("no socket file, watched: %u attempts in %llu ms\n", r.attempts,
+                  (unsigned long long)ms);
+    assert_true(r.attempts >= 2);
+    assert_true(r.attempts <= ms / 250 + 2);
+    o.backoff.flags = WL_BACKOFF_NO_WATCH;
+    assert_int_equal(probe(ci, &o, &r, &ms), -ETIMEDOUT);
+    print_message("no socket file, not watched: %u attempts in %llu ms\n", r.attempts,
                   (unsigned long long)ms);
     assert_true(r.attempts >= 20);
     assert_true(r.attempts <= ms / 5 + 2);
+    o.backoff.flags = 0;
 
     /* the server answers 57P03 for as long as it is held */
     assert_int_equal(pgh_crash(&H), 0);
