@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "utf8.h"
 
 static const uint32_t hist_bounds_ms[WL_HIST_BUCKETS - 1] = WL_HIST_BOUNDS_MS;
 
@@ -82,34 +83,6 @@ int wlc_find_slot(const struct wl_slot_info *s, size_t n, const char *key)
 
 /* ---- text escaping ---- */
 
-/* Length of the valid UTF-8 sequence at p (at most `left` bytes), 0 if invalid. */
-static size_t utf8_len(const unsigned char *p, size_t left)
-{
-    size_t n, i;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if ((p[0] & 0xe0) == 0xc0)
-        n = 2, cp = p[0] & 0x1fu;
-    else if ((p[0] & 0xf0) == 0xe0)
-        n = 3, cp = p[0] & 0x0fu;
-    else if ((p[0] & 0xf8) == 0xf0)
-        n = 4, cp = p[0] & 0x07u;
-    else
-        return 0;
-    if (n > left)
-        return 0;
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3fu);
-    }
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
-        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
 
 enum esc { ESC_JSON, ESC_PROM, ESC_LOGFMT };
 
@@ -122,7 +95,7 @@ static void put_escaped(FILE *f, const char *s, enum esc how)
     size_t left = strlen(s);
 
     while (left) {
-        size_t n = utf8_len(p, left);
+        size_t n = wlc_utf8_len(p, left);
         unsigned char c = *p;
         if (n == 0 || (how == ESC_PROM && n == 1 && ((c < 0x20 && c != '\n') || c == 0x7f))) {
             /* invalid UTF-8; or, in Prometheus, which has no escapes but \\, \" and \n,
@@ -163,7 +136,7 @@ static int key_needs_hash(const struct wl_slot_info *x)
     if (x->key_len > left)
         return 1;
     while (left) {
-        size_t n = utf8_len(p, left);
+        size_t n = wlc_utf8_len(p, left);
         if (n == 0 || (n == 1 && (*p < 0x20 || *p == 0x7f)))
             return 1;
         p += n, left -= n;

@@ -38,6 +38,8 @@
 #include <warmlock.h>
 #include <warmlock/pg.h>
 
+#include "../../coordinator/utf8.h"
+
 #define MAX_TARGETS 64 /* distinct targets per process */
 #define MAX_WAITERS 4  /* waiter threads per target */
 
@@ -850,35 +852,6 @@ static napi_value js_key(napi_env env, napi_callback_info info)
 
 /* ---------------------------------------------------------------- status */
 
-/* Length of the valid UTF-8 sequence at p (at most `left` bytes), 0 if invalid: the same
- * rule as `warmlock status --json`, so both show the same text. */
-static size_t utf8_len(const unsigned char *p, size_t left)
-{
-    size_t n, i;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if ((p[0] & 0xe0) == 0xc0)
-        n = 2, cp = p[0] & 0x1fu;
-    else if ((p[0] & 0xf0) == 0xe0)
-        n = 3, cp = p[0] & 0x0fu;
-    else if ((p[0] & 0xf8) == 0xf0)
-        n = 4, cp = p[0] & 0x07u;
-    else
-        return 0;
-    if (n > left)
-        return 0;
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3fu);
-    }
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
-        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
 
 /* A JS string of s, each byte of invalid UTF-8 replaced by U+FFFD. */
 static napi_status text_value(napi_env env, const char *s, napi_value *out)
@@ -891,7 +864,7 @@ static napi_status text_value(napi_env env, const char *s, napi_value *out)
     if (!buf)
         return napi_generic_failure;
     while (left) {
-        size_t n = utf8_len(p, left);
+        size_t n = wlc_utf8_len(p, left);
         if (n == 0) {
             memcpy(buf + o, "\xef\xbf\xbd", 3);
             o += 3, p++, left--;
