@@ -715,7 +715,7 @@ static const char usage_text[] =
     "  --smoke             crash-recovery, N 8, naive and warmlock (< 10 s; for scripts/test)\n"
     "  --demo              crash-recovery, N 64, incident, naive and warmlock\n"
     "  --goals             the performance goals' table, every figure measured in this run\n"
-    "                      (about 5 min): crash-recovery N=64 x 5 runs (naive, warmlock,\n"
+    "                      (1.5 min quiet): crash-recovery N=64 x 5 runs (naive, warmlock,\n"
     "                      warmlock-unpaced, warmlock-paced), crash-recovery N=256 x 3 runs\n"
     "                      (the three warmlock ones), already-up N=256 x 3 runs (naive,\n"
     "                      warmlock), micro's ready path\n"
