@@ -1083,7 +1083,16 @@ int wl__key_ready(struct wl_key *k, uint32_t max_age_ms, struct wl_result *res)
      * the READY word we saw last still means the epoch we read with it. acquire: pairs
      * with the leader's release store of READY. */
     uint32_t s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
-    if (s != k->ready_word || !key_fresh(k, max_age_ms))
+    if (s != k->ready_word) {
+        /* A READY word this key has not seen (another process or handle published it):
+         * learn it and its epoch, once per transition. */
+        uint64_t epoch;
+        if (!ready_epoch(k->sl, s, &epoch))
+            return 0;
+        k->ready_word = s;
+        k->epoch = epoch;
+    }
+    if (!key_fresh(k, max_age_ms))
         return 0;
     if (res) {
         res->role = WL_FOLLOWER;

@@ -965,6 +965,14 @@ static void test_pg_target_ready_path_makes_no_syscall(void **state)
     assert_int_equal(wl_pg_ensure(seg, CI, NULL, &r2), 0);
     assert_int_equal(r2.role, WL_FOLLOWER);
     assert_int_equal(r2.epoch, r1.epoch);
+    {
+        /* a target that never waited sees the READY another one published */
+        struct wl_pg_target *t2;
+        assert_int_equal(wl_pg_target_open(seg, CI, NULL, &t2), 0);
+        assert_int_equal(wl_pg_target_ready(t2, 0, &r2), 1);
+        assert_int_equal(r2.epoch, r1.epoch);
+        wl_pg_target_close(t2);
+    }
     st = wlt_wait(wlt_spawn(target_ready_child, t, 0), 20000);
     if (st == 77)
         skip();
