@@ -90,6 +90,7 @@ const char *const sc_name[SC_COUNT] = {"clean", "crash-recovery", "already-up", 
                                        "pgbouncer-restart"};
 const char *const st_name[ST_COUNT] = {"incident",
                                        "naive",
+                                       "naive-again",
                                        "flock",
                                        "warmlock",
                                        "warmlock-unpaced",

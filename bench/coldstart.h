@@ -38,6 +38,7 @@ extern const char *const sc_name[SC_COUNT];
 enum strategy {
     ST_INCIDENT,
     ST_NAIVE,
+    ST_NAIVE_AA,   /* naive again: the same code, a control of the measurement's own noise */
     ST_FLOCK,
     ST_WARMLOCK,   /* wl_pg_opts.login_budget 0: the library's default */
     ST_WL_UNPACED, /* login_budget UINT32_MAX */

@@ -157,7 +157,8 @@ void worker_main(const struct run_cfg *cfg, int idx, uint32_t gen)
     int rc;
     switch (cfg->st) {
     case ST_INCIDENT: rc = incident_policy(cfg, r, 1); break;
-    case ST_NAIVE: rc = incident_policy(cfg, r, 0); break;
+    case ST_NAIVE:
+    case ST_NAIVE_AA: rc = incident_policy(cfg, r, 0); break;
     case ST_FLOCK: rc = flock_policy(cfg, r); break;
     default: rc = warmlock_policy(cfg, r); break;
     }

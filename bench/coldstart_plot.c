@@ -16,7 +16,7 @@
 
 #include "coldstart.h"
 
-static const char *const colors[ST_COUNT] = {"#d62728", "#ff7f0e", "#8c564b", "#1f77b4",
+static const char *const colors[ST_COUNT] = {"#d62728", "#ff7f0e", "#bcbd22", "#8c564b", "#1f77b4",
                                              "#17becf", "#9467bd", "#e377c2", "#2ca02c"};
 
 static FILE *open_script(const char *dir, const char *base, char *gp, size_t len)

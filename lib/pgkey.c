@@ -697,15 +697,23 @@ static int service_named(const PQconninfoOption *parsed)
 }
 
 /* Could a password file give the password? Only if the file libpq would read exists: the
- * passfile keyword's, else $PGPASSFILE, else ~/.pgpass in the effective user's home
- * directory (libpq looks it up with getpwuid, not $HOME). libpq then decides what it holds. */
+ * passfile keyword's, else $PGPASSFILE, else .pgpass in the home directory, which libpq 15
+ * and later take from $HOME when it is set and earlier ones always from the effective
+ * user's passwd entry. libpq then decides what the file holds. */
 static int passfile_exists(const PQconninfoOption *parsed)
 {
-    const char *pf = val_of(parsed, "passfile");
+    const char *pf = val_of(parsed, "passfile"), *home_env;
+    char at_home[600];
     struct stat st;
 
     if (!pf || !*pf)
         pf = getenv("PGPASSFILE");
+    if ((!pf || !*pf) && PQlibVersion() >= 150000 && (home_env = getenv("HOME")) && *home_env) {
+        if (strlen(home_env) + sizeof("/.pgpass") > sizeof(at_home))
+            return 1; /* not known: let libpq look */
+        wl__fmt(at_home, sizeof(at_home), "%s/.pgpass", home_env);
+        pf = at_home;
+    }
     if (!pf || !*pf) {
         /* the passwd lookup reads /etc/passwd: remembered per thread for its euid */
         static _Thread_local struct {

@@ -233,6 +233,32 @@ static void test_pgkey_pgpassword_and_pgpass_key_like_a_conninfo_password(void *
     slot_key(seg, "port=5433 dbname=app user=u password=" PASSWORD, want, sizeof(want));
     slot_key(seg, "port=5433 dbname=app user=u", k, sizeof(k));
     assert_string_equal(k, want);
+    /* ~/.pgpass where libpq looks for it: libpq 15 and later in $HOME when it is set */
+    if (PQlibVersion() >= 150000) {
+        char home[128], at_home[160], *old_home = getenv("HOME");
+        char saved[512] = "", want_home[WL_PG_KEY_MAX];
+        slot_key(seg, "host=/run/pg port=5433 dbname=app user=u password=" PASSWORD, want_home,
+                 sizeof(want_home));
+        if (old_home)
+            snprintf(saved, sizeof(saved), "%s", old_home);
+        snprintf(home, sizeof(home), "%s/home", DIR_);
+        mkdir(home, 0700);
+        snprintf(at_home, sizeof(at_home), "%s/.pgpass", home);
+        write_file(at_home, 0600, "/run/pg:5433:app:u:" PASSWORD "\n");
+        unsetenv("PGPASSFILE");
+        setenv("HOME", home, 1);
+        slot_key(seg, ci, k, sizeof(k));
+        assert_string_equal(k, want_home);
+        unlink(at_home);
+        slot_key(seg, ci, k, sizeof(k));
+        assert_string_equal(k, base);
+        rmdir(home);
+        if (old_home)
+            setenv("HOME", saved, 1);
+        else
+            unsetenv("HOME");
+        setenv("PGPASSFILE", pass, 1);
+    }
     /* a file others can read is ignored, as libpq ignores it (it warns on stderr) */
     write_file(pass, 0644, "*:*:*:*:" PASSWORD "\n");
     slot_key(seg, ci, k, sizeof(k));
