@@ -85,10 +85,11 @@ static struct {
     /* state */
     struct wl_keeper *k;
     int sfd;
-    /* $NOTIFY_SOCKET: the targets' conninfos (for their slot keys), a 1 s timerfd while it
-     * is set, READY=1 sent, the last STATUS= sent */
-    char **conninfos;
-    size_t nconninfos;
+    /* $NOTIFY_SOCKET: the targets' conninfos and their slot keys in keys_seg (refresh_keys),
+     * a 1 s timerfd while it is set, READY=1 sent, the last STATUS= sent */
+    char **conninfos, **keys;
+    size_t nconninfos, nkeys;
+    struct wl_segment *keys_seg;
     int tfd, ready_sent;
     char status[512];
 } D = {.interval_ms = 5000, .notify_fd = -1, .sfd = -1, .tfd = -1};
@@ -199,24 +200,47 @@ static int parse(int argc, char **argv)
     return -1;
 }
 
-/* ---- the keeper's events, as logfmt lines; readiness ---- */
+/* ---- readiness: systemd's datagrams, --notify-fd ---- */
 
-/* ---- systemd: STATUS= while warming ---- */
+/* The targets' slot keys, made as the keeper makes them when a target is added (a key
+ * holds a digest of the password salted by the segment: made again when the keeper has
+ * reopened a vanished segment, and when the targets change). NULL: a conninfo the keeper
+ * refused too. */
+static void refresh_keys(struct wl_segment *seg)
+{
+    char key[WL_PG_KEY_MAX];
+    size_t i;
 
-/* The status of the targets, from their slots: "warming N/M targets; KEY: WHAT for S s" while N of the M are not READY (the one down
- * the longest; WHAT its last SQLSTATE, else the name of its error code, else "connecting"),
- * else "every target is warm (M)". Keys hold no password. */
+    if (D.keys && D.keys_seg == seg)
+        return;
+    wlc_free_lines(D.keys, D.nkeys);
+    D.nkeys = 0;
+    D.keys_seg = seg;
+    if (!(D.keys = calloc(D.nconninfos + 1, sizeof(*D.keys))))
+        return;
+    D.nkeys = D.nconninfos;
+    for (i = 0; i < D.nconninfos; i++)
+        if (wl_pg_slot_key(seg, D.conninfos[i], key, sizeof(key)) > 0)
+            D.keys[i] = strdup(key); /* NULL if out of memory: the target is left out */
+}
+
+/* The status of the targets, from their slots: "warming N/M targets; KEY: WHAT for S s"
+ * while N of the M are not READY (KEY the one down the longest; WHAT its last SQLSTATE,
+ * else the name of its error code, else "connecting"), else "every target is warm (M)".
+ * Keys hold no password. */
 static void status_line(char *buf, size_t len)
 {
     struct wl_segment *seg = wl_keeper_segment(D.k);
     struct wl_slot_info si, worst;
-    char key[WL_PG_KEY_MAX], what[32];
+    char what[32];
     size_t i, m = 0, down = 0;
     int have_worst = 0;
 
-    for (i = 0; i < D.nconninfos; i++) {
-        if (wl_pg_slot_key(seg, D.conninfos[i], key, sizeof(key)) < 0)
-            continue; /* the keeper skipped it too (and logged why) */
+    refresh_keys(seg);
+    for (i = 0; i < D.nkeys; i++) {
+        const char *key = D.keys[i];
+        if (!key)
+            continue;
         m++;
         if (wl_lookup(seg, key, &si) == 0) {
             if (si.state == WL_READY)
@@ -273,8 +297,7 @@ static void status_update(int force)
     if (D.ready_sent)
         wlc_fmt(msg, sizeof(msg), "STATUS=%s", line);
     else
-        wlc_fmt(msg, sizeof(msg), "STATUS=%s\nEXTEND_TIMEOUT_USEC=%llu", line,
-                EXTEND_TIMEOUT_USEC);
+        wlc_fmt(msg, sizeof(msg), "STATUS=%s\nEXTEND_TIMEOUT_USEC=%llu", line, EXTEND_TIMEOUT_USEC);
     sd_send(msg);
 }
 
@@ -299,15 +322,17 @@ static int status_start(void)
         return 0;
     if ((D.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
         timerfd_settime(D.tfd, 0, &its, NULL) < 0) {
-        LOG("warn", "cannot create the status timer; no STATUS= lines", "error",
-            strerror(errno), NULL);
+        LOG("warn", "cannot create the status timer; no STATUS= lines", "error", strerror(errno),
+            NULL);
         if (D.tfd >= 0)
             close(D.tfd);
         D.tfd = -1;
         return 0;
     }
-    if ((r = wl_keeper_watch_fd(D.k, D.tfd, on_tick, NULL)) < 0)
+    if ((r = wl_keeper_watch_fd(D.k, D.tfd, on_tick, NULL)) < 0) {
+        LOG("error", "cannot watch the status timer", "error", strerror(-r), NULL);
         return r;
+    }
     status_update(1);
     return 0;
 }
@@ -330,6 +355,8 @@ static void notify_ready(void)
         D.notify_fd = -1;
     }
 }
+
+/* ---- the keeper's events, as logfmt lines ---- */
 
 static void on_event(void *arg, const struct wl_keeper_event *ev)
 {
@@ -419,6 +446,9 @@ static void keep_conninfos(const char *const *all, size_t n)
     wlc_free_lines(D.conninfos, D.nconninfos);
     D.conninfos = v;
     D.nconninfos = n;
+    wlc_free_lines(D.keys, D.nkeys); /* made again for these */
+    D.keys = NULL;
+    D.nkeys = 0;
 }
 
 /* The targets of --target and --config, handed to the keeper (at start and on SIGHUP). */
@@ -629,6 +659,7 @@ out:
     wl_keeper_free(D.k);
     free(D.cli_targets);
     wlc_free_lines(D.conninfos, D.nconninfos);
+    wlc_free_lines(D.keys, D.nkeys);
     if (D.tfd >= 0)
         close(D.tfd);
     close(D.sfd);

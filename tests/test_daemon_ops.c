@@ -42,9 +42,9 @@
 
 WLT_PG_SUITE
 
-static char CI[1024];  /* the suite's conninfo, with the password */
-static char DIR_[64];  /* scratch directory */
-static unsigned nseq;  /* for unique file names */
+static char CI[1024]; /* the suite's conninfo, with the password */
+static char DIR_[64]; /* scratch directory */
+static unsigned nseq; /* for unique file names */
 
 #define RUN(r, timeout, ...) WLT_RUN((r), DIR_, (timeout), __VA_ARGS__)
 
@@ -193,8 +193,8 @@ static char *log_read(const struct daemon *d)
 
 struct notify {
     int fd;
-    char name[108]; /* as $NOTIFY_SOCKET spells it: "@..." */
-    char seen[65536];  /* every datagram, each followed by "\n--\n" */
+    char name[108];   /* as $NOTIFY_SOCKET spells it: "@..." */
+    char seen[65536]; /* every datagram, each followed by "\n--\n" */
 };
 
 /* A datagram socket in the abstract namespace, as systemd may hand one out. */
@@ -285,10 +285,10 @@ static void test_notify_socket_status_extend_ready_through_a_held_recovery(void 
     assert_int_equal(pipe(pfd), 0); /* not O_CLOEXEC: the daemon inherits pfd[1] */
     snprintf(fdarg, sizeof(fdarg), "%d", pfd[1]);
     setenv("NOTIFY_SOCKET", n->name, 1);
-    daemon_start(&d, shm,
-                 (const char *const[]){"--interval", "0.5", "--target", CI, "--notify-fd",
-                                       fdarg, NULL},
-                 pfd[1]);
+    daemon_start(
+        &d, shm,
+        (const char *const[]){"--interval", "0.5", "--target", CI, "--notify-fd", fdarg, NULL},
+        pfd[1]);
     unsetenv("NOTIFY_SOCKET");
     close(pfd[1]);
 
@@ -603,8 +603,8 @@ static void test_man_pages_render_and_cover_the_help(void **state)
         if (man) {
             RUN(r, 30000, (char *)man, "--warnings", "-l", (char *)pages[i]);
             if (r->status != 0 || r->err[0] || strlen(r->out) < 1000)
-                fail_msg("man -l %s: exit %d, %zu bytes\n%s", pages[i], r->status,
-                         strlen(r->out), r->err);
+                fail_msg("man -l %s: exit %d, %zu bytes\n%s", pages[i], r->status, strlen(r->out),
+                         r->err);
             assert_non_null(strstr(r->out, i ? "warmlockd" : "warmlock"));
             assert_non_null(strstr(r->out, "NAME"));
         }
@@ -739,9 +739,8 @@ static void test_s6_run_script_notifies_on_fd_3(void **state)
 
     (void)state;
     NEED_TOOL(sh, "sh");
-    assert_int_equal(wlt_slurp(WL_TEST_SRCDIR "/examples/s6/warmlockd/notification-fd", fd,
-                               sizeof(fd)),
-                     2);
+    assert_int_equal(
+        wlt_slurp(WL_TEST_SRCDIR "/examples/s6/warmlockd/notification-fd", fd, sizeof(fd)), 2);
     assert_string_equal(fd, "3\n");
     assert_int_equal(stat(WL_TEST_SRCDIR "/examples/s6/warmlockd/run", &st), 0);
     assert_true(st.st_mode & S_IXUSR);
