@@ -8,9 +8,23 @@
  *
  * This file adds what a program needs around it: options, --config and --warm-sql (re-read
  * on SIGHUP), signals (a signalfd the keeper's loop watches), going to the background,
- * readiness notification (sd_notify READY=1, --notify-fd), and the keeper's events as
- * logfmt lines on stderr. The keeper never reports a conninfo (it may hold a password):
- * targets are named by their key.
+ * readiness notification, and the keeper's events as logfmt lines on stderr. The keeper
+ * never reports a conninfo (it may hold a password): targets are named by their key.
+ *
+ * Readiness, for supervisors: --notify-fd N (s6) gets a newline once every target is warm.
+ * With $NOTIFY_SOCKET (systemd Type=notify; a path, or '@' for the abstract namespace) the
+ * datagrams are
+ *   STATUS=warming N/M targets; KEY: 57P03 for 4 s   every second while a target is not
+ *                                                    READY (N of the M are not), and when
+ *                                                    the line changes
+ *   EXTEND_TIMEOUT_USEC=10000000                     with each STATUS= until READY=1: the
+ *                                                    start timeout then bounds a daemon
+ *                                                    that stopped making progress, not a
+ *                                                    server that is slow to come up
+ *   READY=1                                          once every target is warm
+ *   RELOADING=1, MONOTONIC_USEC=...; then READY=1    around a SIGHUP reload (after READY=1)
+ *   STOPPING=1                                       on the way out
+ * written directly to the socket (no libsystemd).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,7 +35,9 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -53,8 +69,10 @@ static const char usage_text[] =
     "  --help, --version\n"
     "\n"
     "Signals: SIGTERM/SIGINT stop (the segment stays), SIGHUP reloads --config and\n"
-    "--warm-sql. With $NOTIFY_SOCKET set, sends READY=1 once every target is warm.\n"
-    "Logs: logfmt lines on stderr.\n";
+    "--warm-sql. With $NOTIFY_SOCKET set (systemd Type=notify), sends STATUS= lines and\n"
+    "EXTEND_TIMEOUT_USEC= while warming, READY=1 once every target is warm, RELOADING=1\n"
+    "and READY=1 around a reload, STOPPING=1. Logs: logfmt lines on stderr.\n"
+    "See warmlockd(8).\n";
 
 static struct {
     /* options */
@@ -67,7 +85,19 @@ static struct {
     /* state */
     struct wl_keeper *k;
     int sfd;
-} D = {.interval_ms = 5000, .notify_fd = -1, .sfd = -1};
+    /* $NOTIFY_SOCKET: the targets' conninfos and their slot keys in keys_seg (refresh_keys),
+     * a 1 s timerfd while it is set, READY=1 sent, the last STATUS= sent */
+    char **conninfos, **keys;
+    size_t nconninfos, nkeys;
+    struct wl_segment *keys_seg;
+    int tfd, ready_sent;
+    char status[512];
+} D = {.interval_ms = 5000, .notify_fd = -1, .sfd = -1, .tfd = -1};
+
+#define STATUS_TICK_S 1
+/* The start timeout a STATUS= tick extends to: ten ticks, so a loop that stops ticking for
+ * ten seconds is a hung daemon to systemd, one that ticks is still warming. */
+#define EXTEND_TIMEOUT_USEC 10000000ull
 
 #define LOG(level, msg, ...) wlc_logfmt(stderr, level, NULL, msg, __VA_ARGS__)
 
@@ -170,19 +200,163 @@ static int parse(int argc, char **argv)
     return -1;
 }
 
-/* ---- the keeper's events, as logfmt lines; readiness ---- */
+/* ---- readiness: systemd's datagrams, --notify-fd ---- */
+
+/* The targets' slot keys, made as the keeper makes them when a target is added (a key
+ * holds a digest of the password salted by the segment: made again when the keeper has
+ * reopened a vanished segment, and when the targets change). NULL: a conninfo the keeper
+ * refused too. */
+static void refresh_keys(struct wl_segment *seg)
+{
+    char key[WL_PG_KEY_MAX];
+    size_t i;
+
+    if (D.keys && D.keys_seg == seg)
+        return;
+    wlc_free_lines(D.keys, D.nkeys);
+    D.nkeys = 0;
+    D.keys_seg = seg;
+    if (!(D.keys = calloc(D.nconninfos + 1, sizeof(*D.keys))))
+        return;
+    D.nkeys = D.nconninfos;
+    for (i = 0; i < D.nconninfos; i++)
+        if (wl_pg_slot_key(seg, D.conninfos[i], key, sizeof(key)) > 0)
+            D.keys[i] = strdup(key); /* NULL if out of memory: the target is left out */
+}
+
+/* The status of the targets, from their slots: "warming N/M targets; KEY: WHAT for S s"
+ * while N of the M are not READY (KEY the one down the longest; WHAT its last SQLSTATE,
+ * else the name of its error code, else "connecting"), else "every target is warm (M)".
+ * Keys hold no password. */
+static void status_line(char *buf, size_t len)
+{
+    struct wl_segment *seg = wl_keeper_segment(D.k);
+    struct wl_slot_info si, worst;
+    char what[32];
+    size_t i, m = 0, down = 0;
+    int have_worst = 0;
+
+    refresh_keys(seg);
+    for (i = 0; i < D.nkeys; i++) {
+        const char *key = D.keys[i];
+        if (!key)
+            continue;
+        m++;
+        if (wl_lookup(seg, key, &si) == 0) {
+            if (si.state == WL_READY)
+                continue;
+        } else { /* no slot yet */
+            memset(&si, 0, sizeof(si));
+            wlc_copy(si.key, sizeof(si.key), key);
+            si.down_ms = -1;
+        }
+        down++;
+        if (!have_worst || si.down_ms > worst.down_ms) {
+            worst = si;
+            have_worst = 1;
+        }
+    }
+    if (!down) {
+        wlc_fmt(buf, len, "every target is warm (%zu)", m);
+        return;
+    }
+    if (worst.sqlstate[0])
+        wlc_copy(what, sizeof(what), worst.sqlstate);
+    else if (worst.last_code) {
+        wlc_copy(what, sizeof(what), wl_strerror(worst.last_code));
+        what[strcspn(what, ":")] = '\0';
+    } else
+        wlc_copy(what, sizeof(what), "connecting");
+    if (worst.down_ms >= 0)
+        wlc_fmt(buf, len, "warming %zu/%zu target%s; %.200s: %s for %lld s", down, m,
+                m == 1 ? "" : "s", worst.key, what, (long long)(worst.down_ms / 1000));
+    else
+        wlc_fmt(buf, len, "warming %zu/%zu target%s; %.200s: %s", down, m, m == 1 ? "" : "s",
+                worst.key, what);
+}
+
+static void sd_send(const char *state)
+{
+    int r;
+    if ((r = wlc_sd_notify(state)) < 0)
+        LOG("warn", "cannot notify $NOTIFY_SOCKET", "error", strerror(-r), NULL);
+}
+
+/* Every tick, and at start: STATUS= when it changed, always with EXTEND_TIMEOUT_USEC=
+ * until READY=1 was sent. */
+static void status_update(int force)
+{
+    char line[512], msg[640];
+
+    if (D.tfd < 0)
+        return;
+    status_line(line, sizeof(line));
+    if (D.ready_sent && !force && !strcmp(line, D.status))
+        return;
+    wlc_copy(D.status, sizeof(D.status), line);
+    if (D.ready_sent)
+        wlc_fmt(msg, sizeof(msg), "STATUS=%s", line);
+    else
+        wlc_fmt(msg, sizeof(msg), "STATUS=%s\nEXTEND_TIMEOUT_USEC=%llu", line, EXTEND_TIMEOUT_USEC);
+    sd_send(msg);
+}
+
+static void on_tick(void *arg)
+{
+    uint64_t n;
+
+    (void)arg;
+    if (read(D.tfd, &n, sizeof(n)) < 0) { /* EAGAIN: nothing expired; nothing to do */
+    }
+    status_update(0);
+}
+
+/* With $NOTIFY_SOCKET set: the 1 s tick of status_update, and the first STATUS= line. */
+static int status_start(void)
+{
+    struct itimerspec its = {{STATUS_TICK_S, 0}, {STATUS_TICK_S, 0}};
+    const char *ns = getenv("NOTIFY_SOCKET");
+    int r;
+
+    if (!ns || !*ns)
+        return 0;
+    if ((D.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
+        timerfd_settime(D.tfd, 0, &its, NULL) < 0) {
+        LOG("warn", "cannot create the status timer; no STATUS= lines", "error", strerror(errno),
+            NULL);
+        if (D.tfd >= 0)
+            close(D.tfd);
+        D.tfd = -1;
+        return 0;
+    }
+    if ((r = wl_keeper_watch_fd(D.k, D.tfd, on_tick, NULL)) < 0) {
+        LOG("error", "cannot watch the status timer", "error", strerror(-r), NULL);
+        return r;
+    }
+    status_update(1);
+    return 0;
+}
 
 static void notify_ready(void)
 {
+    char msg[640];
     int r;
-    if ((r = wlc_sd_notify("READY=1\nSTATUS=every target is warm")) < 0)
-        LOG("warn", "cannot notify $NOTIFY_SOCKET", "error", strerror(-r), NULL);
+
+    D.ready_sent = 1;
+    if (D.tfd >= 0) {
+        status_line(D.status, sizeof(D.status));
+        wlc_fmt(msg, sizeof(msg), "READY=1\nSTATUS=%s", D.status);
+        sd_send(msg);
+    } else
+        sd_send("READY=1\nSTATUS=every target is warm");
     if (D.notify_fd >= 0) {
         if ((r = wlc_notify_fd(D.notify_fd)) < 0)
             LOG("warn", "cannot write to --notify-fd", "error", strerror(-r), NULL);
         D.notify_fd = -1;
     }
 }
+
+/* ---- the keeper's events, as logfmt lines ---- */
 
 static void on_event(void *arg, const struct wl_keeper_event *ev)
 {
@@ -222,6 +396,61 @@ static int load_warm_sql(void)
     return r < 0 ? -1 : 0;
 }
 
+/* 1 if conninfo sets a password (key=value or URI), else 0. */
+static int has_password(const char *conninfo)
+{
+    PQconninfoOption *o, *opts = PQconninfoParse(conninfo, NULL);
+    int yes = 0;
+
+    for (o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "password") && o->val && *o->val)
+            yes = 1;
+    PQconninfoFree(opts);
+    return yes;
+}
+
+/* A --config that holds a password should be readable by its owner alone: one line says
+ * so (without the password) each time it is read so. */
+static void check_config_mode(char **lines, size_t n)
+{
+    struct stat st;
+    char mode[8];
+    size_t i;
+
+    if (stat(D.config, &st) < 0 || !(st.st_mode & (S_IRGRP | S_IROTH)))
+        return;
+    for (i = 0; i < n && !has_password(lines[i]); i++)
+        ;
+    if (i == n)
+        return;
+    wlc_fmt(mode, sizeof(mode), "%04o", (unsigned)(st.st_mode & 07777));
+    LOG("warn",
+        "--config holds a password and is readable by group or others; chmod 0600 it "
+        "(or keep passwords in a password file)",
+        "config", D.config, "mode", mode, NULL);
+}
+
+/* Keep a copy of the targets' conninfos (for status_line). */
+static void keep_conninfos(const char *const *all, size_t n)
+{
+    char **v = calloc(n + 1, sizeof(*v));
+    size_t i;
+
+    if (!v)
+        return; /* the status keeps the previous targets */
+    for (i = 0; i < n; i++)
+        if (!(v[i] = strdup(all[i]))) {
+            wlc_free_lines(v, i);
+            return;
+        }
+    wlc_free_lines(D.conninfos, D.nconninfos);
+    D.conninfos = v;
+    D.nconninfos = n;
+    wlc_free_lines(D.keys, D.nkeys); /* made again for these */
+    D.keys = NULL;
+    D.nkeys = 0;
+}
+
 /* The targets of --target and --config, handed to the keeper (at start and on SIGHUP). */
 static int load_targets(int reload)
 {
@@ -236,6 +465,8 @@ static int load_targets(int reload)
             "error", err, NULL);
         return -1;
     }
+    if (D.config)
+        check_config_mode(lines, n);
     if (!(all = calloc(D.ncli + n + 1, sizeof(*all)))) {
         wlc_free_lines(lines, n);
         LOG("error", "out of memory reading the targets", NULL);
@@ -246,6 +477,8 @@ static int load_targets(int reload)
     for (i = 0; i < n; i++)
         all[D.ncli + i] = lines[i];
     r = wl_keeper_set_targets(D.k, all, D.ncli + n);
+    if (r >= 0)
+        keep_conninfos(all, D.ncli + n);
     free(all);
     wlc_free_lines(lines, n);
     if (r < 0) {
@@ -257,6 +490,36 @@ static int load_targets(int reload)
 
 /* ---- signals: a signalfd on the keeper's loop ---- */
 
+/* systemd's reload protocol, once READY=1 was sent (before it, a reload is part of the
+ * start): RELOADING=1 with the CLOCK_MONOTONIC time it began, then READY=1 when the new
+ * configuration is in place. */
+static void reloading(void)
+{
+    struct timespec ts;
+    char msg[96];
+
+    if (!D.ready_sent)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    wlc_fmt(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+            (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+    sd_send(msg);
+}
+
+static void reloaded(void)
+{
+    char msg[640];
+
+    if (!D.ready_sent)
+        return;
+    if (D.tfd >= 0) {
+        status_line(D.status, sizeof(D.status));
+        wlc_fmt(msg, sizeof(msg), "READY=1\nSTATUS=%s", D.status);
+        sd_send(msg);
+    } else
+        sd_send("READY=1");
+}
+
 static void on_signal(void *arg)
 {
     struct signalfd_siginfo si;
@@ -265,8 +528,10 @@ static void on_signal(void *arg)
     while (read(D.sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
             LOG("info", "SIGHUP: reloading", NULL);
+            reloading();
             load_warm_sql();
             load_targets(1);
+            reloaded();
         } else {
             LOG("info", si.ssi_signo == SIGTERM ? "SIGTERM: stopping" : "SIGINT: stopping", NULL);
             wl_keeper_stop(D.k);
@@ -370,7 +635,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (load_warm_sql() < 0 || load_targets(0) < 0 ||
-        (r = wl_keeper_watch_fd(D.k, D.sfd, on_signal, NULL)) < 0) {
+        (r = wl_keeper_watch_fd(D.k, D.sfd, on_signal, NULL)) < 0 || status_start() < 0) {
         fprintf(stderr, "warmlockd: cannot start: see the log line above\n");
         rc = 1;
         goto out;
@@ -384,7 +649,7 @@ int main(int argc, char **argv)
         LOG("error", "the event loop failed", "error", strerror(-r), NULL);
         rc = 1;
     }
-    wlc_sd_notify("STOPPING=1");
+    wlc_sd_notify("STOPPING=1\nSTATUS=stopping");
     /* Warm-ups in flight are cancelled: their slots go STALE, so applications with time
      * left carry on (one of them probes); READY slots stay READY. */
     wl_keeper_free(D.k);
@@ -393,6 +658,10 @@ int main(int argc, char **argv)
 out:
     wl_keeper_free(D.k);
     free(D.cli_targets);
+    wlc_free_lines(D.conninfos, D.nconninfos);
+    wlc_free_lines(D.keys, D.nkeys);
+    if (D.tfd >= 0)
+        close(D.tfd);
     close(D.sfd);
     return rc;
 }

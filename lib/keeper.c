@@ -79,7 +79,8 @@ struct target {
     unsigned quick_losses; /* checks lost within an interval of their verification, in a row */
     int ever_ready;
     int seen;           /* wl_keeper_set_targets' bookkeeping */
-    char last_err[256]; /* the last failure reported, to keep an outage's log short */
+    char last_err[256]; /* the last failure reported (failure_shape), to keep an outage's log
+                         * short */
     uint64_t last_err_ns;
     unsigned repeats;
 };
@@ -146,23 +147,44 @@ static const char *num(char *buf, size_t len, uint64_t v)
     return buf;
 }
 
-/* A failure, reported when it changes and every REPEAT_NS while it stays the same. */
+/* What makes two failures the same one: the event, the code, the SQLSTATE and the message
+ * with every run of digits as one '#' ("over 20 ms" and "over 7 ms" are one failure; so are
+ * two pids or ports in a server's message). */
+static void failure_shape(char *buf, size_t len, enum wl_keeper_what what, int code,
+                          const char *sqlstate, const char *err)
+{
+    size_t n;
+
+    wl__fmt(buf, len, "%d %d %s ", (int)what, code, sqlstate ? sqlstate : "");
+    for (n = strlen(buf); *err && n + 1 < len; err++) {
+        if (*err >= '0' && *err <= '9') {
+            if (buf[n - 1] != '#')
+                buf[n++] = '#';
+        } else
+            buf[n++] = *err;
+    }
+    buf[n] = '\0';
+}
+
+/* A failure, reported when it changes and every REPEAT_NS while it stays the same (as
+ * failure_shape sees it). */
 static void report(struct target *t, enum wl_keeper_what what, const char *msg, int code,
                    const char *error, const char *sqlstate, const char *retry_ms)
 {
     uint64_t now = wl__now_ns();
-    char err[256], b[24];
+    char err[256], shape[sizeof(t->last_err)], b[24];
 
     wl__copy(err, sizeof(err), error && *error ? error : wl_strerror(code));
     wl__oneline(err);
-    if (!strcmp(err, t->last_err) && now - t->last_err_ns < REPEAT_NS) {
+    failure_shape(shape, sizeof(shape), what, code, sqlstate, err);
+    if (!strcmp(shape, t->last_err) && now - t->last_err_ns < REPEAT_NS) {
         t->repeats++;
         return;
     }
     emit(t->k, t, WL_KEEPER_WARN, what, msg, "error", err, "code", wl_strerror(code), "sqlstate",
          sqlstate && *sqlstate ? sqlstate : NULL, "retry_ms", retry_ms, "repeats",
          t->repeats ? num(b, sizeof(b), t->repeats) : NULL, (const char *)NULL);
-    wl__copy(t->last_err, sizeof(t->last_err), err);
+    wl__copy(t->last_err, sizeof(t->last_err), shape);
     t->last_err_ns = now;
     t->repeats = 0;
 }
@@ -235,13 +257,14 @@ static void hook_attempt_failed(void *arg, int code, const char *error, const ch
 {
     struct target *t = arg;
 
-    if (t->claimed) {
-        wl__claim_progress(&t->claim, code, error, sqlstate);
-        /* acquire: a reset's new generation is seen with the CAS that made it */
-        if (atomic_load_explicit(&t->claim.sl->state, memory_order_acquire) != t->claim.gen) {
-            t->reclaim = 1; /* reset meanwhile: our publish would be refused; start over */
-            poke(t);
-        }
+    /* A check connection's attempt is its only one: hook_ended reports how it ended. */
+    if (!t->claimed)
+        return;
+    wl__claim_progress(&t->claim, code, error, sqlstate);
+    /* acquire: a reset's new generation is seen with the CAS that made it */
+    if (atomic_load_explicit(&t->claim.sl->state, memory_order_acquire) != t->claim.gen) {
+        t->reclaim = 1; /* reset meanwhile: our publish would be refused; start over */
+        poke(t);
     }
     report(t, WL_KEEPER_DOWN, "warm-up attempt failed; retrying", code, error, sqlstate, NULL);
 }
