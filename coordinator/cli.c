@@ -390,29 +390,36 @@ static int cmd_invalidate(const struct cli *c)
     return 0;
 }
 
+/* The healthcheck: the segment only (never the database, never creating anything). 0 when
+ * READY, and with --max-age verified within it (the time the host slept since counts);
+ * else 1 with the state, the stage, the outage and the last error on one line. */
 static int cmd_check(const struct cli *c)
 {
     static char key[KEY_BUF];
     struct wl_segment *seg;
     struct wl_slot_info info;
-    char msg[1024];
+    char msg[1024], down[48] = "";
     int r;
 
     if ((r = find_target(c, &seg, key, sizeof(key), &info)) != 0)
         return r;
     wl_close(seg);
-    if (info.state == WL_READY &&
-        (!c->max_age_ms || (info.ready_age_ms >= 0 && info.ready_age_ms <= c->max_age_ms))) {
+    if (info.state == WL_READY && (!c->max_age_ms || (info.verified_age_ms >= 0 &&
+                                                      info.verified_age_ms <= c->max_age_ms))) {
         printf("ready (epoch %" PRIu64 ", verified %lld ms ago)\n", info.epoch,
-               (long long)info.ready_age_ms);
+               (long long)info.verified_age_ms);
         return 0;
     }
+    if (info.down_ms >= 0)
+        wlc_fmt(down, sizeof(down), ", down for %lld ms", (long long)info.down_ms);
     if (info.state == WL_READY)
-        wlc_fmt(msg, sizeof(msg), "ready, but last verified %lld ms ago (more than --max-age)",
-                (long long)info.ready_age_ms);
+        wlc_fmt(msg, sizeof(msg), "ready, but last verified %lld ms ago (more than --max-age "
+                "%u ms): nothing has checked it since", (long long)info.verified_age_ms,
+                c->max_age_ms);
     else
-        wlc_fmt(msg, sizeof(msg), "%s%s%s", wl_state_name(info.state),
-                info.last_error[0] ? "; last error: " : "", info.last_error);
+        wlc_fmt(msg, sizeof(msg), "%s (stage %s%s)%s%s", wl_state_name(info.state),
+                wl_stage_name(info.stage), down, info.last_error[0] ? "; last error: " : "",
+                info.last_error);
     return fail("check", msg);
 }
 

@@ -194,9 +194,9 @@ int wlc_format_table(FILE *f, const struct wl_slot_info *s, size_t n)
         if (l > kw)
             kw = l;
     }
-    fprintf(f, "%-*s  %-7s %6s %8s %7s %7s %9s %8s %8s %9s %8s %8s %-8s %s\n", kw, "KEY",
-            "STATE", "EPOCH", "LEADER", "WAITERS", "WARMUPS", "TAKEOVERS", "ATTEMPTS",
-            "FAILURES", "READY_AGE", "TTR", "DOWN", "SQLSTATE", "LAST_ERROR");
+    fprintf(f, "%-*s  %-7s %-13s %6s %8s %7s %7s %9s %8s %8s %9s %8s %8s %-8s %s\n", kw,
+            "KEY", "STATE", "STAGE", "EPOCH", "LEADER", "WAITERS", "WARMUPS", "TAKEOVERS",
+            "ATTEMPTS", "FAILURES", "READY_AGE", "TTR", "DOWN", "SQLSTATE", "LAST_ERROR");
     for (i = 0; i < n; i++) {
         const struct wl_slot_info *x = &s[i];
         char age[32], ttr[32], down[32], pid[24];
@@ -210,9 +210,9 @@ int wlc_format_table(FILE *f, const struct wl_slot_info *s, size_t n)
             wlc_copy(pid, sizeof(pid), "-");
         fputs_plain(f, x->key);
         fputs(suf, f);
-        fprintf(f, "%*s  %-7s %6llu %8s %7u %7llu %9llu %8llu %8llu %9s %8s %8s %-8s ",
-                kw - (int)(strlen(x->key) + strlen(suf)), "",
-                wl_state_name(x->state), (unsigned long long)x->epoch, pid, x->waiters,
+        fprintf(f, "%*s  %-7s %-13s %6llu %8s %7u %7llu %9llu %8llu %8llu %9s %8s %8s %-8s ",
+                kw - (int)(strlen(x->key) + strlen(suf)), "", wl_state_name(x->state),
+                wl_stage_name(x->stage), (unsigned long long)x->epoch, pid, x->waiters,
                 (unsigned long long)x->warmups, (unsigned long long)x->takeovers,
                 (unsigned long long)x->attempts, (unsigned long long)x->failures, age, ttr,
                 down, x->sqlstate[0] ? x->sqlstate : "-");
@@ -254,6 +254,7 @@ int wlc_format_json(FILE *f, const char *segname, const struct wl_slot_info *s, 
         fprintf(f, "\"key_len\": %u, \"key_hash\": \"%016" PRIx64 "\", ",
                 x->key_len ? x->key_len : (unsigned)strlen(x->key), x->key_hash);
         json_str(f, "state", wl_state_name(x->state), 1);
+        json_str(f, "stage", wl_stage_name(x->stage), 1);
         fprintf(f, "\"epoch\": %llu, \"leader_pid\": %d, \"leader_alive\": %s, "
                    "\"waiters\": %u, \"warmups\": %llu, \"takeovers\": %llu, "
                    "\"attempts\": %llu, \"failures\": %llu, \"invalidations\": %llu, ",
@@ -336,6 +337,9 @@ int wlc_format_prometheus(FILE *f, const char *segname, const struct wl_slot_inf
 {
     static const enum wl_state states[] = {WL_COLD, WL_WARMING, WL_READY, WL_STALE,
                                            WL_FAILED};
+    static const enum wl_stage stages[] = {WL_STAGE_NONE, WL_STAGE_REACHABLE,
+                                           WL_STAGE_AUTHENTICATED, WL_STAGE_WARMED,
+                                           WL_STAGE_VERIFIED};
     size_t i, k;
     unsigned b;
 
@@ -350,6 +354,14 @@ int wlc_format_prometheus(FILE *f, const char *segname, const struct wl_slot_inf
             prom_key(f, "warmlock_state", &s[i]);
             fprintf(f, ",state=\"%s\"} %d\n", wl_state_name(states[k]),
                     s[i].state == states[k]);
+        }
+    prom_head(f, "warmlock_stage", "gauge",
+              "1 for how far the slot's last warm-up got, 0 for the other stages.");
+    for (i = 0; i < n; i++)
+        for (k = 0; k < sizeof(stages) / sizeof(stages[0]); k++) {
+            prom_key(f, "warmlock_stage", &s[i]);
+            fprintf(f, ",stage=\"%s\"} %d\n", wl_stage_name(stages[k]),
+                    s[i].stage == stages[k]);
         }
     for (k = 0; k < sizeof(prom_u64) / sizeof(prom_u64[0]); k++) {
         prom_head(f, prom_u64[k].name, prom_u64[k].type, prom_u64[k].help);

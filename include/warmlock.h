@@ -212,6 +212,23 @@ WL_EXPORT int wl_invalidate(struct wl_segment *seg, const char *key, uint64_t ep
 
 enum wl_state { WL_COLD = 0, WL_WARMING = 1, WL_READY = 2, WL_STALE = 3, WL_FAILED = 4 };
 
+/* How far a target's last warm-up got (the libpq engine reports it; a warm function of
+ * one's own leaves it at WL_STAGE_NONE until READY, which is WL_STAGE_VERIFIED):
+ * - WL_STAGE_NONE: the server was not reached (nothing listens, no socket, no route);
+ * - WL_STAGE_REACHABLE: a connection was opened and the server answered, but did not let
+ *   the role in (starting up, in recovery, too many connections, password refused);
+ * - WL_STAGE_AUTHENTICATED: logged in; warm_sql has not completed (it failed or runs);
+ * - WL_STAGE_WARMED: warm_sql completed (at once when there is none); verify_sql has not;
+ * - WL_STAGE_VERIFIED: verify_sql succeeded: what READY stands for.
+ * The stage of the latest attempt, so during an outage it says what the server does now. */
+enum wl_stage {
+    WL_STAGE_NONE = 0,
+    WL_STAGE_REACHABLE = 1,
+    WL_STAGE_AUTHENTICATED = 2,
+    WL_STAGE_WARMED = 3,
+    WL_STAGE_VERIFIED = 4,
+};
+
 /* Wait-time histogram bucket upper bounds in ms; the last bucket is +Inf. */
 #define WL_HIST_BUCKETS 12
 #define WL_HIST_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000}
@@ -235,12 +252,14 @@ struct wl_slot_info {
     int64_t time_to_ready_ms;  /* duration of the last successful warm-up, -1 if never */
     int64_t down_ms;           /* ms since the current outage began, -1 if none */
     int64_t verified_age_ms;   /* ms since the last successful verification (a warm-up, a
-                                * re-verification, a keeper's check), -1 if never */
+                                * re-verification, a keeper's check), -1 if never; time
+                                * the host spent suspended since counts in it */
     uint64_t key_hash;         /* 64-bit hash of the whole key (tells truncated keys apart) */
     uint32_t key_len;          /* length of the whole key (key[] holds at most WL_KEY_MAX) */
     uint64_t wait_hist[WL_HIST_BUCKETS]; /* callers' wait times (slow path only) */
     uint64_t wait_count;       /* callers that went through the slow path */
     uint64_t wait_sum_ns;      /* their total wait */
+    enum wl_stage stage;       /* how far the last warm-up got */
 };
 
 /* Exact lookup of one key's slot, without allocating it: 0 with *out filled, -ENOENT if the
@@ -268,6 +287,8 @@ WL_EXPORT const char *wl_last_error(void);
 WL_EXPORT const char *wl_version(void);
 /* "cold", "warming", "ready", "stale", "failed". */
 WL_EXPORT const char *wl_state_name(enum wl_state state);
+/* "none", "reachable", "authenticated", "warmed", "verified". */
+WL_EXPORT const char *wl_stage_name(enum wl_stage stage);
 
 #ifdef __cplusplus
 }

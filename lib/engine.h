@@ -31,6 +31,9 @@ struct wl__probe_hooks {
      * verified() this is the held connection's loss (closed by the server, a check query
      * that failed or timed out). Not called by wl__probe_cancel. */
     void (*ended)(void *arg, int rc);
+    /* How far the current attempt got (WL_STAGE_*): called as it advances, and with what
+     * it reached when an attempt fails. Not called for a held connection's checks. */
+    void (*stage)(void *arg, int stage);
 };
 
 struct wl__probe_conf {

@@ -55,6 +55,7 @@ struct wl__claim {
     uint32_t gen;  /* the WARMING state word claimed with: publish is a CAS from it */
     pid_t pid;     /* the claiming process: a forked child may not publish */
     uint64_t t0;   /* CLOCK_MONOTONIC at the claim */
+    int staged;    /* a stage was reported (wl__claim_stage) since the claim */
 };
 /* Become the leader of key's slot (allocating it) without blocking. Claims a COLD, STALE
  * or FAILED slot (whatever the failure's age: the caller paces itself), or a WARMING one
@@ -73,6 +74,17 @@ void wl__claim_progress(struct wl__claim *c, int code, const char *error, const 
  * the next prober claims it. Returns rc, or -ECANCELED if the slot was reset meanwhile,
  * -ECHILD if called from a process other than the claimant (nothing is published then). */
 int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res);
+/* How far a claimed warm-up's current attempt got (WL_STAGE_*), for status: reported as
+ * it advances and again when an attempt fails. A READY publish is WL_STAGE_VERIFIED; a
+ * failure with no report is WL_STAGE_NONE. wl__warm_stage: the same for the warm-up this
+ * thread runs inside wl_ensure (a no-op outside one). */
+void wl__claim_stage(struct wl__claim *c, int stage);
+void wl__warm_stage(int stage);
+/* CLOCK_BOOTTIME - CLOCK_MONOTONIC now: grows by the time the kernel spent suspended. */
+int64_t wl__boot_gap_ns(void);
+/* Tests only: behave as if the host had been suspended for ns more (added to this
+ * process's CLOCK_BOOTTIME and CLOCK_REALTIME readings, as a real resume moves both). */
+void wl__test_suspend(int64_t ns);
 /* A keeper's check verified key at epoch: refresh its verification time (max_age_ms). */
 void wl__slot_touch(struct wl_segment *seg, const char *key, uint64_t epoch);
 /* Followers waiting on a slot now (live tokens plus the uncounted rest). Read-only. */

@@ -269,6 +269,15 @@ static void hook_attempt_failed(void *arg, int code, const char *error, const ch
     report(t, WL_KEEPER_DOWN, "warm-up attempt failed; retrying", code, error, sqlstate, NULL);
 }
 
+/* How far the claimed warm-up's attempt got, for status (a check connection's: nothing). */
+static void hook_stage(void *arg, int stage)
+{
+    struct target *t = arg;
+
+    if (t->claimed)
+        wl__claim_stage(&t->claim, stage);
+}
+
 static void hook_verified(void *arg)
 {
     struct target *t = arg;
@@ -372,6 +381,7 @@ static void base_conf(struct target *t, struct wl__probe_conf *c)
     c->hooks.verified = hook_verified;
     c->hooks.checked = hook_checked;
     c->hooks.ended = hook_ended;
+    c->hooks.stage = hook_stage;
 }
 
 static int timer(struct target *t, uint64_t at)

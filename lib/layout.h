@@ -16,7 +16,7 @@
  * every futex word and every mutex on its own cache line). ---- */
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
-#define WL__LAYOUT_VERSION 4
+#define WL__LAYOUT_VERSION 5
 /* The magic word while an initialiser works ("WLINIT.." little-endian), written before the
  * object is sized: an object that carries it is a segment whose creator died half-way,
  * which the next opener finishes. */
@@ -108,6 +108,16 @@ struct wl__slot {
     _Atomic uint64_t retry_ns;      /* a STALE slot left by a transient failure is not
                                      * claimed again before this (paces the probers) */
     _Atomic uint32_t streak;        /* transient publishes since the last READY */
+    /* Written with verified_ns (relaxed, by whoever verified), read by any caller checking
+     * READY's age. boot_gap_ns: CLOCK_BOOTTIME - CLOCK_MONOTONIC then, which grows only
+     * while the kernel is suspended, so a larger gap now means the host slept since.
+     * verified_rt_ns: CLOCK_REALTIME then, the bound of a prepared key's ready path (a
+     * coarse wall clock runs on through a suspend, the monotonic one does not). */
+    _Atomic int64_t boot_gap_ns;
+    _Atomic uint64_t verified_rt_ns;
+    /* How far the last warm-up (its latest attempt) got: WL_STAGE_*. Written by the
+     * leader under `mutex` (a keeper's claim too), relaxed: status only. */
+    _Atomic uint32_t stage;
 
     /* The last failure, under `mutex` and behind the seqcount `info_seq` (odd while being
      * written) so lock-free readers can tell a torn copy; suspect after EOWNERDEAD. */

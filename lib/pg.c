@@ -247,6 +247,7 @@ struct wl__probe {
     struct wl__loop *loop;
     int running;
     int verified; /* reached verification in this run (with hold: holding it) */
+    int stage;    /* WL_STAGE_*: how far the current attempt got */
     int checking; /* the query in flight checks the held connection */
 
     /* state */
@@ -299,10 +300,38 @@ static uint64_t min_u64(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
+/* The attempt got as far as `stage`: tell the owner when that is further. */
+static void reach(struct wl__probe *p, int stage)
+{
+    if (stage <= p->stage)
+        return;
+    p->stage = stage;
+    if (p->hooks.stage)
+        p->hooks.stage(p->hooks.arg, stage);
+}
+
+/* An attempt ended short of verification: the owner learns where (it may be less far than
+ * the previous attempt got: the server went away meanwhile). */
+static void stage_ended(struct wl__probe *p)
+{
+    if (p->hooks.stage && !p->verified)
+        p->hooks.stage(p->hooks.arg, p->stage);
+}
+
+/* Has this attempt's socket been accepted (the server listens)? */
+static void note_connection(struct wl__probe *p)
+{
+    ConnStatusType st = PQstatus(p->conn);
+    if (st != CONNECTION_STARTED && st != CONNECTION_NEEDED && st != CONNECTION_BAD)
+        reach(p, WL_STAGE_REACHABLE);
+}
+
 /* The end of the run: code 0 or -errno, no more attempts. */
 static int finish(struct wl__probe *p, int code)
 {
     p->rc = code;
+    if (code < 0)
+        stage_ended(p);
     if (code < 0 || !(p->connect_only || p->keep_conn))
         drop_conn(p);
     else if (p->keep_conn && p->conn) {
@@ -423,6 +452,7 @@ static int retry_later(struct wl__probe *p)
     int r, at_once = watch_server(p);
 
     drop_conn(p);
+    stage_ended(p);
     if (p->error[0] && p->hooks.attempt_failed) /* followers and status see how it goes */
         p->hooks.attempt_failed(p->hooks.arg,
                                 p->refused     ? -ECONNREFUSED
@@ -490,6 +520,8 @@ static int connect_failed(struct wl__probe *p)
     char st[6], msg[256];
     const char *m = PQerrorMessage(p->conn);
     wl__pg_sqlstate_of(m, st);
+    if (st[0]) /* the server answered (a refusal is an answer) */
+        reach(p, WL_STAGE_REACHABLE);
     clean_message(msg, sizeof(msg), m);
     return attempt_failed(p, st, msg, 1);
 }
@@ -550,6 +582,7 @@ static int start_attempt(struct wl__probe *p)
     if (now >= p->deadline_ns)
         return give_up(p, 0);
     p->attempts++;
+    p->stage = WL_STAGE_NONE;
     p->notice[0] = '\0';
     p->conn =
         PQconnectStartParams(p->app_name ? p->kw : p->kw + 1, p->app_name ? p->val : p->val + 1, 0);
@@ -578,6 +611,7 @@ static int start_attempt(struct wl__probe *p)
         }
         return connect_failed(p);
     }
+    note_connection(p); /* a Unix socket connects at once */
     /* PQconnectStart succeeded: poll as if PQconnectPoll had said WRITING. */
     return wait_socket(p, WL__WANT_WRITE);
 }
@@ -623,6 +657,7 @@ static int next_query(struct wl__probe *p)
                 p->hooks.checked(p->hooks.arg);
             return go_idle(p);
         }
+        reach(p, WL_STAGE_VERIFIED);
         p->verified = 1;
         if (p->hold_ns)
             p->deadline_ns = UINT64_MAX; /* the run's deadline was for reaching this point */
@@ -635,10 +670,17 @@ static int next_query(struct wl__probe *p)
 
 static int step_connect(struct wl__probe *p)
 {
-    switch (PQconnectPoll(p->conn)) {
+    PostgresPollingStatusType ps = PQconnectPoll(p->conn);
+
+    if (ps != PGRES_POLLING_FAILED)
+        note_connection(p);
+    switch (ps) {
     case PGRES_POLLING_READING: return wait_socket(p, WL__WANT_READ);
     case PGRES_POLLING_WRITING: return wait_socket(p, WL__WANT_WRITE);
     case PGRES_POLLING_OK:
+        reach(p, WL_STAGE_AUTHENTICATED);
+        if (p->nsql == 1) /* no warm_sql: nothing to warm */
+            reach(p, WL_STAGE_WARMED);
         if (!p->connect_only && PQsetnonblocking(p->conn, 1) != 0)
             return connect_failed(p);
         p->qi = 0;
@@ -708,6 +750,8 @@ static int step_query(struct wl__probe *p, int revents)
                 wl__copy(msg, sizeof(msg), p->qerr);
                 return attempt_failed(p, p->qstate, msg, 0);
             }
+            if (!p->checking && p->qi == 0 && p->nsql == 2)
+                reach(p, WL_STAGE_WARMED); /* warm_sql done */
             p->qi++;
             return next_query(p);
         }
@@ -1015,6 +1059,12 @@ static void warm_progress(void *arg, int code, const char *error, const char *sq
     wl__warm_progress(code, error, sqlstate);
 }
 
+static void warm_stage(void *arg, int stage)
+{
+    (void)arg;
+    wl__warm_stage(stage);
+}
+
 int wl__pg_probe(const char *conninfo, const struct wl_pg_opts *opts, uint64_t deadline_ns,
                  struct wl_result *res)
 {
@@ -1041,6 +1091,7 @@ int wl__pg_probe_keep(const char *conninfo, const struct wl_pg_opts *opts, uint6
     }
     wl__pg_conf(&c, opts, deadline_ns);
     c.hooks.attempt_failed = warm_progress;
+    c.hooks.stage = warm_stage;
     c.keep_conn = conn != NULL;
     r = wl__probe_run(p, &c, WL__IO_AUTO);
     if (res) {

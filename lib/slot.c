@@ -9,6 +9,8 @@
  *                    └─leader died (EOWNERDEAD)──▶ WARMING under a new leader
  *   READY older than max_age_ms: one caller re-verifies (holding the mutex, the slot stays
  *   READY for everyone else); a failure turns it STALE or FAILED as above.
+ *   READY verified before the host was suspended (CLOCK_BOOTTIME moved ahead of
+ *   CLOCK_MONOTONIC since): one caller re-verifies while the others wait for it.
  *
  * Who does what:
  * - The leader holds the slot's robust mutex for the whole warm-up, and publishes by a CAS
@@ -48,8 +50,80 @@
 #define PUBLISH_WAIT_NS (100ull * MS) /* how long wl_reset waits out a publishing leader */
 #define DEFAULT_TIMEOUT_MS 30000u
 #define DEFAULT_FAIL_TTL_MS 1000u
+#define RESUME_NS (1000ull * MS) /* a boot gap grown by more than this: the host slept */
 
 static const uint32_t hist_bounds_ms[WL_HIST_BUCKETS - 1] = WL_HIST_BOUNDS_MS;
+
+/* ---- clocks of READY's age ---- */
+
+/* The suspended time the tests pretend (wl__test_suspend); relaxed: a test sets it before
+ * it starts the callers. */
+static _Atomic int64_t fake_sleep_ns;
+
+void wl__test_suspend(int64_t ns)
+{
+    atomic_fetch_add_explicit(&fake_sleep_ns, ns, memory_order_relaxed);
+}
+
+static int64_t ts_ns(const struct timespec *ts)
+{
+    return (int64_t)ts->tv_sec * 1000000000ll + ts->tv_nsec;
+}
+
+/* The boot gap, and CLOCK_MONOTONIC in *mono. */
+static int64_t boot_gap(uint64_t *mono)
+{
+    struct timespec m, b;
+    /* monotonic first: a preemption between the two reads can only widen the gap (a
+     * spurious re-verification at worst, never a missed one) */
+    clock_gettime(CLOCK_MONOTONIC, &m);
+    clock_gettime(CLOCK_BOOTTIME, &b);
+    *mono = (uint64_t)ts_ns(&m);
+    return ts_ns(&b) - ts_ns(&m) + atomic_load_explicit(&fake_sleep_ns, memory_order_relaxed);
+}
+
+int64_t wl__boot_gap_ns(void)
+{
+    uint64_t mono;
+    return boot_gap(&mono);
+}
+
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts_ns(&ts);
+}
+
+/* The wall clock (CLOCK_REALTIME or its coarse form), which a resume moves by the time the
+ * host slept. */
+static uint64_t realtime_ns(clockid_t id)
+{
+    return clock_ns(id) + (uint64_t)atomic_load_explicit(&fake_sleep_ns, memory_order_relaxed);
+}
+
+/* The target was verified now: the age clocks of READY restart. Relaxed: hints for when to
+ * re-verify; a reader that pairs a new verified_ns with an old gap re-verifies once more. */
+static void mark_verified(struct wl__slot *sl, uint64_t now)
+{
+    atomic_store_explicit(&sl->boot_gap_ns, wl__boot_gap_ns(), memory_order_relaxed);
+    atomic_store_explicit(&sl->verified_rt_ns, realtime_ns(CLOCK_REALTIME), memory_order_relaxed);
+    atomic_store_explicit(&sl->verified_ns, now, memory_order_relaxed);
+}
+
+/* Was the host suspended since the slot's last verification (gap: the boot gap now)? */
+static int slept_since(struct wl__slot *sl, int64_t gap)
+{
+    if (!atomic_load_explicit(&sl->verified_ns, memory_order_relaxed))
+        return 0;
+    return gap - atomic_load_explicit(&sl->boot_gap_ns, memory_order_relaxed) >
+           (int64_t)RESUME_NS;
+}
+
+static int slept_since_verified(struct wl__slot *sl)
+{
+    return slept_since(sl, wl__boot_gap_ns());
+}
 
 uint64_t wl__key_hash(const char *key, size_t len)
 {
@@ -319,6 +393,28 @@ void wl__warm_progress(int code, const char *error, const char *sqlstate)
     wl__claim_progress(warming, code, error, sqlstate);
 }
 
+void wl__claim_stage(struct wl__claim *c, int stage)
+{
+    if (!c || getpid() != c->pid || stage < WL_STAGE_NONE || stage > WL_STAGE_VERIFIED)
+        return;
+    c->staged = 1;
+    atomic_store_explicit(&c->sl->stage, (uint32_t)stage, memory_order_relaxed);
+}
+
+void wl__warm_stage(int stage)
+{
+    wl__claim_stage(warming, stage);
+}
+
+/* The stage a warm-up ended at: VERIFIED on success, else what it reported (NONE if it
+ * reported nothing: a warm function of the caller's own). Under the mutex. */
+static void stage_at_end(struct wl__claim *c, int rc)
+{
+    if (rc == 0 || !c->staged)
+        atomic_store_explicit(&c->sl->stage, rc == 0 ? WL_STAGE_VERIFIED : WL_STAGE_NONE,
+                              memory_order_relaxed);
+}
+
 int wl__warm_reverifying(void)
 {
     return warming && warming_reverify;
@@ -483,6 +579,7 @@ static int claim_locked(struct wl_segment *seg, struct wl__slot *sl, uint32_t s,
     c->gen = gen;
     c->pid = getpid();
     c->t0 = t0;
+    c->staged = 0;
     return 0;
 }
 
@@ -538,6 +635,7 @@ int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res)
         return -ECANCELED;
     }
     atomic_fetch_add_explicit(&sl->attempts, res->attempts, memory_order_relaxed);
+    stage_at_end(c, rc);
     now = wl__now_ns();
     if (rc == 0) {
         epoch = atomic_load_explicit(&sl->epoch, memory_order_relaxed) + 1;
@@ -545,7 +643,7 @@ int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res)
         atomic_store_explicit(&sl->time_to_ready_ns, (int64_t)(now - c->t0),
                               memory_order_relaxed);
         atomic_store_explicit(&sl->ready_ns, now, memory_order_relaxed);
-        atomic_store_explicit(&sl->verified_ns, now, memory_order_relaxed);
+        mark_verified(sl, now);
         atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);
         done = WL__NEXT(pub, WL_READY);
@@ -596,7 +694,7 @@ void wl__slot_touch(struct wl_segment *seg, const char *key, uint64_t epoch)
         return;
     if (ready_epoch(sl, atomic_load_explicit(&sl->state, memory_order_acquire), &cur) &&
         cur == epoch)
-        atomic_store_explicit(&sl->verified_ns, wl__now_ns(), memory_order_relaxed);
+        mark_verified(sl, wl__now_ns());
 }
 
 /* ---- wl_ensure ---- */
@@ -685,20 +783,33 @@ static int decide_locked(struct call *k, struct wl_result *res)
 }
 
 /* READY, but verified longer than max_age ago: one caller re-verifies while the slot stays
- * READY for everyone else. 0 ready (res->epoch), or 1: the verification failed and the
- * slot changed (the caller carries on through the slow path). */
-static int reverify(struct call *k, uint32_t s, uint64_t epoch, struct wl_result *res)
+ * READY for everyone else. READY verified before the host was suspended (`slept`): one
+ * caller re-verifies and the others wait for it (the mutex), since what the host's sleep
+ * did to the server and the path to it is unknown. 0 ready (res->epoch), 1: the
+ * verification failed and the slot changed (the caller carries on through the slow path),
+ * or -ETIMEDOUT (the caller's deadline passed waiting for another's verification). */
+static int reverify(struct call *k, uint32_t s, uint64_t epoch, int slept,
+                    struct wl_result *res)
 {
     struct wl__slot *sl = k->sl;
-    struct wl__claim c = {k->seg, sl, s, getpid(), wl__now_ns()};
-    int rc, r = wl__lock(&sl->mutex, 0, repair_slot, sl);
+    struct wl__claim c = {k->seg, sl, s, getpid(), wl__now_ns(), 0};
+    int rc, r = wl__lock(&sl->mutex, slept ? k->deadline : 0, repair_slot, sl);
 
     res->epoch = epoch;
+    if (r == -ETIMEDOUT && slept) {
+        wl__fmt(res->error, sizeof(res->error), "timed out waiting for the re-verification of "
+                "'%.80s' after the host resumed from a suspend", sl->key);
+        return -ETIMEDOUT;
+    }
     if (r < 0)
         return 0; /* someone holds it (verifying, or deciding): keep the ready path */
     if (atomic_load_explicit(&sl->state, memory_order_acquire) != s) {
         wl__unlock(&sl->mutex);
         return 1;
+    }
+    if (slept && !slept_since_verified(sl)) {
+        wl__unlock(&sl->mutex); /* the caller before us re-verified it */
+        return 0;
     }
     res->role = WL_LEADER;
     warming = &c;
@@ -713,8 +824,9 @@ static int reverify(struct call *k, uint32_t s, uint64_t epoch, struct wl_result
         return -ECHILD;
     }
     atomic_fetch_add_explicit(&sl->attempts, res->attempts, memory_order_relaxed);
+    stage_at_end(&c, rc);
     if (rc == 0) {
-        atomic_store_explicit(&sl->verified_ns, wl__now_ns(), memory_order_relaxed);
+        mark_verified(sl, wl__now_ns());
         atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
         wl__unlock(&sl->mutex);
         res->role = WL_FOLLOWER;
@@ -772,10 +884,21 @@ static void result_init(struct wl_result *res)
     res->error[0] = '\0';
 }
 
+/* Does a READY slot need a re-verification for max_age_ms (0: never)? 0 no; AGED its last
+ * verification is older than that; SLEPT the host was suspended since it (the monotonic
+ * age does not count the time asleep, so only the boot clock's lead shows it). */
+enum { FRESH = 0, AGED = 1, SLEPT = 2 };
 static int is_aged(struct wl__slot *sl, uint32_t max_age_ms)
 {
-    uint64_t v = atomic_load_explicit(&sl->verified_ns, memory_order_relaxed);
-    return max_age_ms && wl__now_ns() - v >= (uint64_t)max_age_ms * MS;
+    uint64_t v = atomic_load_explicit(&sl->verified_ns, memory_order_relaxed), now;
+    int64_t gap;
+
+    if (!max_age_ms)
+        return FRESH;
+    gap = boot_gap(&now);
+    if (slept_since(sl, gap))
+        return SLEPT;
+    return now - v >= (uint64_t)max_age_ms * MS ? AGED : FRESH;
 }
 
 static int find_or_allocate(struct wl_segment *seg, const char *key, struct wl__slot **sl,
@@ -793,7 +916,7 @@ static int find_or_allocate(struct wl_segment *seg, const char *key, struct wl__
 
 static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *key,
                        wl_warm_fn warm, void *arg, const struct wl_wait_opts *opts,
-                       uint32_t s, struct wl_result *res);
+                       uint32_t s, int aged, struct wl_result *res);
 
 WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm, void *arg,
                         const struct wl_wait_opts *opts, struct wl_result *res)
@@ -802,7 +925,7 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
     struct wl__slot *sl;
     uint32_t s = 0, max_age = opts ? opts->max_age_ms : 0;
     uint64_t epoch;
-    int r;
+    int r, aged = FRESH;
 
     if (!res)
         res = &scratch;
@@ -820,19 +943,20 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
         s = atomic_load_explicit(&sl->state, memory_order_acquire);
         if (ready_epoch(sl, s, &epoch)) {
             res->epoch = epoch;
-            if (!max_age || !is_aged(sl, max_age))
+            if (!max_age || (aged = is_aged(sl, max_age)) == FRESH)
                 return 0;
         }
     } else if ((r = find_or_allocate(seg, key, &sl, res)) < 0) {
         return r;
     }
-    return ensure_slow(seg, sl, key, warm, arg, opts, s, res);
+    return ensure_slow(seg, sl, key, warm, arg, opts, s, aged, res);
 }
 
-/* The slow path: res->epoch is set when the slot was READY at word s but aged. */
+/* The slow path: res->epoch is set when the slot was READY at word s but `aged` (AGED or
+ * SLEPT). */
 static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *key,
                        wl_warm_fn warm, void *arg, const struct wl_wait_opts *opts,
-                       uint32_t s, struct wl_result *res)
+                       uint32_t s, int aged, struct wl_result *res)
 {
     struct wl__token *tok = NULL;
     struct call k;
@@ -853,7 +977,7 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
     k.led = 0;
 
     if (res->epoch) { /* READY but aged: re-verify once */
-        if ((r = reverify(&k, s, res->epoch, res)) <= 0) {
+        if ((r = reverify(&k, s, res->epoch, aged == SLEPT, res)) <= 0) {
             res->waited_ns = wl__now_ns() - t0;
             return r;
         }
@@ -1026,32 +1150,62 @@ struct wl_key {
     uint64_t epoch;      /* its epoch */
     uint32_t age_ms;     /* the max_age_ms fresh_ns was computed for */
     uint64_t fresh_ns;   /* CLOCK_MONOTONIC_COARSE before which that epoch is fresh */
+    int64_t wall_off;    /* CLOCK_REALTIME_COARSE - CLOCK_MONOTONIC_COARSE when last looked */
+    int wall_known;      /* wall_off is set */
     char key[];
 };
 
-/* Is the READY epoch k saw fresh for max_age_ms? On the ready path: one read of the coarse
- * clock (the vDSO's, no syscall) against a bound kept in k; only past it the slot's
- * verified_ns is read again (a keeper's check moves it without a transition). The coarse
- * clock trails CLOCK_MONOTONIC by up to one tick, so an epoch may be trusted that much
- * past its age. */
+static int near_ns(int64_t a, int64_t b)
+{
+    return a - b < (int64_t)RESUME_NS && b - a < (int64_t)RESUME_NS;
+}
+
+/* Is the READY epoch k saw fresh for max_age_ms (0: any age)? On the ready path: reads of
+ * two coarse clocks (the vDSO's, no syscall) against what k keeps; only past its bound the
+ * slot's verification time is read again (a keeper's check moves it without a
+ * transition). Only coarse clocks here: the fine ones may read the TSC, which a process
+ * can have turned off (seccomp strict mode does), and there is no coarse CLOCK_BOOTTIME.
+ * A suspend of the host shows instead as a jump of the wall clock against the monotonic
+ * one (the kernel adds the time asleep to the first, not the second): such a jump, since
+ * the slow path last confirmed the offset (key_rebase) or else since the slot's
+ * verification, sends calls to the slow path, where the boot clock's lead (fine clocks)
+ * decides. A step of the wall clock (settimeofday, an NTP step) costs one slow call. The
+ * coarse clock trails CLOCK_MONOTONIC by up to one tick, so an epoch may be trusted that
+ * much past its age. */
+/* The slow path found the slot fresh (no suspend since its verification): the wall clock's
+ * offset now is the one the ready path compares with. */
+static void key_rebase(struct wl_key *k)
+{
+    uint64_t mono = clock_ns(CLOCK_MONOTONIC_COARSE);
+    k->wall_off = (int64_t)(realtime_ns(CLOCK_REALTIME_COARSE) - mono);
+    k->wall_known = 1;
+}
+
 static int key_fresh(struct wl_key *k, uint32_t max_age_ms)
 {
-    struct timespec ts;
-    uint64_t now, v;
+    uint64_t mono, v;
+    int64_t off, base;
+    int moved;
 
     if (!max_age_ms)
         return 1;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    if (k->age_ms == max_age_ms && now < k->fresh_ns)
+    mono = clock_ns(CLOCK_MONOTONIC_COARSE);
+    off = (int64_t)(realtime_ns(CLOCK_REALTIME_COARSE) - mono);
+    if (k->age_ms == max_age_ms && mono < k->fresh_ns && near_ns(off, k->wall_off))
         return 1;
-    /* relaxed: a hint for when to re-verify, read again under the slot's rules if stale */
+    /* relaxed: hints for when to re-verify, read again under the slot's rules if stale */
     v = atomic_load_explicit(&k->sl->verified_ns, memory_order_relaxed);
+    base = k->wall_known ? k->wall_off
+                         : (int64_t)(atomic_load_explicit(&k->sl->verified_rt_ns,
+                                                          memory_order_relaxed) - v);
+    moved = !near_ns(off, base);
+    if (!moved) {
+        k->wall_off = off;
+        k->wall_known = 1;
+    }
     k->age_ms = max_age_ms;
     k->fresh_ns = v + (uint64_t)max_age_ms * MS;
-    /* Only the coarse clock here: the fine one may read the TSC, which a process can have
-     * turned off (seccomp strict mode does). Past the bound, the slow path decides. */
-    return now < k->fresh_ns;
+    return !moved && mono < k->fresh_ns;
 }
 
 WL_EXPORT int wl_key_open(struct wl_segment *seg, const char *key, struct wl_key **out)
@@ -1110,7 +1264,7 @@ WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
     struct wl_result scratch;
     uint32_t s;
     uint64_t epoch;
-    int r;
+    int r, aged = FRESH;
 
     if (!k)
         return -EINVAL;
@@ -1124,10 +1278,14 @@ WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
         k->ready_word = s;
         k->epoch = epoch;
         res->epoch = epoch;
-        if (!opts || !opts->max_age_ms || !is_aged(k->sl, opts->max_age_ms))
+        if (!opts || !opts->max_age_ms)
             return 0;
+        if ((aged = is_aged(k->sl, opts->max_age_ms)) == FRESH) {
+            key_rebase(k);
+            return 0;
+        }
     }
-    r = ensure_slow(k->seg, k->sl, k->key, warm, arg, opts, s, res);
+    r = ensure_slow(k->seg, k->sl, k->key, warm, arg, opts, s, aged, res);
     if (r == 0) {
         s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
         if (ready_epoch(k->sl, s, &epoch) && epoch == res->epoch) {
@@ -1226,6 +1384,9 @@ WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
         atomic_store_explicit(&sl->wait_sum_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->ready_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->verified_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->verified_rt_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->boot_gap_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->stage, WL_STAGE_NONE, memory_order_relaxed);
         atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->retry_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);

@@ -4,8 +4,21 @@
 
 #include "internal.h"
 
+WL_EXPORT const char *wl_stage_name(enum wl_stage stage)
+{
+    switch (stage) {
+    case WL_STAGE_NONE: return "none";
+    case WL_STAGE_REACHABLE: return "reachable";
+    case WL_STAGE_AUTHENTICATED: return "authenticated";
+    case WL_STAGE_WARMED: return "warmed";
+    case WL_STAGE_VERIFIED: return "verified";
+    }
+    return "unknown";
+}
+
+/* now: CLOCK_MONOTONIC; gap: the boot gap (wl__boot_gap_ns) read with it. */
 static void copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slot_info *o,
-                      uint64_t now)
+                      uint64_t now, int64_t gap)
 {
     uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
     uint64_t ready = atomic_load_explicit(&sl->ready_ns, memory_order_relaxed);
@@ -35,7 +48,16 @@ static void copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slo
     o->failures = atomic_load_explicit(&sl->failures, memory_order_relaxed);
     o->invalidations = atomic_load_explicit(&sl->invalidations, memory_order_relaxed);
     o->ready_age_ms = ready ? (int64_t)((now - ready) / 1000000u) : -1;
-    o->verified_age_ms = verified ? (int64_t)((now - verified) / 1000000u) : -1;
+    if (verified) {
+        /* the monotonic age plus the time the host slept since (the boot clock's lead) */
+        int64_t slept = gap - atomic_load_explicit(&sl->boot_gap_ns, memory_order_relaxed);
+        o->verified_age_ms = (int64_t)((now - verified) / 1000000u) +
+                             (slept > 0 ? slept / 1000000 : 0);
+    } else {
+        o->verified_age_ms = -1;
+    }
+    uint32_t stage = atomic_load_explicit(&sl->stage, memory_order_relaxed);
+    o->stage = stage <= WL_STAGE_VERIFIED ? (enum wl_stage)stage : WL_STAGE_NONE;
     o->down_ms = down && o->state != WL_READY ? (int64_t)((now - down) / 1000000u) : -1;
     int64_t ttr = atomic_load_explicit(&sl->time_to_ready_ns, memory_order_relaxed);
     o->time_to_ready_ms = ttr < 0 ? -1 : ttr / 1000000;
@@ -67,6 +89,7 @@ static void copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slo
 
 WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size_t max)
 {
+    int64_t gap = wl__boot_gap_ns();
     uint64_t now = wl__now_ns();
     uint32_t i;
     size_t n = 0;
@@ -78,7 +101,7 @@ WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size
         if (atomic_load_explicit(&sl->key_hash, memory_order_acquire) == 0)
             continue;
         if (n < max)
-            copy_slot(seg, sl, &out[n], now);
+            copy_slot(seg, sl, &out[n], now, gap);
         n++;
     }
     return (int)n;
@@ -93,6 +116,7 @@ WL_EXPORT int wl_lookup(struct wl_segment *seg, const char *key, struct wl_slot_
         return -EINVAL;
     if ((r = wl__slot_find(seg, key, 0, &sl)) < 0)
         return r;
-    copy_slot(seg, sl, out, wl__now_ns());
+    int64_t gap = wl__boot_gap_ns();
+    copy_slot(seg, sl, out, wl__now_ns(), gap);
     return 0;
 }

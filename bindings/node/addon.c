@@ -924,6 +924,7 @@ static napi_value slot_object(napi_env env, const struct wl_slot_info *x)
         set_num(env, o, "key_len", x->key_len ? x->key_len : (double)strlen(x->key)) != napi_ok ||
         set_text(env, o, "key_hash", hash) != napi_ok ||
         set_text(env, o, "state", wl_state_name(x->state)) != napi_ok ||
+        set_text(env, o, "stage", wl_stage_name(x->stage)) != napi_ok ||
         set_num(env, o, "epoch", (double)x->epoch) != napi_ok ||
         set_num(env, o, "leader_pid", x->leader_pid) != napi_ok ||
         napi_get_boolean(env, x->leader_alive, &v) != napi_ok ||

@@ -43,6 +43,7 @@ export interface SlotStatus {
   key_len: number;
   key_hash: string;
   state: 'cold' | 'warming' | 'ready' | 'stale' | 'failed';
+  stage: 'none' | 'reachable' | 'authenticated' | 'warmed' | 'verified';
   epoch: number;
   leader_pid: number;
   leader_alive: boolean;

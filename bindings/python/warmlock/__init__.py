@@ -575,6 +575,7 @@ def _slot(lib: ctypes.CDLL, x: _lib.SlotInfo) -> Dict[str, Any]:
         "key_len": x.key_len or len(key),
         "key_hash": "%016x" % x.key_hash,
         "state": _text(lib.wl_state_name(x.state)),
+        "stage": _text(lib.wl_stage_name(x.stage)),
         "epoch": x.epoch,
         "leader_pid": x.leader_pid,
         "leader_alive": bool(x.leader_alive),
@@ -598,8 +599,8 @@ def _slot(lib: ctypes.CDLL, x: _lib.SlotInfo) -> Dict[str, Any]:
 
 def status(shm: Optional[Text] = None) -> List[Dict[str, Any]]:
     """The segment's slots, one dict each, with the fields of ``warmlock status --json``:
-    key, key_len, key_hash, state ("cold", "warming", "ready", "stale", "failed"), epoch,
-    leader_pid, leader_alive, waiters, warmups, takeovers, attempts, failures,
+    key, key_len, key_hash, state ("cold", "warming", "ready", "stale", "failed"), stage
+    ("none", "reachable", "authenticated", "warmed", "verified"), epoch, leader_pid, leader_alive, waiters, warmups, takeovers, attempts, failures,
     invalidations, last_error, last_code, sqlstate, ready_age_ms, time_to_ready_ms,
     down_ms (None: no outage), wait_count, wait_sum_ms, wait_hist.
 

@@ -128,6 +128,7 @@ class SlotInfo(ctypes.Structure):
         ("wait_hist", c_uint64 * HIST_BUCKETS),
         ("wait_count", c_uint64),
         ("wait_sum_ns", c_uint64),
+        ("stage", c_int),
     ]
 
 
@@ -172,6 +173,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn("wl_open", c_int, c_char_p, POINTER(OpenOpts), seg_pp)
     fn("wl_name", c_char_p, c_void_p)
     fn("wl_state_name", c_char_p, c_int)
+    fn("wl_stage_name", c_char_p, c_int)
     fn("wl_default_name", c_int, c_char_p, c_size_t)
     fn("wl_ensure", c_int, c_void_p, c_char_p, WARM_FN, c_void_p, POINTER(WaitOpts), POINTER(Result))
     fn("wl_invalidate", c_int, c_void_p, c_char_p, c_uint64)
