@@ -148,6 +148,18 @@ static void test_check_without_segment_fails_and_creates_nothing(void **state)
     snprintf(path, sizeof(path), "/dev/shm%s", shm);
     assert_int_equal(stat(path, &st), -1);
     assert_int_equal(errno, ENOENT);
+    /* a segment, but no slot for the target: 1 as well, and still no slot */
+    {
+        struct wl_segment *seg;
+        assert_int_equal(wl_open(shm, NULL, &seg), 0);
+        RUN(r, 5000, WL_WARMLOCK, "check", "--shm", (char *)shm, "host=/nowhere dbname=x");
+        assert_int_equal(r->status, 1);
+        assert_int_equal(count_lines(r->err), 1);
+        assert_non_null(strstr(r->err, "no slot"));
+        assert_int_equal(wl_snapshot(seg, NULL, 0), 0);
+        wl_close(seg);
+        wl_unlink(shm);
+    }
     free(r);
 }
 
