@@ -184,7 +184,10 @@ typedef int (*wl_warm_fn)(void *arg, struct wl_result *res);
  * outage (probing once itself if nobody does), its message saying how long the target has
  * been down. With opts->max_age_ms, a READY verified longer ago than that is re-verified by
  * one caller (warm() runs again; the engine runs verify_sql once) while the others keep the
- * ready path; a failed re-verification ends the epoch (outage or FAILED).
+ * ready path; a failed re-verification ends the epoch (outage or FAILED). With a
+ * max_age_ms, a READY verified before the host was suspended (CLOCK_BOOTTIME has run more
+ * than a second ahead of CLOCK_MONOTONIC since, which stops while the kernel sleeps) is
+ * re-verified the same way, but the other callers wait for that re-verification.
  * Blocks unless the key is READY. Errors of its own: -EINVAL (empty key), -ENOSPC (segment
  * full), -ECHILD (a leader forked and the child tried to publish), -ECANCELED (slot reset
  * while warming). `res` may be NULL. Thread-safe: threads of one process may share a

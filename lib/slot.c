@@ -1160,6 +1160,15 @@ static int near_ns(int64_t a, int64_t b)
     return a - b < (int64_t)RESUME_NS && b - a < (int64_t)RESUME_NS;
 }
 
+/* The slow path found the slot fresh (no suspend since its verification): the wall clock's
+ * offset now is the one the ready path compares with. */
+static void key_rebase(struct wl_key *k)
+{
+    uint64_t mono = clock_ns(CLOCK_MONOTONIC_COARSE);
+    k->wall_off = (int64_t)(realtime_ns(CLOCK_REALTIME_COARSE) - mono);
+    k->wall_known = 1;
+}
+
 /* Is the READY epoch k saw fresh for max_age_ms (0: any age)? On the ready path: reads of
  * two coarse clocks (the vDSO's, no syscall) against what k keeps; only past its bound the
  * slot's verification time is read again (a keeper's check moves it without a
@@ -1172,15 +1181,6 @@ static int near_ns(int64_t a, int64_t b)
  * decides. A step of the wall clock (settimeofday, an NTP step) costs one slow call. The
  * coarse clock trails CLOCK_MONOTONIC by up to one tick, so an epoch may be trusted that
  * much past its age. */
-/* The slow path found the slot fresh (no suspend since its verification): the wall clock's
- * offset now is the one the ready path compares with. */
-static void key_rebase(struct wl_key *k)
-{
-    uint64_t mono = clock_ns(CLOCK_MONOTONIC_COARSE);
-    k->wall_off = (int64_t)(realtime_ns(CLOCK_REALTIME_COARSE) - mono);
-    k->wall_known = 1;
-}
-
 static int key_fresh(struct wl_key *k, uint32_t max_age_ms)
 {
     uint64_t mono, v;
