@@ -317,6 +317,47 @@ static void test_stages_say_how_far_the_warm_up_got(void **state)
     free(r);
 }
 
+/* A server held in recovery answers 57P03: the warm-up is `reachable` (stale, an outage),
+ * and `verified` once the server is released. */
+static void test_stage_is_reachable_while_the_server_recovers(void **state)
+{
+    const char *shm = segname();
+    struct wl_pg_opts o = {0};
+    struct wl_segment *seg;
+    struct wl_pg_target *t;
+    struct wl_slot_info si;
+    struct wl_result res;
+    int r;
+    (void)state;
+    NEED_PG();
+    pg_ensure_up();
+
+    assert_int_equal(pgh_stop(&H, "fast"), 0);
+    assert_int_equal(pgh_start_held(&H), 0);
+    o.wait.flags = WL_FAIL_FAST;
+    o.wait.timeout_ms = 5000;
+    assert_int_equal(wl_open(shm, NULL, &seg), 0);
+    assert_int_equal(wl_pg_target_open(seg, CI, &o, &t), 0);
+    r = wl_pg_target_ensure(t, &res);
+    assert_int_equal(wl_lookup(seg, wl_pg_target_key(t), &si), 0);
+    print_message("rc %d (%s); %s %s: %s\n", r, res.error, wl_state_name(si.state),
+                  wl_stage_name(si.stage), si.last_error);
+    assert_true(wl__transient(r)); /* an outage, not a failure served to everyone */
+    assert_int_equal(si.state, WL_STALE);
+    assert_int_equal(si.stage, WL_STAGE_REACHABLE);
+    assert_string_equal(si.sqlstate, "57P03");
+    assert_int_equal(pgh_release(&H, 1), 0);
+    o.wait.flags = 0;
+    wl_pg_target_close(t);
+    assert_int_equal(wl_pg_target_open(seg, CI, &o, &t), 0);
+    assert_int_equal(wl_pg_target_ensure(t, &res), 0);
+    assert_int_equal(wl_lookup(seg, wl_pg_target_key(t), &si), 0);
+    assert_int_equal(si.stage, WL_STAGE_VERIFIED);
+    wl_pg_target_close(t);
+    wl_close(seg);
+    wl_unlink(shm);
+}
+
 /* ---------------------------------------------------------------- resume */
 
 struct resume {
@@ -471,6 +512,7 @@ int main(void)
         cmocka_unit_test(test_check_ready_target_exits_0_without_connecting),
         cmocka_unit_test(test_check_sees_server_stop_and_stopped_checks),
         cmocka_unit_test(test_stages_say_how_far_the_warm_up_got),
+        cmocka_unit_test(test_stage_is_reachable_while_the_server_recovers),
         cmocka_unit_test(test_resume_one_reverification_for_eight_callers),
         cmocka_unit_test(test_resume_pg_ensure_reverifies_once),
     };
