@@ -83,11 +83,13 @@ function anyTarget(conninfo, shm) {
 function pgEnsure(conninfo, opts) {
   try {
     const o = opts || EMPTY;
+    // the options first: a bad one is the caller's error whatever state the segment is in
+    const timeout = checkMs(o.timeoutMs, 'timeoutMs');
+    const maxAge = o.maxAgeMs === undefined ? undefined : checkMs(o.maxAgeMs, 'maxAgeMs');
     const h = target(conninfo, o.shm, o.warmSql);
-    const maxAge = o.maxAgeMs;
-    const epoch = maxAge === undefined ? addon.ready(h) : addon.ready(h, checkMs(maxAge, 'maxAgeMs'));
+    const epoch = maxAge === undefined ? addon.ready(h) : addon.ready(h, maxAge);
     if (epoch >= 0) return Promise.resolve({ epoch, role: 'follower' });
-    return addon.wait(h, checkMs(o.timeoutMs, 'timeoutMs'), !!o.failFast, checkMs(maxAge, 'maxAgeMs'));
+    return addon.wait(h, timeout, !!o.failFast, checkMs(maxAge, 'maxAgeMs'));
   } catch (e) {
     return Promise.reject(e);
   }
