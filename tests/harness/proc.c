@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <sys/prctl.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -29,10 +31,40 @@ void *wlt_shared(size_t size)
     return p;
 }
 
+static pid_t segname_owner;
+
+/* At the exit of the process that made names: every /dev/shm/wltest.<its pid>.* (the names it
+ * made and those tests derived from them), so the suites leave no segment behind. Children
+ * that fork from it and call exit() leave them alone. */
+static void remove_segnames(void)
+{
+    char prefix[32];
+    if (getpid() != segname_owner)
+        return;
+    int len = snprintf(prefix, sizeof(prefix), "wltest.%d.", (int)segname_owner);
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, prefix, (size_t)len) == 0) {
+            char name[300];
+            snprintf(name, sizeof(name), "/%s", e->d_name);
+            shm_unlink(name);
+        }
+    }
+    closedir(d);
+}
+
 const char *wlt_segname(void)
 {
     static char buf[64];
     static unsigned n;
+    if (segname_owner != getpid()) {
+        if (!segname_owner)
+            atexit(remove_segnames);
+        segname_owner = getpid(); /* a forked child that makes names of its own owns them */
+    }
     snprintf(buf, sizeof(buf), "/wltest.%d.%u", (int)getpid(), n++);
     return buf;
 }

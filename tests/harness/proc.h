@@ -9,7 +9,8 @@
 
 /* Anonymous memory shared with children forked later (zeroed). */
 void *wlt_shared(size_t size);
-/* A unique segment name for this test process: "/wltest.<pid>.<n>". */
+/* A unique segment name for this test process: "/wltest.<pid>.<n>". Every /wltest.<pid>.*
+ * is unlinked when that process exits (exit(), not _exit()). */
 const char *wlt_segname(void);
 /* CLOCK_MONOTONIC and CLOCK_REALTIME in ns. */
 uint64_t wlt_now_ns(void);
