@@ -30,10 +30,10 @@ static const char usage_text[] =
     "\n"
     "Commands:\n"
     "  status [--json]                 the slots: state, epoch, leader, counters, last error\n"
-    "  wait [--timeout S] [--fail-fast] [--max-age S] [--warm-sql FILE] CONNINFO\n"
+    "  wait [--timeout S] [--fail-fast] [--max-age S] [--warm-sql FILE] [--fleet] CONNINFO\n"
     "                                  return once CONNINFO's server is warm and verified\n"
-    "  exec [--timeout S] [--fail-fast] [--max-age S] [--warm-sql FILE] CONNINFO -- CMD [ARG...]\n"
-    "                                  wait, then run CMD with WARMLOCK_EPOCH set\n"
+    "  exec [--timeout S] [--fail-fast] [--max-age S] [--warm-sql FILE] [--fleet] CONNINFO\n"
+    "       -- CMD [ARG...]            wait, then run CMD with WARMLOCK_EPOCH set\n"
     "  check [--max-age S] CONNINFO    0 if CONNINFO is READY (verified within S seconds);\n"
     "                                  reads the segment only\n"
     "  invalidate [--epoch N] CONNINFO mark CONNINFO stale if it is still READY at epoch N\n"
@@ -52,7 +52,10 @@ static const char usage_text[] =
     "\n"
     "--timeout is in seconds (decimals allowed), default 30. --fail-fast: during an outage,\n"
     "fail at once with the current error instead of waiting for the server. --max-age S:\n"
-    "READY older than S seconds is re-verified first. status, metrics and check never\n"
+    "READY older than S seconds is re-verified first. --fleet: the --warm-sql runs once per\n"
+    "server start for every host sharing the target (a PostgreSQL advisory lock elects one\n"
+    "host; the others wait for it, then only verify; see README \"Fleet mode\" for what the\n"
+    "role needs). status, metrics and check never\n"
     "create or change a segment. Exit status: 0 ready or done, 1 not ready or refused (the\n"
     "reason on stderr), 2 usage error; exec exits with CMD's status, or 126/127 if CMD\n"
     "cannot be run.\n";
@@ -75,6 +78,7 @@ static const struct opt {
     {"--timeout", B(C_WAIT) | B(C_EXEC), 1},
     {"--warm-sql", B(C_WAIT) | B(C_EXEC), 1},
     {"--fail-fast", B(C_WAIT) | B(C_EXEC), 0},
+    {"--fleet", B(C_WAIT) | B(C_EXEC), 0},
     {"--max-age", B(C_WAIT) | B(C_EXEC) | B(C_CHECK), 1},
     {"--epoch", B(C_INVALIDATE), 1},
 };
@@ -82,7 +86,7 @@ static const struct opt {
 struct cli {
     int cmd; /* C_*, -1 none yet */
     const char *shm;
-    int json, force, fail_fast, have_epoch;
+    int json, force, fail_fast, have_epoch, fleet;
     uint32_t timeout_ms, max_age_ms;
     uint64_t epoch;
     const char *warm_sql_path;
@@ -190,6 +194,7 @@ static int parse(int argc, char **argv, struct cli *c)
                 return usage_error("%s takes no value%s", a, "");
             *(!strcmp(a, "--json")    ? &c->json
               : !strcmp(a, "--force") ? &c->force
+              : !strcmp(a, "--fleet") ? &c->fleet
                                       : &c->fail_fast) = 1;
             continue;
         }
@@ -436,6 +441,8 @@ static int cmd_ensure(const struct cli *c)
     opts.wait.max_age_ms = c->max_age_ms;
     if (c->fail_fast)
         opts.wait.flags |= WL_FAIL_FAST;
+    if (c->fleet)
+        opts.flags |= WL_PG_FLEET;
     if (c->warm_sql_path) {
         if (wlc_read_file(c->warm_sql_path, &warm_sql, err, sizeof(err)) < 0)
             return fail("--warm-sql", err);

@@ -161,6 +161,18 @@ static int finish(FILE *f)
 
 /* ---- the status table ---- */
 
+/* wl_slot_info.fleet by name, as status and status --json show it. */
+static const char *fleet_name(int role)
+{
+    switch (role) {
+    case WL_FLEET_LED: return "led";
+    case WL_FLEET_WAITED: return "waited";
+    case WL_FLEET_SKIPPED: return "skipped";
+    case WL_FLEET_LOCAL: return "local";
+    default: return "none";
+    }
+}
+
 static void fmt_ms(char *buf, size_t len, int64_t ms)
 {
     if (ms < 0)
@@ -194,12 +206,13 @@ int wlc_format_table(FILE *f, const struct wl_slot_info *s, size_t n)
         if (l > kw)
             kw = l;
     }
-    fprintf(f, "%-*s  %-7s %-13s %6s %8s %7s %7s %9s %8s %8s %9s %8s %8s %-8s %s\n", kw,
-            "KEY", "STATE", "STAGE", "EPOCH", "LEADER", "WAITERS", "WARMUPS", "TAKEOVERS",
-            "ATTEMPTS", "FAILURES", "READY_AGE", "TTR", "DOWN", "SQLSTATE", "LAST_ERROR");
+    fprintf(f, "%-*s  %-7s %-13s %6s %8s %7s %7s %9s %8s %8s %9s %8s %8s %-7s %-16s %-8s %s\n",
+            kw, "KEY", "STATE", "STAGE", "EPOCH", "LEADER", "WAITERS", "WARMUPS", "TAKEOVERS",
+            "ATTEMPTS", "FAILURES", "READY_AGE", "TTR", "DOWN", "FLEET", "FLEET_LEADER",
+            "SQLSTATE", "LAST_ERROR");
     for (i = 0; i < n; i++) {
         const struct wl_slot_info *x = &s[i];
-        char age[32], ttr[32], down[32], pid[24];
+        char age[32], ttr[32], down[32], pid[24], fl[96];
         fmt_ms(age, sizeof(age), x->state == WL_READY ? x->ready_age_ms : -1);
         fmt_ms(ttr, sizeof(ttr), x->time_to_ready_ms);
         fmt_ms(down, sizeof(down), x->down_ms);
@@ -208,14 +221,22 @@ int wlc_format_table(FILE *f, const struct wl_slot_info *s, size_t n)
             wlc_fmt(pid, sizeof(pid), "%d%s", (int)x->leader_pid, x->leader_alive ? "*" : "");
         else
             wlc_copy(pid, sizeof(pid), "-");
+        /* the fleet leader as the server reports it: backend pid @ client address */
+        if (x->fleet_leader_pid)
+            wlc_fmt(fl, sizeof(fl), "%d@%s", (int)x->fleet_leader_pid, x->fleet_leader_host);
+        else
+            wlc_copy(fl, sizeof(fl), "-");
         fputs_plain(f, x->key);
         fputs(suf, f);
-        fprintf(f, "%*s  %-7s %-13s %6llu %8s %7u %7llu %9llu %8llu %8llu %9s %8s %8s %-8s ",
+        fprintf(f, "%*s  %-7s %-13s %6llu %8s %7u %7llu %9llu %8llu %8llu %9s %8s %8s %-7s ",
                 kw - (int)(strlen(x->key) + strlen(suf)), "", wl_state_name(x->state),
                 wl_stage_name(x->stage), (unsigned long long)x->epoch, pid, x->waiters,
                 (unsigned long long)x->warmups, (unsigned long long)x->takeovers,
                 (unsigned long long)x->attempts, (unsigned long long)x->failures, age, ttr,
-                down, x->sqlstate[0] ? x->sqlstate : "-");
+                down, fleet_name(x->fleet));
+        fputs_plain(f, fl);
+        fprintf(f, "%*s %-8s ", (int)strlen(fl) < 16 ? 16 - (int)strlen(fl) : 0, "",
+                x->sqlstate[0] ? x->sqlstate : "-");
         fputs_plain(f, x->last_error[0] ? x->last_error : "-");
         fputc('\n', f);
     }
@@ -268,6 +289,10 @@ int wlc_format_json(FILE *f, const char *segname, const struct wl_slot_info *s, 
         json_ms(f, "ready_age_ms", x->ready_age_ms);
         json_ms(f, "time_to_ready_ms", x->time_to_ready_ms);
         json_ms(f, "down_ms", x->down_ms);
+        json_str(f, "fleet", fleet_name(x->fleet), 1);
+        json_ms(f, "fleet_leader_pid", x->fleet_leader_pid ? x->fleet_leader_pid : -1);
+        json_str(f, "fleet_leader_host", x->fleet_leader_host, 1);
+        json_str(f, "fleet_leader_app", x->fleet_leader_app, 1);
         fprintf(f, "\"wait_count\": %llu, \"wait_sum_ms\": %.3f, \"wait_hist\": [",
                 (unsigned long long)x->wait_count, (double)x->wait_sum_ns / 1e6);
         for (b = 0; b < WL_HIST_BUCKETS; b++) {

@@ -263,6 +263,25 @@ struct wl_slot_info {
     uint64_t wait_count;       /* callers that went through the slow path */
     uint64_t wait_sum_ns;      /* their total wait */
     enum wl_stage stage;       /* how far the last warm-up got */
+    int fleet;                 /* WL_FLEET_*: this host's part in the last fleet warm-up */
+    int32_t fleet_leader_pid;  /* the fleet leader's backend pid, as the server reports it
+                                * (pg_stat_activity.pid); 0 if none */
+    char fleet_leader_host[64]; /* its client address as the server sees it ("local": a Unix
+                                 * socket), "" if none */
+    char fleet_leader_app[64]; /* its session's application_name ("warmlock-fleet <hostname>
+                                * <pid>"), "" if none */
+};
+
+/* wl_slot_info.fleet: what this host did in the last warm-up of a fleet target (the libpq
+ * engine's WL_PG_FLEET): nothing (not a fleet target), led it (ran warm_sql for the fleet),
+ * waited for another host's, skipped it (already done for this server start), or ran
+ * warm_sql on its own because fleet mode could not be used (a transaction pooler). */
+enum wl_fleet_role {
+    WL_FLEET_NONE = 0,
+    WL_FLEET_LED = 1,
+    WL_FLEET_WAITED = 2,
+    WL_FLEET_SKIPPED = 3,
+    WL_FLEET_LOCAL = 4,
 };
 
 /* Exact lookup of one key's slot, without allocating it: 0 with *out filled, -ENOENT if the

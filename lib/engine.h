@@ -104,6 +104,38 @@ int wl__pg_classify(const char *sqlstate, const char *msg, int connecting, int *
  * hosts were tried; "" if none. */
 void wl__pg_sqlstate_of(const char *msg, char out[6]);
 
+/* fleet.c: one fleet leader per server start among the host leaders of a target
+ * (WL_PG_FLEET), elected through a session-level advisory lock; see fleet.c. */
+struct wl__fleet_conf {
+    const char *conninfo;        /* to connect the fleet session (and the pooler check) */
+    const char *key;             /* wl_pg_key() of it: the same on every host (no pw=) */
+    const char *warm_sql;        /* what only the fleet leader runs */
+    uint64_t deadline_ns;        /* absolute CLOCK_MONOTONIC bound of the whole run */
+    uint32_t attempt_timeout_ms; /* of each short statement; 0: 2000 */
+    int abort_fd;                /* the run ends (-ECANCELED) once readable; -1 none */
+};
+#define WL__FLEET_NORECORD 1u /* wl__fleet_out.flags: the record table could not be used */
+struct wl__fleet_out {
+    int role;                 /* WL_FLEET_* */
+    int32_t leader_pid;       /* the fleet leader's backend, as the server reports it */
+    char leader_host[64];     /* its client address as the server sees it, "local" */
+    char leader_app[64];      /* its application_name ("warmlock-fleet <host> <pid>") */
+    unsigned flags;           /* WL__FLEET_* */
+};
+/* The fleet phase of a host leader's warm-up, after its probe verified the server: elect,
+ * then lead (run warm_sql, record it for this server start, notify, unlock), wait for the
+ * leader, or skip; behind a transaction pooler run warm_sql here (WL_FLEET_LOCAL). conn:
+ * a verified connection to use as the fleet session (taken over, closed at the end), or
+ * NULL to open one. 0 with *out filled, or -errno with res->error (transient codes as the
+ * engine's: -EAGAIN, -ETIMEDOUT; -EIO a warm_sql error; -ECANCELED abort_fd). Blocks up to
+ * fc->deadline_ns. */
+int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__fleet_out *out,
+                  struct wl_result *res);
+/* The advisory lock id of a key (SipHash-2-4 under a fixed key: every host derives it). */
+int64_t wl__fleet_id(const char *key);
+/* Keep the fleet outcome in the slot of slot_key, for status (the slot's leader only). */
+void wl__fleet_note(struct wl_segment *seg, const char *slot_key, const struct wl__fleet_out *o);
+
 /* pmwatch.c: a local server's own word on its state. Over a Unix socket, the socket's lock
  * file names the data directory, whose postmaster.pid says "starting", "standby", "ready" or
  * "stopping" (line 8, as pg_ctl reads it); an inotify descriptor watches that directory and

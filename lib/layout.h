@@ -16,7 +16,7 @@
  * every futex word and every mutex on its own cache line). ---- */
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
-#define WL__LAYOUT_VERSION 5
+#define WL__LAYOUT_VERSION 6
 /* The magic word while an initialiser works ("WLINIT.." little-endian), written before the
  * object is sized: an object that carries it is a segment whose creator died half-way,
  * which the next opener finishes. */
@@ -138,6 +138,14 @@ struct wl__slot {
     struct {
         alignas(WL__LINE) pthread_mutex_t m;
     } logins[WL__LOGIN_TOKENS];
+
+    /* The last fleet warm-up's outcome (WL_PG_FLEET), for status: written by the leader
+     * under `mutex`, behind the seqcount `fleet_seq` (odd while being written). */
+    alignas(WL__LINE) _Atomic uint32_t fleet_seq;
+    uint32_t fleet_role; /* WL_FLEET_* */
+    int32_t fleet_pid;   /* the fleet leader's backend pid as the server reports it */
+    char fleet_host[64]; /* its client address as the server sees it ("local") */
+    char fleet_app[64];  /* its application_name */
 };
 
 /* A process's mapping of one segment; kept until exit (glibc bug 14485). */

@@ -33,6 +33,7 @@ struct wl_pg_target {
     char *warm_sql, *verify_sql;
     struct wl_wait_opts wait; /* opts.wait with the engine's max_age default applied */
     unsigned login_budget;    /* 0: unpaced */
+    char *fleet_key;          /* WL_PG_FLEET with a warm_sql: wl_pg_key(), else NULL */
     struct wl__probe *own;    /* the caller's own connections, parsed once (on first use) */
 };
 
@@ -58,12 +59,64 @@ static int probe(struct warm_ctx *c, const struct wl_pg_opts *opts, struct wl_re
     return wl__pg_probe(c->t->conninfo, opts, c->deadline_ns, res);
 }
 
+/* Fleet mode: the probe without warm_sql (it waits out an outage), then the fleet phase on
+ * its verified connection, where warm_sql runs if this host leads the fleet. */
+static int fleet_warm(struct warm_ctx *c, const struct wl_pg_opts *opts, struct wl_result *res)
+{
+    static _Atomic int norecord_logged;
+    const struct wl_pg_target *t = c->t;
+    struct wl_pg_opts o = *opts;
+    struct wl__fleet_conf fc;
+    struct wl__fleet_out out;
+    PGconn *conn = NULL;
+    int r, expect = 0;
+
+    if (c->kept) {
+        PQfinish(c->kept);
+        c->kept = NULL;
+    }
+    o.warm_sql = NULL;
+    if ((r = wl__pg_probe_keep(t->conninfo, &o, c->deadline_ns, res, &conn)) < 0)
+        return r;
+    memset(&fc, 0, sizeof(fc));
+    fc.conninfo = t->conninfo;
+    fc.key = t->fleet_key;
+    fc.warm_sql = opts->warm_sql;
+    fc.deadline_ns = c->deadline_ns;
+    fc.attempt_timeout_ms = opts->attempt_timeout_ms;
+    fc.abort_fd = -1;
+    r = wl__fleet_run(&fc, conn, &out, res);
+    if (r == 0) {
+        wl__fleet_note(t->seg, wl__key_text(t->key), &out);
+        res->error[0] = res->sqlstate[0] = '\0';
+    }
+    /* relaxed: only "once per process" matters */
+    if ((out.flags & WL__FLEET_NORECORD) &&
+        atomic_compare_exchange_strong_explicit(&norecord_logged, &expect, 1,
+                                                memory_order_relaxed, memory_order_relaxed))
+        wl__log_info("fleet: the table warmlock_fleet cannot be created or written by this role; "
+                     "hosts waiting for the fleet leader skip warm_sql, hosts that come after "
+                     "it run warm_sql again (grant CREATE on a schema, or create the table)",
+                     "fleet", "norecord");
+    return r;
+}
+
 static int pg_warm(void *arg, struct wl_result *res)
 {
     struct warm_ctx *c = arg;
     const struct wl_pg_opts *opts = &c->t->opts;
     struct wl_pg_opts o;
 
+    if (c->t->fleet_key && !wl__warm_reverifying()) {
+        int r;
+        o = *opts;
+        if (wl__warm_fail_fast())
+            o.backoff.max_attempts = 1;
+        r = fleet_warm(c, &o, res);
+        if (r < 0 && opts->backoff.max_attempts)
+            wl__warm_stop();
+        return r;
+    }
     if (!wl__warm_reverifying() && !wl__warm_fail_fast()) {
         int r = probe(c, opts, res);
         /* The caller's own max_attempts ran out: that is its answer (-ECONNREFUSED). */
@@ -130,6 +183,7 @@ WL_EXPORT void wl_pg_target_close(struct wl_pg_target *t)
     wipe_free(t->conninfo);
     free(t->warm_sql);
     free(t->verify_sql);
+    free(t->fleet_key);
     free(t);
 }
 
@@ -181,6 +235,19 @@ static int target_open(struct wl_segment *seg, const char *conninfo,
     t->login_budget = t->opts.login_budget == UINT32_MAX ? 0
                       : t->opts.login_budget            ? t->opts.login_budget
                                                         : WL_PG_LOGIN_BUDGET;
+    if ((t->opts.flags & WL_PG_FLEET) && t->warm_sql && *t->warm_sql) {
+        char fk[WL_PG_KEY_MAX];
+        if ((r = wl_pg_key(conninfo, fk, sizeof(fk))) < 0) {
+            wl__copy(err, errlen, fk);
+            wl_pg_target_close(t);
+            return r;
+        }
+        if (!(t->fleet_key = strdup(fk))) {
+            wl_pg_target_close(t);
+            wl__copy(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+    }
     if ((r = wl_key_open(seg, key, &t->key)) < 0) {
         if (r == -ENOSPC)
             wl__fmt(err, errlen, "no free slot for %s: recreate the segment with more slots "

@@ -85,6 +85,28 @@ static void copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slo
     }
     o->last_error[sizeof(o->last_error) - 1] = '\0';
     o->sqlstate[sizeof(o->sqlstate) - 1] = '\0';
+
+    /* The fleet outcome, behind its own seqcount (empty if a writer keeps changing it). */
+    for (tries = 0; tries < 100; tries++) {
+        uint32_t q = atomic_load_explicit(&sl->fleet_seq, memory_order_acquire);
+        if (q & 1u)
+            continue;
+        o->fleet = (int)sl->fleet_role;
+        o->fleet_leader_pid = sl->fleet_pid;
+        memcpy(o->fleet_leader_host, sl->fleet_host, sizeof(o->fleet_leader_host));
+        memcpy(o->fleet_leader_app, sl->fleet_app, sizeof(o->fleet_leader_app));
+        /* acquire: the copies above are done before the count is read again */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&sl->fleet_seq, memory_order_relaxed) == q)
+            break;
+    }
+    if (tries == 100 || o->fleet < 0 || o->fleet > WL_FLEET_LOCAL) {
+        o->fleet = WL_FLEET_NONE;
+        o->fleet_leader_pid = 0;
+        o->fleet_leader_host[0] = o->fleet_leader_app[0] = '\0';
+    }
+    o->fleet_leader_host[sizeof(o->fleet_leader_host) - 1] = '\0';
+    o->fleet_leader_app[sizeof(o->fleet_leader_app) - 1] = '\0';
 }
 
 WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size_t max)

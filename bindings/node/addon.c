@@ -911,6 +911,13 @@ static double wait_sum_ms(uint64_t ns)
     return strtod(buf, NULL);
 }
 
+/* wl_slot_info.fleet by name, as status --json spells it. */
+static const char *fleet_name(int role)
+{
+    static const char *const names[] = {"none", "led", "waited", "skipped", "local"};
+    return role >= 0 && role <= WL_FLEET_LOCAL ? names[role] : "none";
+}
+
 /* One slot as `warmlock status --json` renders it: the same fields, names and values. */
 static napi_value slot_object(napi_env env, const struct wl_slot_info *x)
 {
@@ -941,6 +948,11 @@ static napi_value slot_object(napi_env env, const struct wl_slot_info *x)
         set_ms(env, o, "ready_age_ms", x->ready_age_ms) != napi_ok ||
         set_ms(env, o, "time_to_ready_ms", x->time_to_ready_ms) != napi_ok ||
         set_ms(env, o, "down_ms", x->down_ms) != napi_ok ||
+        set_text(env, o, "fleet", fleet_name(x->fleet)) != napi_ok ||
+        set_ms(env, o, "fleet_leader_pid", x->fleet_leader_pid ? x->fleet_leader_pid : -1) !=
+            napi_ok ||
+        set_text(env, o, "fleet_leader_host", x->fleet_leader_host) != napi_ok ||
+        set_text(env, o, "fleet_leader_app", x->fleet_leader_app) != napi_ok ||
         set_num(env, o, "wait_count", (double)x->wait_count) != napi_ok ||
         set_num(env, o, "wait_sum_ms", wait_sum_ms(x->wait_sum_ns)) != napi_ok ||
         napi_create_array_with_length(env, WL_HIST_BUCKETS, &hist) != napi_ok)

@@ -42,7 +42,24 @@ struct wl_pg_opts {
                                   * connections to the target log in at once (robust tokens
                                   * in the segment, at most 16); 0 the default
                                   * (WL_PG_LOGIN_BUDGET), UINT32_MAX unpaced */
+    uint32_t flags;              /* WL_PG_FLEET */
 };
+
+/* wl_pg_opts.flags: warm_sql runs once per server start for every host (every segment)
+ * that shares the target. The host leaders elect one fleet leader through the server: a
+ * session-level advisory lock, pg_try_advisory_lock(id), on a connection of their own,
+ * where id is derived from wl_pg_key() (the same on every host that names the server the
+ * same way). The fleet leader runs warm_sql in that session and records it for this server
+ * start (pg_postmaster_start_time() and the system identifier) in the table warmlock_fleet,
+ * created IF NOT EXISTS in the first schema of the role's search_path; the other host
+ * leaders wait for it (bounded by their deadline) and run only verify_sql; a host that
+ * comes later in the same server start skips warm_sql. A fleet leader that dies loses its
+ * session and lock: the next host takes over. A role that cannot create or write the table
+ * still elects one leader among the hosts that wait for it, but a host arriving after it
+ * runs warm_sql again. Behind a pooler that does not keep sessions (pgbouncer's transaction
+ * mode) each host runs warm_sql itself, with one log line on stderr. wl_slot_info.fleet
+ * says what this host did. Without warm_sql the flag changes nothing. */
+#define WL_PG_FLEET 1u
 
 /* Ensure the server of `conninfo` is warm and verified in this epoch; blocks until READY,
  * a published failure, or the deadline. Errors: -ETIMEDOUT, -EACCES (SQLSTATE class 28),

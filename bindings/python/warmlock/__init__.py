@@ -563,6 +563,10 @@ def ensure(
     return _epoch(t.res)
 
 
+# wl_slot_info.fleet (enum wl_fleet_role) by name, as status --json spells it.
+_FLEET_NAMES = ("none", "led", "waited", "skipped", "local")
+
+
 def _slot(lib: ctypes.CDLL, x: _lib.SlotInfo) -> Dict[str, Any]:
     def ms(v: int) -> Optional[int]:
         return None if v < 0 else v
@@ -591,6 +595,10 @@ def _slot(lib: ctypes.CDLL, x: _lib.SlotInfo) -> Dict[str, Any]:
         "ready_age_ms": ms(x.ready_age_ms),
         "time_to_ready_ms": ms(x.time_to_ready_ms),
         "down_ms": ms(x.down_ms),
+        "fleet": _FLEET_NAMES[x.fleet] if 0 <= x.fleet < len(_FLEET_NAMES) else "none",
+        "fleet_leader_pid": x.fleet_leader_pid or None,
+        "fleet_leader_host": _text(x.fleet_leader_host),
+        "fleet_leader_app": _text(x.fleet_leader_app),
         "wait_count": x.wait_count,
         "wait_sum_ms": float("%.3f" % (x.wait_sum_ns / 1e6)),
         "wait_hist": hist,
@@ -602,7 +610,9 @@ def status(shm: Optional[Text] = None) -> List[Dict[str, Any]]:
     key, key_len, key_hash, state ("cold", "warming", "ready", "stale", "failed"), stage
     ("none", "reachable", "authenticated", "warmed", "verified"), epoch, leader_pid, leader_alive, waiters, warmups, takeovers, attempts, failures,
     invalidations, last_error, last_code, sqlstate, ready_age_ms, time_to_ready_ms,
-    down_ms (None: no outage), wait_count, wait_sum_ms, wait_hist.
+    down_ms (None: no outage), fleet ("none", "led", "waited", "skipped", "local"),
+    fleet_leader_pid (None: none), fleet_leader_host, fleet_leader_app, wait_count,
+    wait_sum_ms, wait_hist.
 
     Never creates a segment: an empty list when there is none. Never blocks.
     """

@@ -17,6 +17,7 @@ from ctypes import (
     c_char,
     c_char_p,
     c_int,
+    c_int32,
     c_int64,
     c_size_t,
     c_uint,
@@ -97,6 +98,7 @@ class PgOpts(ctypes.Structure):
         ("backoff", Backoff),
         ("wait", WaitOpts),
         ("login_budget", c_uint32),
+        ("flags", c_uint32),
         ("_room", c_uint64 * 8),
     ]
 
@@ -129,6 +131,10 @@ class SlotInfo(ctypes.Structure):
         ("wait_count", c_uint64),
         ("wait_sum_ns", c_uint64),
         ("stage", c_int),
+        ("fleet", c_int),
+        ("fleet_leader_pid", c_int32),
+        ("fleet_leader_host", c_char * 64),
+        ("fleet_leader_app", c_char * 64),
     ]
 
 

@@ -1,0 +1,431 @@
+/*
+ * Fleet mode (WL_PG_FLEET) against a real PostgreSQL, with real processes: "hosts" are
+ * separate segments, each with its own herd of forked processes calling wl_pg_ensure; the
+ * host leaders elect one fleet leader through the server. Every case runs on both event
+ * loop backends (WARMLOCK_IO=uring and poll).
+ *
+ * warm_sql inserts one row into fleet_runs, so the rows count the heavy warm-ups that
+ * committed. Where a case needs the fleet leader to stay in its warm-up (killed there, or
+ * the others waiting for it), warm_sql also takes a shared advisory lock that the test
+ * holds exclusively until it lets go: held, not timed.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "suite.h"
+#include "warmlock.h"
+#include "warmlock/pg.h"
+
+WLT_PG_SUITE
+
+#define MAXP 40
+#define HOLD_LOCK 4242 /* the test's own advisory lock a held warm_sql waits for */
+#define WARM_SQL                                                                                   \
+    "INSERT INTO fleet_runs (started) VALUES "                                                     \
+    "((extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint); SELECT pg_sleep(0.3)"
+#define HELD_WARM_SQL                                                                              \
+    "INSERT INTO fleet_runs (started) VALUES "                                                     \
+    "((extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint); "                       \
+    "SELECT pg_advisory_lock_shared(4242); SELECT pg_advisory_unlock_shared(4242)"
+
+static char NOCREATE_CI[800];
+
+struct out {
+    struct wlt_barrier start;
+    int rc[MAXP];
+    int role[MAXP];
+    char err[MAXP][256];
+};
+
+struct run {
+    const char *conninfo, *warm_sql;
+    char segs[8][64];
+    int per;   /* processes per host */
+    int fleet;
+    struct out *o;
+    int n; /* processes in all */
+};
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if ((pg_reason = pgh_suite_up(&H, NULL, NULL)))
+        return 0;
+    have_pg = 1;
+    if (pgh_psql(&H, "CREATE TABLE fleet_runs (id serial PRIMARY KEY, started bigint, "
+                     "at timestamptz DEFAULT now())") < 0 ||
+        pgh_psql(&H, "CREATE ROLE fleet_nocreate LOGIN") < 0 ||
+        pgh_psql(&H, "GRANT INSERT, SELECT ON fleet_runs TO fleet_nocreate") < 0 ||
+        pgh_psql(&H, "GRANT USAGE ON SEQUENCE fleet_runs_id_seq TO fleet_nocreate") < 0 ||
+        pgh_psql(&H, "REVOKE CREATE ON SCHEMA public FROM PUBLIC") < 0) {
+        have_pg = 0;
+        pg_reason = "cannot set up the fleet tables";
+        return 0;
+    }
+    snprintf(NOCREATE_CI, sizeof(NOCREATE_CI), "host=%s port=%d dbname=postgres user=fleet_nocreate",
+             H.sockdir, H.port);
+    return 0;
+}
+
+/* A fresh start: no rows, no record. */
+static void clean(void)
+{
+    assert_int_equal(pgh_psql(&H, "TRUNCATE fleet_runs; DROP TABLE IF EXISTS warmlock_fleet"), 0);
+}
+
+static long rows(void)
+{
+    char out[64];
+    assert_int_equal(pgh_query(&H, "SELECT count(*) FROM fleet_runs", out, sizeof(out)), 0);
+    return strtol(out, NULL, 10);
+}
+
+static int child(void *arg, int i)
+{
+    struct run *r = arg;
+    struct wl_segment *seg;
+    struct wl_pg_opts o;
+    struct wl_result res;
+    int rc;
+
+    memset(&o, 0, sizeof(o));
+    o.warm_sql = r->warm_sql;
+    o.flags = r->fleet ? WL_PG_FLEET : 0;
+    o.wait.timeout_ms = 20000;
+    if (wl_open(r->segs[i / r->per], NULL, &seg) < 0) {
+        snprintf(r->o->err[i], sizeof(r->o->err[i]), "wl_open: %s", wl_last_error());
+        r->o->rc[i] = -1000;
+        return 1;
+    }
+    wlt_barrier_wait(&r->o->start, (uint32_t)r->n);
+    memset(&res, 0, sizeof(res));
+    rc = wl_pg_ensure(seg, r->conninfo, &o, &res);
+    r->o->rc[i] = rc;
+    r->o->role[i] = res.role;
+    memcpy(r->o->err[i], res.error, sizeof(res.error));
+    return rc == 0 ? 0 : 1;
+}
+
+/* Start `hosts` hosts of r->per processes each (the barrier lets them go together). */
+static void spawn(struct run *r, int hosts, pid_t *pids)
+{
+    int i;
+
+    r->n = hosts * r->per;
+    assert_true(r->n <= MAXP);
+    memset(r->o, 0, sizeof(*r->o));
+    for (i = 0; i < hosts; i++)
+        snprintf(r->segs[i], sizeof(r->segs[i]), "%s", wlt_segname());
+    for (i = 0; i < r->n; i++) {
+        r->o->rc[i] = -9999;
+        pids[i] = wlt_spawn(child, r, i);
+        assert_true(pids[i] > 0);
+    }
+}
+
+/* Wait for every process (bounded: none may hang); how many returned 0. */
+static int reap(struct run *r, pid_t *pids, int killed)
+{
+    int i, ok = 0;
+    for (i = 0; i < r->n; i++) {
+        int st = wlt_wait(pids[i], 40000);
+        if (pids[i] == killed)
+            continue;
+        if (st != 0)
+            print_message("process %d (host %d): status %d rc %d: %s\n", i, i / r->per, st,
+                          r->o->rc[i], r->o->err[i]);
+        assert_int_not_equal(st, -1); /* it ended on its own */
+        ok += st == 0;
+    }
+    return ok;
+}
+
+static int run_hosts(struct run *r, int hosts)
+{
+    pid_t pids[MAXP];
+    spawn(r, hosts, pids);
+    return reap(r, pids, -1);
+}
+
+/* The fleet role each host's slot shows (WL_FLEET_*), counted into n[]. */
+static void roles(struct run *r, int hosts, int n[5])
+{
+    int i;
+    memset(n, 0, 5 * sizeof(int));
+    for (i = 0; i < hosts; i++) {
+        struct wl_open_opts oo = {.flags = WL_OPEN_EXISTING};
+        struct wl_segment *seg;
+        struct wl_slot_info s[4];
+        int k;
+        assert_int_equal(wl_open(r->segs[i], &oo, &seg), 0);
+        k = wl_snapshot(seg, s, 4);
+        assert_int_equal(k, 1);
+        assert_true(s[0].fleet >= 0 && s[0].fleet <= WL_FLEET_LOCAL);
+        n[s[0].fleet]++;
+        if (s[0].fleet == WL_FLEET_LED || s[0].fleet == WL_FLEET_WAITED ||
+            s[0].fleet == WL_FLEET_SKIPPED) {
+            assert_true(s[0].fleet_leader_pid > 0); /* named as the server reports it */
+            assert_non_null(strstr(s[0].fleet_leader_app, "warmlock-fleet"));
+        }
+        wl_close(seg);
+    }
+}
+
+static void unlink_all(struct run *r, int hosts)
+{
+    for (int i = 0; i < hosts; i++)
+        wl_unlink(r->segs[i]);
+}
+
+/* A connection of the test's own. */
+static PGconn *own(void)
+{
+    PGconn *c = PQconnectdb(H.conninfo);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    return c;
+}
+
+static int exec_ok(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexec(c, sql);
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        print_message("%s: %s\n", sql, PQerrorMessage(c));
+    PQclear(res);
+    return ok;
+}
+
+static long count_of(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexec(c, sql);
+    long n = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) ? atol(PQgetvalue(res, 0, 0))
+                                                                      : -1;
+    PQclear(res);
+    return n;
+}
+
+/* Wait until sql counts at least n (bounded). */
+static void wait_count(PGconn *c, const char *sql, long n)
+{
+    uint64_t end = wlt_now_ns() + 30000ull * 1000000u;
+    while (count_of(c, sql) < n) {
+        assert_true(wlt_now_ns() < end);
+        wlt_sleep_ms(10);
+    }
+}
+
+#define WAITING_ON_HOLD                                                                            \
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = 4242"
+/* Host leaders waiting for the fleet lock (any other advisory lock not granted). */
+#define WAITING_ON_FLEET                                                                           \
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid <> 4242"
+
+/* ---------------------------------------------------------------- 1 */
+
+static void test_one_heavy_warmup_for_four_hosts(void **state)
+{
+    struct run r = {.warm_sql = WARM_SQL, .per = 8, .fleet = 1};
+    int n[5];
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    assert_int_equal(run_hosts(&r, 4), 32);
+    assert_int_equal(rows(), 1);
+    roles(&r, 4, n);
+    assert_int_equal(n[WL_FLEET_LED], 1);
+    assert_int_equal(n[WL_FLEET_WAITED] + n[WL_FLEET_SKIPPED], 3);
+    unlink_all(&r, 4);
+
+    /* without fleet mode: one per host */
+    clean();
+    r.fleet = 0;
+    assert_int_equal(run_hosts(&r, 4), 32);
+    assert_int_equal(rows(), 4);
+    roles(&r, 4, n);
+    assert_int_equal(n[WL_FLEET_NONE], 4);
+    unlink_all(&r, 4);
+}
+
+/* ---------------------------------------------------------------- 2 */
+
+static void test_late_hosts_skip_and_a_restart_warms_again(void **state)
+{
+    struct run r = {.warm_sql = WARM_SQL, .per = 3, .fleet = 1};
+    int n[5];
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    assert_int_equal(run_hosts(&r, 2), 6);
+    assert_int_equal(rows(), 1);
+    unlink_all(&r, 2);
+
+    /* two more hosts later in the same server start: they skip it */
+    assert_int_equal(run_hosts(&r, 2), 6);
+    assert_int_equal(rows(), 1);
+    roles(&r, 2, n);
+    assert_int_equal(n[WL_FLEET_SKIPPED], 2);
+    unlink_all(&r, 2);
+
+    /* a new server start: once more, once */
+    assert_int_equal(pgh_stop(&H, "fast"), 0);
+    assert_int_equal(pgh_start(&H, 1), 0);
+    assert_int_equal(run_hosts(&r, 3), 9);
+    assert_int_equal(rows(), 2);
+    roles(&r, 3, n);
+    assert_int_equal(n[WL_FLEET_LED], 1);
+    {
+        char out[64];
+        assert_int_equal(
+            pgh_query(&H, "SELECT count(DISTINCT started) FROM fleet_runs", out, sizeof(out)), 0);
+        assert_string_equal(out, "2");
+    }
+    unlink_all(&r, 3);
+}
+
+/* ---------------------------------------------------------------- 3 */
+
+static void test_killed_fleet_leader_is_replaced(void **state)
+{
+    struct run r = {.warm_sql = HELD_WARM_SQL, .per = 2, .fleet = 1};
+    PGconn *c;
+    PGresult *res;
+    pid_t pids[MAXP], victim = 0;
+    int i, n[5];
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    c = own();
+    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    spawn(&r, 4, pids);
+    /* the fleet leader is in its warm-up (waiting for our lock) */
+    wait_count(c, WAITING_ON_HOLD, 1);
+    res = PQexec(c, "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND NOT l.granted "
+                    "AND l.objid = 4242");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(res), 1);
+    assert_int_equal(sscanf(PQgetvalue(res, 0, 0), "warmlock-fleet %*s %d", &victim), 1);
+    PQclear(res);
+    for (i = 0; i < r.n; i++)
+        if (pids[i] == victim)
+            break;
+    assert_true(i < r.n); /* one of ours */
+    assert_int_equal(kill(victim, SIGKILL), 0);
+    /* let the warm-ups go: the killed leader's backend finishes its statement and ends */
+    assert_true(exec_ok(c, "SELECT pg_advisory_unlock(4242)"));
+    assert_int_equal(reap(&r, pids, victim), r.n - 1);
+    /* one completed run recorded, and the killed one's row if its backend committed it */
+    assert_true(rows() >= 1 && rows() <= 2);
+    assert_int_equal(count_of(c, "SELECT count(*) FROM warmlock_fleet"), 1);
+    roles(&r, 4, n);
+    assert_int_equal(n[WL_FLEET_LED], 1);
+    PQfinish(c);
+    unlink_all(&r, 4);
+}
+
+/* ---------------------------------------------------------------- 4 */
+
+static void test_transaction_pooler_falls_back_per_host(void **state)
+{
+    struct run r = {.warm_sql = WARM_SQL, .per = 3, .fleet = 1};
+    const char *why;
+    int n[5], i;
+
+    NEED_PG();
+    if ((why = pgh_bouncer_unavailable()))
+        PGH_NEED(0, why);
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    assert_int_equal(pgh_bouncer_start_with(&H, NULL, "pool_mode = transaction\n"), 0);
+    r.conninfo = H.bouncer_conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    /* hosts one after another: each sees the pooler and warms up itself */
+    for (i = 0; i < 2; i++) {
+        assert_int_equal(run_hosts(&r, 1), 3);
+        roles(&r, 1, n);
+        assert_int_equal(n[WL_FLEET_LOCAL], 1);
+        unlink_all(&r, 1);
+    }
+    assert_int_equal(rows(), 2);
+    /* hosts at once: every process answers, none hangs */
+    assert_int_equal(run_hosts(&r, 3), 9);
+    assert_true(rows() >= 3 && rows() <= 5);
+    unlink_all(&r, 3);
+    pgh_bouncer_stop(&H);
+}
+
+/* ---------------------------------------------------------------- 5 */
+
+static void test_role_without_create_elects_but_late_hosts_repeat(void **state)
+{
+    struct run r = {.warm_sql = HELD_WARM_SQL, .per = 2, .fleet = 1};
+    PGconn *c;
+    pid_t pids[MAXP];
+    int n[5];
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = NOCREATE_CI;
+    r.o = wlt_shared(sizeof(struct out));
+    c = own();
+    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    spawn(&r, 3, pids);
+    /* the fleet leader in its warm-up, the two other host leaders waiting for it */
+    wait_count(c, WAITING_ON_HOLD, 1);
+    wait_count(c, WAITING_ON_FLEET, 2);
+    assert_true(exec_ok(c, "SELECT pg_advisory_unlock(4242)"));
+    assert_int_equal(reap(&r, pids, -1), 6);
+    assert_int_equal(rows(), 1);
+    roles(&r, 3, n);
+    assert_int_equal(n[WL_FLEET_LED], 1);
+    assert_int_equal(n[WL_FLEET_WAITED], 2);
+    /* nothing could be recorded: a host that comes later runs it again */
+    assert_int_equal(count_of(c, "SELECT count(*) FROM pg_tables WHERE tablename = "
+                                 "'warmlock_fleet'"),
+                     0);
+    unlink_all(&r, 3);
+    r.warm_sql = WARM_SQL;
+    assert_int_equal(run_hosts(&r, 1), 2);
+    assert_int_equal(rows(), 2);
+    roles(&r, 1, n);
+    assert_int_equal(n[WL_FLEET_LED], 1);
+    unlink_all(&r, 1);
+    PQfinish(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        WLT_BOTH(test_one_heavy_warmup_for_four_hosts),
+        WLT_BOTH(test_late_hosts_skip_and_a_restart_warms_again),
+        WLT_BOTH(test_killed_fleet_leader_is_replaced),
+        WLT_BOTH(test_transaction_pooler_falls_back_per_host),
+        WLT_BOTH(test_role_without_create_elects_but_late_hosts_repeat),
+    };
+    return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
+}
