@@ -59,6 +59,10 @@ static const char usage_text[] =
     "                      SIGHUP. Prefer it (mode 0600) to --target for conninfos that\n"
     "                      hold a password: the command line is visible to every user.\n"
     "  --warm-sql FILE     SQL the leader runs once per epoch (re-read on SIGHUP)\n"
+    "  --fleet             fleet mode for every target: the --warm-sql runs once per\n"
+    "                      server start for all hosts sharing a target (an advisory lock\n"
+    "                      elects one; the others wait for it, then only verify). In\n"
+    "                      --config, a line 'fleet CONNINFO' sets it for one target\n"
     "  --interval S        seconds between checks of each target (default 5)\n"
     "  --warm-timeout S    accepted for compatibility; a warm-up now lasts until the\n"
     "                      server answers (a permanent failure is published at once)\n"
@@ -81,7 +85,7 @@ static struct {
     const char *config, *warm_sql_path, *shm;
     uint32_t interval_ms;
     mode_t mode;
-    int notify_fd, foreground;
+    int notify_fd, foreground, fleet;
     /* state */
     struct wl_keeper *k;
     int sfd;
@@ -171,6 +175,10 @@ static int parse(int argc, char **argv)
         if (!strcmp(a, "--version")) {
             printf("warmlockd %s (libwarmlock %s)\n", WL_VERSION_STRING, wl_version());
             return 0;
+        }
+        if (!strcmp(a, "--fleet")) {
+            D.fleet = 1;
+            continue;
         }
         if (!strcmp(a, "--foreground")) {
             D.foreground = 1;
@@ -474,11 +482,23 @@ static int load_targets(int reload)
     }
     for (i = 0; i < D.ncli; i++)
         all[i] = D.cli_targets[i];
-    for (i = 0; i < n; i++)
-        all[D.ncli + i] = lines[i];
+    for (i = 0; i < n; i++) {
+        /* "fleet CONNINFO": that target in fleet mode (no conninfo starts with the word) */
+        char *l = lines[i];
+        if (!strncmp(l, "fleet", 5) && (l[5] == ' ' || l[5] == '\t')) {
+            for (l += 5; *l == ' ' || *l == '\t'; l++)
+                ;
+        }
+        all[D.ncli + i] = l;
+    }
     r = wl_keeper_set_targets(D.k, all, D.ncli + n);
     if (r >= 0)
         keep_conninfos(all, D.ncli + n);
+    for (i = 0; r >= 0 && i < D.ncli + n; i++)
+        wl_keeper_set_target_flags(D.k, all[i],
+                                   D.fleet || (i >= D.ncli && all[i] != lines[i - D.ncli])
+                                       ? WL_PG_FLEET
+                                       : 0);
     free(all);
     wlc_free_lines(lines, n);
     if (r < 0) {

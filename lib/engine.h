@@ -115,6 +115,7 @@ struct wl__fleet_conf {
     int abort_fd;                /* the run ends (-ECANCELED) once readable; -1 none */
 };
 #define WL__FLEET_NORECORD 1u /* wl__fleet_out.flags: the record table could not be used */
+#define WL__FLEET_DEADLINE 2u /* the wait for the fleet leader used up the deadline */
 struct wl__fleet_out {
     int role;                 /* WL_FLEET_* */
     int32_t leader_pid;       /* the fleet leader's backend, as the server reports it */

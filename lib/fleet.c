@@ -222,6 +222,14 @@ static int same_backend(const struct fleet *f, const PGresult *res)
 
 /* ---------------------------------------------------------------- connecting */
 
+/* The fleet session's notices (a FATAL at a shutdown) are not printed: its errors say. */
+static void quiet(void *arg, const PGresult *res)
+{
+    (void)arg;
+    (void)res;
+}
+
+
 static int connect_fleet(struct fleet *f, PGconn **out, uint64_t deadline)
 {
     const char *kw[4], *val[4];
@@ -267,6 +275,7 @@ static int connect_fleet(struct fleet *f, PGconn **out, uint64_t deadline)
         return wl__fmt(f->err, sizeof(f->err), "fleet: cannot make the connection non-blocking"),
                -EAGAIN;
     }
+    PQsetNoticeReceiver(c, quiet, NULL);
     *out = c;
     return 0;
 }
@@ -586,6 +595,8 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
 
     if (!f.conn && (r = connect_fleet(&f, &f.conn, stmt_deadline(&f))) < 0)
         goto out;
+    if (f.conn)
+        PQsetNoticeReceiver(f.conn, quiet, NULL);
     if (f.conn && PQsetnonblocking(f.conn, 1) != 0) {
         r = -EAGAIN;
         wl__copy(f.err, sizeof(f.err), "fleet: cannot make the connection non-blocking");
@@ -657,6 +668,7 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
                             "fleet: deadline passed after %llu ms waiting for the fleet lock",
                             (unsigned long long)ms);
                 r = -ETIMEDOUT;
+                out->flags |= WL__FLEET_DEADLINE;
             }
             goto out;
         }

@@ -53,6 +53,7 @@
 #define REPEAT_NS           (30000ull * MS) /* the same failure is reported again after this long */
 #define KEYLEN              WL_PG_KEY_MAX
 #define MAX_FIELDS          8
+#define FLEET_WAIT_MS       30000u /* the least a fleet phase may wait for another host */
 
 enum tstate {
     T_DECIDE,  /* nothing runs: the driver looks at the slot when its timer fires or poked */
@@ -79,6 +80,8 @@ struct target {
     unsigned quick_losses; /* checks lost within an interval of their verification, in a row */
     int ever_ready;
     int seen;           /* wl_keeper_set_targets' bookkeeping */
+    uint32_t flags;     /* WL_PG_FLEET */
+    char *fleet_key;    /* wl_pg_key() of conninfo (no password digest: every host's) */
     char last_err[256]; /* the last failure reported (failure_shape), to keep an outage's log
                          * short */
     uint64_t last_err_ns;
@@ -103,6 +106,7 @@ struct wl_keeper {
     char *verify_sql, *warm_sql, *app_name;
     wl_keeper_event_fn on_event;
     void *event_arg;
+    uint32_t flags; /* the targets' default WL_PG_FLEET */
     struct target *targets;
     size_t ntargets;
     struct watch *watches;
@@ -278,6 +282,49 @@ static void hook_stage(void *arg, int stage)
         wl__claim_stage(&t->claim, stage);
 }
 
+/* Is t in fleet mode (with a warm_sql to share)? */
+static int fleet_of(const struct target *t)
+{
+    return (t->flags & WL_PG_FLEET) && t->fleet_key && t->k->warm_sql;
+}
+
+/* The fleet phase of a claimed warm-up whose probe verified the server (it ran without
+ * warm_sql): on a connection of its own, blocking the loop, bounded, ended by a stop. */
+static int fleet_phase(struct target *t, struct wl_result *res)
+{
+    struct wl_keeper *k = t->k;
+    struct wl__fleet_conf fc;
+    struct wl__fleet_out out;
+    uint32_t ms = k->interval_ms > FLEET_WAIT_MS ? k->interval_ms : FLEET_WAIT_MS;
+    char b1[24];
+    int r;
+
+    memset(&fc, 0, sizeof(fc));
+    fc.conninfo = t->conninfo;
+    fc.key = t->fleet_key;
+    fc.warm_sql = k->warm_sql;
+    fc.deadline_ns = wl__now_ns() + (uint64_t)ms * MS;
+    fc.attempt_timeout_ms = k->attempt_timeout_ms;
+    fc.abort_fd = k->stop_fd;
+    r = wl__fleet_run(&fc, NULL, &out, res);
+    if (r < 0)
+        return r;
+    wl__fleet_note(k->seg, t->key, &out);
+    res->error[0] = res->sqlstate[0] = '\0';
+    emit(k, t, WL_KEEPER_INFO, WL_KEEPER_NOTE,
+         out.role == WL_FLEET_LED       ? "fleet warm-up led"
+         : out.role == WL_FLEET_WAITED  ? "fleet warm-up done by another host (waited)"
+         : out.role == WL_FLEET_SKIPPED ? "fleet warm-up already done (skipped)"
+                                        : "fleet mode off (transaction pooler): warmed up alone",
+         "fleet_leader_pid", out.leader_pid ? num(b1, sizeof(b1), (uint64_t)out.leader_pid) : NULL,
+         "fleet_leader_host", out.leader_host[0] ? out.leader_host : NULL, "fleet_leader_app",
+         out.leader_app[0] ? out.leader_app : NULL,
+         "record", (out.flags & WL__FLEET_NORECORD) ? "none (the role cannot create or write "
+                                                      "warmlock_fleet)" : NULL,
+         (const char *)NULL);
+    return 0;
+}
+
 static void hook_verified(void *arg)
 {
     struct target *t = arg;
@@ -294,6 +341,19 @@ static void hook_verified(void *arg)
     }
     memset(&res, 0, sizeof(res));
     wl__probe_result(t->probe, &res);
+    if (fleet_of(t) && (r = fleet_phase(t, &res)) < 0) {
+        /* Not published READY: start over from the driver (the probe is cancelled there). */
+        char b[24];
+        publish(t, r, &res);
+        report(t, wl__transient(r) ? WL_KEEPER_DOWN : WL_KEEPER_FAILED,
+               "fleet warm-up failed; retrying", r, res.error, res.sqlstate,
+               num(b, sizeof(b), wl__transient(r) ? RECHECK_FIRST_MS : k->fail_ttl_ms));
+        if (wl__transient(r))
+            t->hold_off = now + (uint64_t)RECHECK_FIRST_MS * MS;
+        t->reclaim = 1;
+        poke(t);
+        return;
+    }
     t->st = T_HOLDING;
     if ((r = publish(t, 0, &res)) == 0) {
         emit(k, t, WL_KEEPER_INFO, WL_KEEPER_READY, "ready", "epoch",
@@ -398,7 +458,7 @@ static int start_warm(struct target *t, uint64_t now)
     int r;
 
     base_conf(t, &c);
-    c.warm_sql = k->warm_sql;
+    c.warm_sql = fleet_of(t) ? NULL : k->warm_sql; /* fleet: warm_sql in the fleet phase */
     c.backoff.max_attempts = 0;
     c.deadline_ns = UINT64_MAX; /* no deadline while the keeper runs */
     t->claimed = 1;
@@ -613,6 +673,7 @@ WL_EXPORT int wl_keeper_new(const struct wl_keeper_opts *opts, struct wl_keeper 
         wl__dup_or_null(opts->application_name ? opts->application_name : DEFAULT_APP_NAME, &oom);
     k->on_event = opts->on_event;
     k->event_arg = opts->event_arg;
+    k->flags = opts->flags;
     if (oom) {
         wl_keeper_free(k);
         return -ENOMEM;
@@ -660,6 +721,7 @@ static void free_target(struct wl_keeper *k, struct target *t)
     wl__loop_remove(k->loop, &t->task);
     wl__probe_free(t->probe);
     free(t->conninfo);
+    free(t->fleet_key);
     free(t);
 }
 
@@ -710,6 +772,12 @@ WL_EXPORT int wl_keeper_add_target(struct wl_keeper *k, const char *conninfo)
     wl__copy(t->key, sizeof(t->key), key);
     t->k = k;
     t->seen = 1;
+    t->flags = k->flags;
+    {
+        char fk[KEYLEN];
+        if (wl_pg_key(conninfo, fk, sizeof(fk)) >= 0)
+            t->fleet_key = strdup(fk); /* NULL (out of memory): no fleet mode for it */
+    }
     t->task.step = target_step;
     if ((r = wl__loop_add(k->loop, &t->task)) < 0) {
         wl__probe_free(t->probe);
@@ -770,6 +838,20 @@ WL_EXPORT int wl_keeper_set_targets(struct wl_keeper *k, const char *const *conn
     }
     check_all_ready(k);
     return (int)k->ntargets;
+}
+
+WL_EXPORT int wl_keeper_set_target_flags(struct wl_keeper *k, const char *conninfo,
+                                         uint32_t flags)
+{
+    char key[KEYLEN];
+    struct target *t;
+
+    if (!k || !conninfo || (flags & ~WL_PG_FLEET))
+        return -EINVAL;
+    if (key_of(k, conninfo, key, sizeof(key), 1) < 0 || !(t = find(k, key, NULL)))
+        return -ENOENT;
+    t->flags = flags;
+    return 0;
 }
 
 WL_EXPORT int wl_keeper_set_warm_sql(struct wl_keeper *k, const char *sql)

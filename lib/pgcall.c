@@ -61,7 +61,8 @@ static int probe(struct warm_ctx *c, const struct wl_pg_opts *opts, struct wl_re
 
 /* Fleet mode: the probe without warm_sql (it waits out an outage), then the fleet phase on
  * its verified connection, where warm_sql runs if this host leads the fleet. */
-static int fleet_warm(struct warm_ctx *c, const struct wl_pg_opts *opts, struct wl_result *res)
+static int fleet_warm(struct warm_ctx *c, const struct wl_pg_opts *opts, struct wl_result *res,
+                      int *stop)
 {
     static _Atomic int norecord_logged;
     const struct wl_pg_target *t = c->t;
@@ -86,6 +87,7 @@ static int fleet_warm(struct warm_ctx *c, const struct wl_pg_opts *opts, struct 
     fc.attempt_timeout_ms = opts->attempt_timeout_ms;
     fc.abort_fd = -1;
     r = wl__fleet_run(&fc, conn, &out, res);
+    *stop = (out.flags & WL__FLEET_DEADLINE) != 0;
     if (r == 0) {
         wl__fleet_note(t->seg, wl__key_text(t->key), &out);
         res->error[0] = res->sqlstate[0] = '\0';
@@ -108,12 +110,14 @@ static int pg_warm(void *arg, struct wl_result *res)
     struct wl_pg_opts o;
 
     if (c->t->fleet_key && !wl__warm_reverifying()) {
-        int r;
+        int r, stop = 0;
         o = *opts;
         if (wl__warm_fail_fast())
             o.backoff.max_attempts = 1;
-        r = fleet_warm(c, &o, res);
-        if (r < 0 && opts->backoff.max_attempts)
+        r = fleet_warm(c, &o, res, &stop);
+        /* the caller's own max_attempts ran out, or its deadline went on waiting for the
+         * fleet leader: that is its answer */
+        if (r < 0 && (opts->backoff.max_attempts || stop))
             wl__warm_stop();
         return r;
     }

@@ -277,11 +277,14 @@ static void test_late_hosts_skip_and_a_restart_warms_again(void **state)
     assert_int_equal(rows(), 1);
     unlink_all(&r, 2);
 
-    /* two more hosts later in the same server start: they skip it */
+    /* two more hosts later in the same server start: they skip it (one of them may find
+     * the other checking the record, and wait for it a moment) */
     assert_int_equal(run_hosts(&r, 2), 6);
     assert_int_equal(rows(), 1);
     roles(&r, 2, n);
-    assert_int_equal(n[WL_FLEET_SKIPPED], 2);
+    assert_int_equal(n[WL_FLEET_LED], 0);
+    assert_true(n[WL_FLEET_SKIPPED] >= 1);
+    assert_int_equal(n[WL_FLEET_SKIPPED] + n[WL_FLEET_WAITED], 2);
     unlink_all(&r, 2);
 
     /* a new server start: once more, once */
@@ -418,6 +421,298 @@ static void test_role_without_create_elects_but_late_hosts_repeat(void **state)
     PQfinish(c);
 }
 
+/* ---------------------------------------------------------------- faults */
+
+/* The fleet leader's pid (a process of ours) from its fleet session's application_name,
+ * once it is in its held warm-up. */
+static pid_t held_leader(PGconn *c)
+{
+    PGresult *res;
+    pid_t pid = 0;
+
+    wait_count(c, WAITING_ON_HOLD, 1);
+    res = PQexec(c, "SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a "
+                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND NOT l.granted "
+                    "AND l.objid = 4242");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(res), 1);
+    assert_int_equal(sscanf(PQgetvalue(res, 0, 0), "warmlock-fleet %*s %d", &pid), 1);
+    PQclear(res);
+    return pid;
+}
+
+/* A stopped (hung) fleet leader: a host with a short deadline gets -ETIMEDOUT naming the
+ * lock's holder as the server reports it; once it runs again everyone finishes. */
+static void test_hung_fleet_leader_bounds_the_wait_and_is_named(void **state)
+{
+    struct run r = {.warm_sql = HELD_WARM_SQL, .per = 1, .fleet = 1};
+    struct wl_segment *seg;
+    struct wl_pg_opts o;
+    struct wl_result res;
+    PGconn *c;
+    pid_t pids[MAXP], victim;
+    uint64_t t0;
+    int rc;
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    c = own();
+    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    spawn(&r, 1, pids);
+    victim = held_leader(c);
+    assert_int_equal(kill(victim, SIGSTOP), 0);
+    /* another host, with 1.5 s to live */
+    assert_int_equal(wl_open(wlt_segname(), NULL, &seg), 0);
+    memset(&o, 0, sizeof(o));
+    o.warm_sql = HELD_WARM_SQL;
+    o.flags = WL_PG_FLEET;
+    o.wait.timeout_ms = 1500;
+    t0 = wlt_now_ns();
+    rc = wl_pg_ensure(seg, H.conninfo, &o, &res);
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_true(wlt_now_ns() - t0 < 4000ull * 1000000u); /* bounded by its deadline */
+    print_message("%s\n", res.error);
+    assert_non_null(strstr(res.error, "fleet leader"));
+    assert_non_null(strstr(res.error, "warmlock-fleet"));
+    assert_non_null(strstr(res.error, "backend pid"));
+    kill(victim, SIGCONT);
+    assert_true(exec_ok(c, "SELECT pg_advisory_unlock(4242)"));
+    assert_int_equal(reap(&r, pids, -1), 1);
+    o.wait.timeout_ms = 20000;
+    assert_int_equal(wl_pg_ensure(seg, H.conninfo, &o, &res), 0);
+    assert_int_equal(rows(), 1);
+    wl_close(seg);
+    PQfinish(c);
+    unlink_all(&r, 1);
+}
+
+/* The fleet leader's session is terminated mid-warm-up: its lock goes with it, another host
+ * takes over, and the first host then waits for that one. */
+static void test_lost_fleet_session_hands_over(void **state)
+{
+    struct run r = {.warm_sql = HELD_WARM_SQL, .per = 2, .fleet = 1};
+    PGconn *c;
+    pid_t pids[MAXP];
+    int n[5];
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    c = own();
+    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    spawn(&r, 3, pids);
+    held_leader(c);
+    wait_count(c, WAITING_ON_FLEET, 2);
+    assert_int_equal(count_of(c, "SELECT count(*) FROM (SELECT pg_terminate_backend(l.pid) FROM "
+                                 "pg_locks l WHERE l.locktype = 'advisory' AND NOT l.granted "
+                                 "AND l.objid = 4242) t"),
+                     1);
+    /* the next fleet leader is in its warm-up: let it finish */
+    wait_count(c, WAITING_ON_HOLD, 1);
+    assert_true(exec_ok(c, "SELECT pg_advisory_unlock(4242)"));
+    assert_int_equal(reap(&r, pids, -1), 6);
+    assert_int_equal(rows(), 1); /* the terminated one's row was rolled back */
+    roles(&r, 3, n);
+    assert_int_equal(n[WL_FLEET_LED], 1);
+    assert_int_equal(n[WL_FLEET_WAITED] + n[WL_FLEET_SKIPPED], 2);
+    PQfinish(c);
+    unlink_all(&r, 3);
+}
+
+/* The server restarts during the fleet warm-up: after it, the warm-up runs once, for the
+ * new server start. */
+static void test_restart_during_fleet_warmup(void **state)
+{
+    struct run r = {.warm_sql = HELD_WARM_SQL, .per = 2, .fleet = 1};
+    PGconn *c;
+    pid_t pids[MAXP];
+    char out[64];
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    c = own();
+    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    spawn(&r, 3, pids);
+    held_leader(c);
+    /* still held while the server stops (a fast stop ends every session, ours too) */
+    assert_int_equal(pgh_stop(&H, "fast"), 0);
+    PQfinish(c);
+    assert_int_equal(pgh_start(&H, 1), 0);
+    assert_int_equal(reap(&r, pids, -1), 6);
+    assert_int_equal(pgh_query(&H,
+                               "SELECT count(*) FROM fleet_runs WHERE started = (extract(epoch "
+                               "FROM pg_postmaster_start_time()) * 1000000)::bigint",
+                               out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "1");
+    assert_int_equal(rows(), 1);
+    unlink_all(&r, 3);
+}
+
+/* Through pgbouncer in session mode fleet mode works as it does directly. */
+static void test_session_pooler_keeps_fleet_mode(void **state)
+{
+    struct run r = {.warm_sql = WARM_SQL, .per = 3, .fleet = 1};
+    const char *why;
+    int n[5];
+
+    NEED_PG();
+    if ((why = pgh_bouncer_unavailable()))
+        PGH_NEED(0, why);
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    assert_int_equal(pgh_bouncer_start(&H, NULL), 0);
+    r.conninfo = H.bouncer_conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    assert_int_equal(run_hosts(&r, 3), 9);
+    assert_int_equal(rows(), 1);
+    roles(&r, 3, n);
+    assert_int_equal(n[WL_FLEET_LED], 1);
+    assert_int_equal(n[WL_FLEET_LOCAL], 0);
+    unlink_all(&r, 3);
+    pgh_bouncer_stop(&H);
+}
+
+/* ---------------------------------------------------------------- the programs */
+
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[8][400];
+    static int k;
+    char *p = path[k++ % 8];
+    FILE *f;
+    snprintf(p, 400, "%s/%s", H.dir, name);
+    assert_non_null(f = fopen(p, "w"));
+    fputs(text, f);
+    fclose(f);
+    return p;
+}
+
+/* warmlock wait --fleet on three hosts: one heavy warm-up; status (table and --json) says
+ * who led, who waited or skipped, and names the fleet leader. */
+static void test_cli_wait_fleet_and_status(void **state)
+{
+    const char *sql = write_file("fleet.sql", WARM_SQL);
+    char shm[3][64];
+    pid_t pids[3];
+    struct wlt_run *out = wlt_shared(sizeof(struct wlt_run));
+    int i, led = 0, other = 0;
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    for (i = 0; i < 3; i++) {
+        snprintf(shm[i], sizeof(shm[i]), "%s", wlt_segname());
+        char *const argv[] = {(char *)WL_WARMLOCK, "--shm", shm[i], "wait", "--fleet",
+                              "--warm-sql", (char *)sql, "--timeout", "20", H.conninfo, NULL};
+        pids[i] = wlt_spawn_exec(argv, NULL, NULL, -1);
+    }
+    for (i = 0; i < 3; i++)
+        assert_int_equal(wlt_wait(pids[i], 30000), 0);
+    assert_int_equal(rows(), 1);
+    for (i = 0; i < 3; i++) {
+        WLT_RUN(out, H.dir, 10000, (char *)WL_WARMLOCK, "--shm", shm[i], "status", "--json");
+        assert_int_equal(out->status, 0);
+        assert_non_null(strstr(out->out, "\"fleet_leader_pid\": "));
+        assert_non_null(strstr(out->out, "\"fleet_leader_app\": \"warmlock-fleet "));
+        led += strstr(out->out, "\"fleet\": \"led\"") != NULL;
+        other += strstr(out->out, "\"fleet\": \"waited\"") != NULL ||
+                 strstr(out->out, "\"fleet\": \"skipped\"") != NULL;
+        WLT_RUN(out, H.dir, 10000, (char *)WL_WARMLOCK, "--shm", shm[i], "status");
+        assert_int_equal(out->status, 0);
+        assert_non_null(strstr(out->out, "FLEET"));
+        assert_non_null(strstr(out->out, "FLEET_LEADER"));
+        assert_non_null(strstr(out->out, "@local"));
+        wl_unlink(shm[i]);
+    }
+    assert_int_equal(led, 1);
+    assert_int_equal(other, 2);
+    WLT_RUN(out, H.dir, 10000, (char *)WL_WARMLOCK, "--help");
+    assert_non_null(strstr(out->out, "--fleet"));
+}
+
+/* warmlockd in fleet mode on two hosts (one with --fleet, one with the config keyword):
+ * one heavy warm-up, and applications find the targets READY. */
+static void test_daemons_share_one_warmup(void **state)
+{
+    const char *sql = write_file("fleetd.sql", WARM_SQL);
+    char cfg_text[800], shm[2][64], log[2][400];
+    const char *cfg;
+    pid_t d[2];
+    struct wlt_run *out = wlt_shared(sizeof(struct wlt_run));
+    int i;
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    snprintf(cfg_text, sizeof(cfg_text), "# fleet target\nfleet %s\n", H.conninfo);
+    cfg = write_file("fleetd.conf", cfg_text);
+    for (i = 0; i < 2; i++) {
+        snprintf(shm[i], sizeof(shm[i]), "%s", wlt_segname());
+        snprintf(log[i], sizeof(log[i]), "%s/fleetd%d.log", H.dir, i);
+    }
+    {
+        char *const a0[] = {(char *)WL_WARMLOCKD, "--foreground", "--shm", shm[0], "--fleet",
+                            "--warm-sql", (char *)sql, "--target", H.conninfo, NULL};
+        char *const a1[] = {(char *)WL_WARMLOCKD, "--foreground", "--shm", shm[1],
+                            "--warm-sql", (char *)sql, "--config", (char *)cfg, NULL};
+        d[0] = wlt_spawn_exec(a0, NULL, log[0], -1);
+        d[1] = wlt_spawn_exec(a1, NULL, log[1], -1);
+    }
+    /* the daemons warm their targets up (applications would wait for them meanwhile) */
+    for (i = 0; i < 2; i++) {
+        uint64_t end = wlt_now_ns() + 30000ull * 1000000u;
+        for (;;) {
+            struct wl_open_opts oo = {.flags = WL_OPEN_EXISTING};
+            struct wl_segment *seg;
+            struct wl_slot_info s[2];
+            int ready = 0;
+            if (wl_open(shm[i], &oo, &seg) == 0) {
+                ready = wl_snapshot(seg, s, 2) == 1 && s[0].state == WL_READY;
+                if (ready)
+                    assert_true(s[0].fleet == WL_FLEET_LED || s[0].fleet == WL_FLEET_WAITED ||
+                                s[0].fleet == WL_FLEET_SKIPPED);
+                wl_close(seg);
+            }
+            if (ready)
+                break;
+            assert_true(wlt_now_ns() < end);
+            wlt_sleep_ms(20);
+        }
+    }
+    for (i = 0; i < 2; i++) {
+        char *const argv[] = {(char *)WL_WARMLOCK, "--shm", shm[i], "wait", "--timeout", "20",
+                              H.conninfo, NULL};
+        wlt_run_v(out, H.dir, 30000, argv);
+        assert_int_equal(out->status, 0);
+    }
+    assert_int_equal(rows(), 1);
+    for (i = 0; i < 2; i++) {
+        char text[16384];
+        kill(d[i], SIGTERM);
+        assert_int_equal(wlt_wait(d[i], 10000), 0);
+        wlt_slurp(log[i], text, sizeof(text));
+        assert_non_null(strstr(text, "fleet warm-up"));
+        wl_unlink(shm[i]);
+    }
+    WLT_RUN(out, H.dir, 10000, (char *)WL_WARMLOCKD, "--help");
+    assert_non_null(strstr(out->out, "--fleet"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -426,6 +721,12 @@ int main(void)
         WLT_BOTH(test_killed_fleet_leader_is_replaced),
         WLT_BOTH(test_transaction_pooler_falls_back_per_host),
         WLT_BOTH(test_role_without_create_elects_but_late_hosts_repeat),
+        WLT_BOTH(test_hung_fleet_leader_bounds_the_wait_and_is_named),
+        WLT_BOTH(test_lost_fleet_session_hands_over),
+        WLT_BOTH(test_restart_during_fleet_warmup),
+        WLT_BOTH(test_session_pooler_keeps_fleet_mode),
+        WLT_BOTH(test_cli_wait_fleet_and_status),
+        WLT_BOTH(test_daemons_share_one_warmup),
     };
     return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
 }

@@ -185,6 +185,9 @@ struct wl_keeper_opts {
     const char *application_name; /* of its connections, default "warmlock-keeper" */
     wl_keeper_event_fn on_event;  /* may be NULL */
     void *event_arg;
+    uint32_t flags;               /* WL_PG_FLEET: every target in fleet mode (its warm_sql
+                                   * once per server start for every host; see
+                                   * wl_keeper_set_target_flags for one target) */
 };
 
 struct wl_keeper;
@@ -204,6 +207,14 @@ WL_EXPORT int wl_keeper_remove_target(struct wl_keeper *k, const char *conninfo)
  * targets there are, or -ENOMEM. */
 WL_EXPORT int wl_keeper_set_targets(struct wl_keeper *k, const char *const *conninfos,
                                     size_t n);
+/* The flags of the target of conninfo's key (WL_PG_FLEET, or 0), instead of the keeper's
+ * opts.flags; from its next warm-up on. In fleet mode the keeper's warm-up verifies the
+ * server, then takes part in the fleet election on a connection of its own: it blocks the
+ * keeper's loop while it waits for another host's fleet leader (at most its interval and
+ * 30 s, whichever is longer, then it tries again; wl_keeper_stop() ends the wait at once).
+ * 0, -ENOENT (no such target), -EINVAL. */
+WL_EXPORT int wl_keeper_set_target_flags(struct wl_keeper *k, const char *conninfo,
+                                         uint32_t flags);
 /* SQL run once per epoch by the keeper's warm-ups (NULL: none); copied; used from the next
  * warm-up on. 0 or -ENOMEM. */
 WL_EXPORT int wl_keeper_set_warm_sql(struct wl_keeper *k, const char *sql);
