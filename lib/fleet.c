@@ -175,9 +175,11 @@ static int exec(struct fleet *f, PGconn *c, const char *what, const char *sql, i
                 if (!err[0]) { /* the first error: the later ones are its consequences */
                     const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
                     const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+                    const char *v = PQresultErrorField(res, PG_DIAG_SEVERITY);
                     wl__copy(st, sizeof(st), s ? s : "");
-                    wl__fmt(err, sizeof(err), "%s%s%s%s", m ? m : PQresultErrorMessage(res),
-                            s ? " (SQLSTATE " : "", s ? s : "", s ? ")" : "");
+                    wl__fmt(err, sizeof(err), "%s:  %s%s%s%s", v ? v : "ERROR",
+                            m ? m : PQresultErrorMessage(res), s ? " (SQLSTATE " : "",
+                            s ? s : "", s ? ")" : "");
                     if (PQresultStatus(res) == PGRES_COPY_IN ||
                         PQresultStatus(res) == PGRES_COPY_OUT)
                         wl__copy(err, sizeof(err), "COPY is not allowed here");

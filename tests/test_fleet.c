@@ -585,6 +585,30 @@ static void test_session_pooler_keeps_fleet_mode(void **state)
     pgh_bouncer_stop(&H);
 }
 
+/* A warm_sql that fails is a permanent failure for the fleet leader's host (served to its
+ * processes), and the next host in line leads and fails the same way: nobody hangs, and
+ * nothing is recorded. */
+static void test_failing_warm_sql_fails_every_host(void **state)
+{
+    struct run r = {.warm_sql = "SELECT * FROM fleet_no_such_table", .per = 2, .fleet = 1};
+    int i;
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.o = wlt_shared(sizeof(struct out));
+    assert_int_equal(run_hosts(&r, 2), 0);
+    for (i = 0; i < r.n; i++) {
+        assert_int_equal(r.o->rc[i], -EIO);
+        assert_non_null(strstr(r.o->err[i], "warm_sql failed: ERROR: relation "
+                                            "\"fleet_no_such_table\" does not exist"));
+    }
+    assert_int_equal(pgh_psql(&H, "SELECT count(*) FROM warmlock_fleet"), -1); /* none */
+    unlink_all(&r, 2);
+}
+
 /* ---------------------------------------------------------------- the programs */
 
 static const char *write_file(const char *name, const char *text)
@@ -725,6 +749,7 @@ int main(void)
         WLT_BOTH(test_lost_fleet_session_hands_over),
         WLT_BOTH(test_restart_during_fleet_warmup),
         WLT_BOTH(test_session_pooler_keeps_fleet_mode),
+        WLT_BOTH(test_failing_warm_sql_fails_every_host),
         WLT_BOTH(test_cli_wait_fleet_and_status),
         WLT_BOTH(test_daemons_share_one_warmup),
     };

@@ -59,6 +59,13 @@ export interface SlotStatus {
   ready_age_ms: number | null;
   time_to_ready_ms: number | null;
   down_ms: number | null;
+  /** What this host did in the last fleet warm-up (WL_PG_FLEET). */
+  fleet: 'none' | 'led' | 'waited' | 'skipped' | 'local';
+  /** The fleet leader's backend pid, client address and application_name, as the server
+   * reports them. */
+  fleet_leader_pid: number | null;
+  fleet_leader_host: string;
+  fleet_leader_app: string;
   wait_count: number;
   wait_sum_ms: number;
   wait_hist: HistBucket[];
