@@ -39,6 +39,7 @@ WLT_PG_SUITE
     "SELECT pg_advisory_lock_shared(4242); SELECT pg_advisory_unlock_shared(4242)"
 
 static char NOCREATE_CI[800];
+static int quiet_failures; /* a case whose processes are meant to fail */
 
 struct out {
     struct wlt_barrier start;
@@ -141,7 +142,7 @@ static int reap(struct run *r, pid_t *pids, int killed)
         int st = wlt_wait(pids[i], 40000);
         if (pids[i] == killed)
             continue;
-        if (st != 0)
+        if (st != 0 && !quiet_failures)
             print_message("process %d (host %d): status %d rc %d: %s\n", i, i / r->per, st,
                           r->o->rc[i], r->o->err[i]);
         assert_int_not_equal(st, -1); /* it ended on its own */
@@ -599,13 +600,20 @@ static void test_failing_warm_sql_fails_every_host(void **state)
     clean();
     r.conninfo = H.conninfo;
     r.o = wlt_shared(sizeof(struct out));
+    quiet_failures = 1;
     assert_int_equal(run_hosts(&r, 2), 0);
+    quiet_failures = 0;
     for (i = 0; i < r.n; i++) {
         assert_int_equal(r.o->rc[i], -EIO);
         assert_non_null(strstr(r.o->err[i], "warm_sql failed: ERROR: relation "
                                             "\"fleet_no_such_table\" does not exist"));
     }
-    assert_int_equal(pgh_psql(&H, "SELECT count(*) FROM warmlock_fleet"), -1); /* none */
+    {
+        char out[16];
+        assert_int_equal(pgh_query(&H, "SELECT count(*) FROM pg_tables WHERE tablename = "
+                                       "'warmlock_fleet'", out, sizeof(out)), 0);
+        assert_string_equal(out, "0"); /* nothing recorded */
+    }
     unlink_all(&r, 2);
 }
 
