@@ -25,7 +25,7 @@
 
 #define MAXH 64
 #define MAXP 1024
-#define MS 1000000ull
+#define MS   1000000ull
 
 static const char usage_text[] =
     "usage: bench/fleet [--hosts LIST] [--procs N] [--warm-sleep S] [--runs R] [--csv FILE]\n"
@@ -90,9 +90,9 @@ static int worker(void *arg, int i)
 }
 
 struct outcome {
-    long warmups;       /* heavy warm-ups the server ran */
-    double ready_ms;    /* all ready, from pgh_start */
-    double lag_ms;      /* all ready, from the server's ready line */
+    long warmups;    /* heavy warm-ups the server ran */
+    double ready_ms; /* all ready, from pgh_start */
+    double lag_ms;   /* all ready, from the server's ready line */
     int errors;
 };
 
@@ -236,7 +236,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (cf)
-        fprintf(cf, "hosts,procs,mode,run,heavy_warmups,all_ready_ms,after_server_ready_ms,errors\n");
+        fprintf(cf,
+                "hosts,procs,mode,run,heavy_warmups,all_ready_ms,after_server_ready_ms,errors\n");
     printf("fleet: %d process%s per host, warm_sql = %s, %d run%s per cell, after a restart\n\n",
            procs, procs == 1 ? "" : "es", warm_sql, runs, runs == 1 ? "" : "s");
     printf("| H | N | mode | heavy warm-ups | all ready from start (ms) | all ready from server "
@@ -272,8 +273,7 @@ int main(int argc, char **argv)
             med[mode][0] = ready[runs / 2];
             med[mode][1] = lag[runs / 2];
             printf("| %d | %d | %s | %ld | %.0f | %.0f | %d |\n", hosts[i], procs,
-                   mode ? "fleet" : "per-host", wu[mode], med[mode][0], med[mode][1],
-                   errs[mode]);
+                   mode ? "fleet" : "per-host", wu[mode], med[mode][0], med[mode][1], errs[mode]);
             fflush(stdout);
             bad |= errs[mode] != 0 || (mode == 1 && wu[1] != 1);
         }

@@ -495,10 +495,8 @@ static int load_targets(int reload)
     if (r >= 0)
         keep_conninfos(all, D.ncli + n);
     for (i = 0; r >= 0 && i < D.ncli + n; i++)
-        wl_keeper_set_target_flags(D.k, all[i],
-                                   D.fleet || (i >= D.ncli && all[i] != lines[i - D.ncli])
-                                       ? WL_PG_FLEET
-                                       : 0);
+        wl_keeper_set_target_flags(
+            D.k, all[i], D.fleet || (i >= D.ncli && all[i] != lines[i - D.ncli]) ? WL_PG_FLEET : 0);
     free(all);
     wlc_free_lines(lines, n);
     if (r < 0) {

@@ -49,10 +49,10 @@
 #include "internal.h"
 #include "warmlock/pg.h"
 
-#define MS            1000000ull
-#define STMT_NS       (2000ull * MS) /* a short statement's bound without attempt timeout */
-#define HOLDER_NS     (300ull * MS)  /* kept back from the lock wait to name its holder */
-#define FLEET_TABLE   "warmlock_fleet"
+#define MS          1000000ull
+#define STMT_NS     (2000ull * MS) /* a short statement's bound without attempt timeout */
+#define HOLDER_NS   (300ull * MS)  /* kept back from the lock wait to name its holder */
+#define FLEET_TABLE "warmlock_fleet"
 
 static const uint8_t id_key[16] = {'w', 'a', 'r', 'm', 'l', 'o', 'c', 'k',
                                    '-', 'f', 'l', 'e', 'e', 't', '-', '1'};
@@ -62,13 +62,13 @@ struct fleet {
     PGconn *conn;
     int64_t id;
     char id_s[24], classid_s[16], objid_s[16], chan[40];
-    int32_t pid;          /* the fleet session's backend */
+    int32_t pid; /* the fleet session's backend */
     char pid_s[16];
-    char start_s[24];     /* pg_postmaster_start_time() in µs */
-    char sysid_s[24];     /* "" when the role cannot read it */
-    char host[64];        /* our client address as the server sees it */
-    char app[64];         /* our application_name */
-    int norecord;         /* the record table cannot be read or written */
+    char start_s[24]; /* pg_postmaster_start_time() in µs */
+    char sysid_s[24]; /* "" when the role cannot read it */
+    char host[64];    /* our client address as the server sees it */
+    char app[64];     /* our application_name */
+    int norecord;     /* the record table cannot be read or written */
     char err[256];
     char sqlstate[6];
 };
@@ -178,8 +178,8 @@ static int exec(struct fleet *f, PGconn *c, const char *what, const char *sql, i
                     const char *v = PQresultErrorField(res, PG_DIAG_SEVERITY);
                     wl__copy(st, sizeof(st), s ? s : "");
                     wl__fmt(err, sizeof(err), "%s:  %s%s%s%s", v ? v : "ERROR",
-                            m ? m : PQresultErrorMessage(res), s ? " (SQLSTATE " : "",
-                            s ? s : "", s ? ")" : "");
+                            m ? m : PQresultErrorMessage(res), s ? " (SQLSTATE " : "", s ? s : "",
+                            s ? ")" : "");
                     if (PQresultStatus(res) == PGRES_COPY_IN ||
                         PQresultStatus(res) == PGRES_COPY_OUT)
                         wl__copy(err, sizeof(err), "COPY is not allowed here");
@@ -230,7 +230,6 @@ static void quiet(void *arg, const PGresult *res)
     (void)arg;
     (void)res;
 }
-
 
 static int connect_fleet(struct fleet *f, PGconn **out, uint64_t deadline)
 {
@@ -309,12 +308,11 @@ static void log_line(const char *msg, const char *key)
 /* Step 1: the session's identity and the server start. */
 static int whoami(struct fleet *f)
 {
-    static const char sql[] =
-        "SELECT pg_backend_pid(),"
-        " (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint,"
-        " has_function_privilege('pg_control_system()', 'EXECUTE'),"
-        " coalesce(host(inet_client_addr()), 'local'),"
-        " set_config('application_name', $1, false)";
+    static const char sql[] = "SELECT pg_backend_pid(),"
+                              " (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint,"
+                              " has_function_privilege('pg_control_system()', 'EXECUTE'),"
+                              " coalesce(host(inet_client_addr()), 'local'),"
+                              " set_config('application_name', $1, false)";
     const char *p[1] = {f->app};
     PGresult *res;
     int r;
@@ -474,16 +472,15 @@ static int record(struct fleet *f)
         " system_identifier = EXCLUDED.system_identifier, server_start = EXCLUDED.server_start,"
         " done_at = EXCLUDED.done_at, leader_pid = EXCLUDED.leader_pid,"
         " leader_host = EXCLUDED.leader_host, leader_app = EXCLUDED.leader_app RETURNING 1";
-    const char *p[9] = {f->id_s,  f->fc->key, f->sysid_s[0] ? f->sysid_s : NULL,
-                        f->start_s, f->host,  f->app,
-                        f->pid_s, f->classid_s, f->objid_s};
+    const char *p[9] = {f->id_s,    f->fc->key,   f->sysid_s[0] ? f->sysid_s : NULL,
+                        f->start_s, f->host,      f->app,
+                        f->pid_s,   f->classid_s, f->objid_s};
     PGresult *res;
     int r, tries;
 
     for (tries = 0; tries < 2; tries++) {
         if (f->norecord || tries) {
-            r = exec(f, f->conn, "creating " FLEET_TABLE, create, 0, NULL, stmt_deadline(f),
-                     &res);
+            r = exec(f, f->conn, "creating " FLEET_TABLE, create, 0, NULL, stmt_deadline(f), &res);
             PQclear(res);
             /* a concurrent CREATE of another target's fleet: the table is there now */
             if (r < 0 && strcmp(f->sqlstate, "23505") && strcmp(f->sqlstate, "42P07")) {
@@ -532,8 +529,8 @@ static int announce(struct fleet *f)
     if ((r = exec(f, f->conn, "notifying the fleet", sql, 5, p, stmt_deadline(f), &res)) < 0)
         return r;
     PQclear(res);
-    r = exec(f, f->conn, "releasing the fleet lock", "SELECT pg_advisory_unlock($1::bigint)", 1,
-             u, stmt_deadline(f), &res);
+    r = exec(f, f->conn, "releasing the fleet lock", "SELECT pg_advisory_unlock($1::bigint)", 1, u,
+             stmt_deadline(f), &res);
     PQclear(res);
     return r;
 }
@@ -645,8 +642,9 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
         holder(&f, out);
         left = fc->deadline_ns > now + HOLDER_NS ? fc->deadline_ns - now - HOLDER_NS : 1 * MS;
         wl__fmt(tmo, sizeof(tmo), "%llums", (unsigned long long)(left / MS ? left / MS : 1));
-        if ((r = exec(&f, f.conn, "setting lock_timeout", "SELECT set_config('lock_timeout', $1, false)",
-                      1, p1, stmt_deadline(&f), &pr)) < 0)
+        if ((r = exec(&f, f.conn, "setting lock_timeout",
+                      "SELECT set_config('lock_timeout', $1, false)", 1, p1, stmt_deadline(&f),
+                      &pr)) < 0)
             goto out;
         PQclear(pr);
         r = exec(&f, f.conn, "waiting for the fleet leader",
@@ -690,8 +688,8 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
     if (r == 1) {
         const char *p[1] = {f.id_s};
         out->role = waited ? WL_FLEET_WAITED : WL_FLEET_SKIPPED;
-        r = exec(&f, f.conn, "releasing the fleet lock", "SELECT pg_advisory_unlock($1::bigint)",
-                 1, p, stmt_deadline(&f), &pr);
+        r = exec(&f, f.conn, "releasing the fleet lock", "SELECT pg_advisory_unlock($1::bigint)", 1,
+                 p, stmt_deadline(&f), &pr);
         PQclear(pr);
         r = 0; /* done either way; closing the session lets go of the lock too */
         goto out;

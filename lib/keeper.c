@@ -318,9 +318,10 @@ static int fleet_phase(struct target *t, struct wl_result *res)
                                         : "fleet mode off (transaction pooler): warmed up alone",
          "fleet_leader_pid", out.leader_pid ? num(b1, sizeof(b1), (uint64_t)out.leader_pid) : NULL,
          "fleet_leader_host", out.leader_host[0] ? out.leader_host : NULL, "fleet_leader_app",
-         out.leader_app[0] ? out.leader_app : NULL,
-         "record", (out.flags & WL__FLEET_NORECORD) ? "none (the role cannot create or write "
-                                                      "warmlock_fleet)" : NULL,
+         out.leader_app[0] ? out.leader_app : NULL, "record",
+         (out.flags & WL__FLEET_NORECORD) ? "none (the role cannot create or write "
+                                            "warmlock_fleet)"
+                                          : NULL,
          (const char *)NULL);
     return 0;
 }
@@ -840,8 +841,7 @@ WL_EXPORT int wl_keeper_set_targets(struct wl_keeper *k, const char *const *conn
     return (int)k->ntargets;
 }
 
-WL_EXPORT int wl_keeper_set_target_flags(struct wl_keeper *k, const char *conninfo,
-                                         uint32_t flags)
+WL_EXPORT int wl_keeper_set_target_flags(struct wl_keeper *k, const char *conninfo, uint32_t flags)
 {
     char key[KEYLEN];
     struct target *t;

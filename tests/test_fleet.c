@@ -28,7 +28,7 @@
 
 WLT_PG_SUITE
 
-#define MAXP 40
+#define MAXP      40
 #define HOLD_LOCK 4242 /* the test's own advisory lock a held warm_sql waits for */
 #define WARM_SQL                                                                                   \
     "INSERT INTO fleet_runs (started) VALUES "                                                     \
@@ -51,7 +51,7 @@ struct out {
 struct run {
     const char *conninfo, *warm_sql;
     char segs[8][64];
-    int per;   /* processes per host */
+    int per; /* processes per host */
     int fleet;
     struct out *o;
     int n; /* processes in all */
@@ -73,8 +73,8 @@ static int group_setup(void **state)
         pg_reason = "cannot set up the fleet tables";
         return 0;
     }
-    snprintf(NOCREATE_CI, sizeof(NOCREATE_CI), "host=%s port=%d dbname=postgres user=fleet_nocreate",
-             H.sockdir, H.port);
+    snprintf(NOCREATE_CI, sizeof(NOCREATE_CI),
+             "host=%s port=%d dbname=postgres user=fleet_nocreate", H.sockdir, H.port);
     return 0;
 }
 
@@ -209,8 +209,8 @@ static int exec_ok(PGconn *c, const char *sql)
 static long count_of(PGconn *c, const char *sql)
 {
     PGresult *res = PQexec(c, sql);
-    long n = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) ? atol(PQgetvalue(res, 0, 0))
-                                                                      : -1;
+    long n =
+        PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) ? atol(PQgetvalue(res, 0, 0)) : -1;
     PQclear(res);
     return n;
 }
@@ -610,8 +610,11 @@ static void test_failing_warm_sql_fails_every_host(void **state)
     }
     {
         char out[16];
-        assert_int_equal(pgh_query(&H, "SELECT count(*) FROM pg_tables WHERE tablename = "
-                                       "'warmlock_fleet'", out, sizeof(out)), 0);
+        assert_int_equal(pgh_query(&H,
+                                   "SELECT count(*) FROM pg_tables WHERE tablename = "
+                                   "'warmlock_fleet'",
+                                   out, sizeof(out)),
+                         0);
         assert_string_equal(out, "0"); /* nothing recorded */
     }
     unlink_all(&r, 2);
@@ -648,8 +651,9 @@ static void test_cli_wait_fleet_and_status(void **state)
     clean();
     for (i = 0; i < 3; i++) {
         snprintf(shm[i], sizeof(shm[i]), "%s", wlt_segname());
-        char *const argv[] = {(char *)WL_WARMLOCK, "--shm", shm[i], "wait", "--fleet",
-                              "--warm-sql", (char *)sql, "--timeout", "20", H.conninfo, NULL};
+        char *const argv[] = {
+            (char *)WL_WARMLOCK, "--shm",     shm[i], "wait",     "--fleet", "--warm-sql",
+            (char *)sql,         "--timeout", "20",   H.conninfo, NULL};
         pids[i] = wlt_spawn_exec(argv, NULL, NULL, -1);
     }
     for (i = 0; i < 3; i++)
@@ -698,10 +702,10 @@ static void test_daemons_share_one_warmup(void **state)
         snprintf(log[i], sizeof(log[i]), "%s/fleetd%d.log", H.dir, i);
     }
     {
-        char *const a0[] = {(char *)WL_WARMLOCKD, "--foreground", "--shm", shm[0], "--fleet",
-                            "--warm-sql", (char *)sql, "--target", H.conninfo, NULL};
-        char *const a1[] = {(char *)WL_WARMLOCKD, "--foreground", "--shm", shm[1],
-                            "--warm-sql", (char *)sql, "--config", (char *)cfg, NULL};
+        char *const a0[] = {(char *)WL_WARMLOCKD, "--foreground", "--shm",    shm[0],     "--fleet",
+                            "--warm-sql",         (char *)sql,    "--target", H.conninfo, NULL};
+        char *const a1[] = {(char *)WL_WARMLOCKD, "--foreground", "--shm",     shm[1], "--warm-sql",
+                            (char *)sql,          "--config",     (char *)cfg, NULL};
         d[0] = wlt_spawn_exec(a0, NULL, log[0], -1);
         d[1] = wlt_spawn_exec(a1, NULL, log[1], -1);
     }
@@ -727,8 +731,8 @@ static void test_daemons_share_one_warmup(void **state)
         }
     }
     for (i = 0; i < 2; i++) {
-        char *const argv[] = {(char *)WL_WARMLOCK, "--shm", shm[i], "wait", "--timeout", "20",
-                              H.conninfo, NULL};
+        char *const argv[] = {(char *)WL_WARMLOCK, "--shm", shm[i],     "wait",
+                              "--timeout",         "20",    H.conninfo, NULL};
         wlt_run_v(out, H.dir, 30000, argv);
         assert_int_equal(out->status, 0);
     }
