@@ -110,6 +110,7 @@ struct wl__fleet_conf {
     const char *conninfo;        /* to connect the fleet session (and the pooler check) */
     const char *key;             /* wl_pg_key() of it: the same on every host (no pw=) */
     const char *warm_sql;        /* what only the fleet leader runs */
+    const char *verify_sql;      /* run again after the phase; NULL or "": not again */
     uint64_t deadline_ns;        /* absolute CLOCK_MONOTONIC bound of the whole run */
     uint32_t attempt_timeout_ms; /* of each short statement; 0: 2000 */
     int abort_fd;                /* the run ends (-ECANCELED) once readable; -1 none */

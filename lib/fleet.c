@@ -535,6 +535,42 @@ static int announce(struct fleet *f)
     return r;
 }
 
+/* After a pooler moved us: unlock the fleet lock on backend pid (a string) if a statement
+ * lands there (a few tries; a transaction pool hands out its last released connection
+ * first). Best effort: the pooler closing that connection releases it too. */
+static void release_on(struct fleet *f, const char *pid)
+{
+    static const char sql[] = "SELECT CASE WHEN pg_backend_pid() = $2::integer"
+                              " THEN pg_advisory_unlock($1::bigint) END";
+    const char *p[2] = {f->id_s, pid};
+    PGresult *res;
+    int i;
+
+    for (i = 0; i < 3; i++) {
+        if (exec(f, f->conn, "releasing the fleet lock", sql, 2, p, stmt_deadline(f), &res) < 0)
+            return;
+        if (field(res, 0)) {
+            PQclear(res);
+            return;
+        }
+        PQclear(res);
+    }
+}
+
+/* After the fleet phase, the caller's own verify_sql (the probe ran it before the phase):
+ * a check that needs what warm_sql made must see it. The default needs no second run. */
+static int verify(struct fleet *f)
+{
+    PGresult *res;
+    int r;
+
+    if (!f->fc->verify_sql || !*f->fc->verify_sql)
+        return 0;
+    r = exec(f, f->conn, "verify_sql", f->fc->verify_sql, -1, NULL, stmt_deadline(f), &res);
+    PQclear(res);
+    return r;
+}
+
 /* warm_sql in the fleet session, bounded by the deadline. */
 static int run_warm(struct fleet *f, struct wl_result *res)
 {
@@ -574,6 +610,7 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
         "SELECT pg_backend_pid(), CASE WHEN EXISTS (SELECT 1 FROM pg_locks"
         " WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
         " AND classid = $2::oid AND objid = $3::oid AND objsubid = 1)"
+        " OR pg_backend_pid() <> $4::integer"
         " THEN NULL ELSE pg_try_advisory_lock($1::bigint) END";
     struct fleet f;
     PGresult *pr;
@@ -615,8 +652,8 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
         goto out;
     PQclear(pr);
     {
-        const char *p[3] = {f.id_s, f.classid_s, f.objid_s};
-        if ((r = exec(&f, f.conn, "taking the fleet lock", lock_sql, 3, p, stmt_deadline(&f),
+        const char *p[4] = {f.id_s, f.classid_s, f.objid_s, f.pid_s};
+        if ((r = exec(&f, f.conn, "taking the fleet lock", lock_sql, 4, p, stmt_deadline(&f),
                       &pr)) < 0)
             goto out;
     }
@@ -673,7 +710,11 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
             goto out;
         }
         if (!same_backend(&f, pr)) {
+            /* taken on another backend than ours: give it back there if we can */
+            char other[16];
+            wl__copy(other, sizeof(other), field(pr, 0) ? field(pr, 0) : "0");
             PQclear(pr);
+            release_on(&f, other);
             log_line("fleet mode off: the fleet session's backend changed (a pooler that does "
                      "not keep sessions); this host runs warm_sql itself",
                      fc->key);
@@ -691,8 +732,7 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
         r = exec(&f, f.conn, "releasing the fleet lock", "SELECT pg_advisory_unlock($1::bigint)", 1,
                  p, stmt_deadline(&f), &pr);
         PQclear(pr);
-        r = 0; /* done either way; closing the session lets go of the lock too */
-        goto out;
+        goto verified; /* done either way; closing the session lets go of the lock too */
     }
     /* Lead (also after a leader that died or failed). */
     out->role = WL_FLEET_LED;
@@ -703,15 +743,17 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
         goto out;
     if ((r = record(&f)) < 0)
         goto out;
-    r = announce(&f);
-    if (r < 0) /* the warm-up itself is done: closing the session lets go of the lock */
-        r = 0;
-    goto out;
+    announce(&f); /* a failure here: closing the session lets go of the lock anyway */
+    goto verified;
 
 local:
     out->role = WL_FLEET_LOCAL;
     out->leader_pid = 0;
-    r = run_warm(&f, res);
+    if ((r = run_warm(&f, res)) == 0)
+        r = verify(&f);
+    goto out;
+verified:
+    r = verify(&f);
 out:
     if (f.norecord)
         out->flags |= WL__FLEET_NORECORD;

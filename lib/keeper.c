@@ -303,6 +303,7 @@ static int fleet_phase(struct target *t, struct wl_result *res)
     fc.conninfo = t->conninfo;
     fc.key = t->fleet_key;
     fc.warm_sql = k->warm_sql;
+    fc.verify_sql = k->verify_sql;
     fc.deadline_ns = wl__now_ns() + (uint64_t)ms * MS;
     fc.attempt_timeout_ms = k->attempt_timeout_ms;
     fc.abort_fd = k->stop_fd;
@@ -459,7 +460,15 @@ static int start_warm(struct target *t, uint64_t now)
     int r;
 
     base_conf(t, &c);
-    c.warm_sql = fleet_of(t) ? NULL : k->warm_sql; /* fleet: warm_sql in the fleet phase */
+    if (fleet_of(t)) {
+        /* warm_sql, then verify_sql, run in the fleet phase (verify_sql may need what
+         * warm_sql makes); this probe, and the checks of its held connection, run the
+         * default verification */
+        c.warm_sql = NULL;
+        c.verify_sql = NULL;
+    } else {
+        c.warm_sql = k->warm_sql;
+    }
     c.backoff.max_attempts = 0;
     c.deadline_ns = UINT64_MAX; /* no deadline while the keeper runs */
     t->claimed = 1;

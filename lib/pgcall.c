@@ -76,13 +76,17 @@ static int fleet_warm(struct warm_ctx *c, const struct wl_pg_opts *opts, struct 
         PQfinish(c->kept);
         c->kept = NULL;
     }
+    /* The probe checks that the server is up and lets us in (verify_sql may need what
+     * warm_sql makes: it runs after the fleet phase) */
     o.warm_sql = NULL;
+    o.verify_sql = NULL;
     if ((r = wl__pg_probe_keep(t->conninfo, &o, c->deadline_ns, res, &conn)) < 0)
         return r;
     memset(&fc, 0, sizeof(fc));
     fc.conninfo = t->conninfo;
     fc.key = t->fleet_key;
     fc.warm_sql = opts->warm_sql;
+    fc.verify_sql = opts->verify_sql;
     fc.deadline_ns = c->deadline_ns;
     fc.attempt_timeout_ms = opts->attempt_timeout_ms;
     fc.abort_fd = -1;

@@ -49,7 +49,7 @@ struct out {
 };
 
 struct run {
-    const char *conninfo, *warm_sql;
+    const char *conninfo, *warm_sql, *verify_sql;
     char segs[8][64];
     int per; /* processes per host */
     int fleet;
@@ -101,6 +101,7 @@ static int child(void *arg, int i)
 
     memset(&o, 0, sizeof(o));
     o.warm_sql = r->warm_sql;
+    o.verify_sql = r->verify_sql;
     o.flags = r->fleet ? WL_PG_FLEET : 0;
     o.wait.timeout_ms = 20000;
     if (wl_open(r->segs[i / r->per], NULL, &seg) < 0) {
@@ -620,6 +621,24 @@ static void test_failing_warm_sql_fails_every_host(void **state)
     unlink_all(&r, 2);
 }
 
+/* A verify_sql that needs what warm_sql made passes on every host: it runs after the fleet
+ * phase, not before it. */
+static void test_verify_sql_runs_after_the_fleet_warmup(void **state)
+{
+    struct run r = {.warm_sql = WARM_SQL, .per = 2, .fleet = 1};
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    r.conninfo = H.conninfo;
+    r.verify_sql = "SELECT 1 / (SELECT count(*) FROM fleet_runs)::int";
+    r.o = wlt_shared(sizeof(struct out));
+    assert_int_equal(run_hosts(&r, 3), 6);
+    assert_int_equal(rows(), 1);
+    unlink_all(&r, 3);
+}
+
 /* ---------------------------------------------------------------- the programs */
 
 static const char *write_file(const char *name, const char *text)
@@ -762,6 +781,7 @@ int main(void)
         WLT_BOTH(test_restart_during_fleet_warmup),
         WLT_BOTH(test_session_pooler_keeps_fleet_mode),
         WLT_BOTH(test_failing_warm_sql_fails_every_host),
+        WLT_BOTH(test_verify_sql_runs_after_the_fleet_warmup),
         WLT_BOTH(test_cli_wait_fleet_and_status),
         WLT_BOTH(test_daemons_share_one_warmup),
     };
