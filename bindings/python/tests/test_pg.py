@@ -162,3 +162,23 @@ def test_varying_timeouts_keep_a_bounded_target_cache(pg, shm):
         assert warmlock.pg_ensure(pg.conninfo, timeout=10.0 + i / 1000.0, shm=shm) == first
     assert len(warmlock._local.targets) <= warmlock._PER_THREAD
     assert slot(shm)["warmups"] == 1
+
+
+def test_fleet_two_hosts_one_warm_sql(pg, shm):
+    other = shm + ".b"
+    pg.psql("DROP TABLE IF EXISTS warmlock_fleet")
+    mark = pg.log_mark()
+    marker = "wl_py_fleet_%d" % os.getpid()
+    try:
+        for name in (shm, other):  # two hosts, one after the other
+            warmlock.pg_ensure(pg.conninfo, warm_sql="SELECT '%s'" % marker, shm=name, fleet=True)
+        assert slot(shm)["fleet"] == "led", slot(shm)
+        assert slot(other)["fleet"] == "skipped", slot(other)
+        assert slot(other)["fleet_leader_pid"] == slot(shm)["fleet_leader_pid"]
+        assert slot(other)["fleet_leader_app"].startswith("warmlock-fleet ")
+        assert pg.count_since(mark, marker) == 1  # warm_sql ran once, for both hosts
+    finally:
+        try:
+            os.unlink("/dev/shm" + other)
+        except FileNotFoundError:
+            pass

@@ -298,7 +298,7 @@ def _fast(name: str) -> Any:
 
 
 def _pg_target(k: tuple) -> _Target:
-    (conninfo, timeout, warm_sql, fail_fast, shm, verify_sql, attempt_timeout, fail_ttl) = k
+    (conninfo, timeout, warm_sql, fail_fast, shm, verify_sql, attempt_timeout, fail_ttl, fleet) = k
     lib = _lib.load()
     opts = _lib.PgOpts()
     ws = None if warm_sql is None else _b(warm_sql, "warm_sql")
@@ -309,6 +309,7 @@ def _pg_target(k: tuple) -> _Target:
     opts.wait.timeout_ms = _ms(timeout, "timeout")
     opts.wait.fail_ttl_ms = _ms(fail_ttl, "fail_ttl")
     opts.wait.flags = _lib.FAIL_FAST if fail_fast else 0
+    opts.flags = _lib.PG_FLEET if fleet else 0
     ci = _b(conninfo, "conninfo")
     seg = _segment(shm)
     out = ctypes.c_void_p()
@@ -337,6 +338,7 @@ def pg_ensure(
     verify_sql: Optional[Text] = None,
     attempt_timeout: Optional[float] = None,
     fail_ttl: Optional[float] = None,
+    fleet: bool = False,
 ) -> Epoch:
     """Make sure the server of `conninfo` is warm and verified in this epoch; return it.
 
@@ -359,6 +361,9 @@ def pg_ensure(
             (None: 2 s).
         fail_ttl: how long a published permanent failure is served before it is tried
             again, seconds (None: 1 s).
+        fleet: fleet mode: `warm_sql` runs once per server start for every host (every
+            segment) that shares the target; the host leaders elect one through a
+            PostgreSQL advisory lock (see the README's "Fleet mode").
 
     Returns:
         The epoch: a ``warmlock.Epoch``, an int with ``role`` ("leader" or "follower"),
@@ -370,7 +375,7 @@ def pg_ensure(
             (bad conninfo), ``EIO`` (warm_sql or the verification failed), ``EAGAIN`` or
             ``ECONNREFUSED`` (with fail_fast), ``EPERM``/``EPROTO`` (the segment).
     """
-    k = (conninfo, timeout, warm_sql, fail_fast, shm, verify_sql, attempt_timeout, fail_ttl)
+    k = (conninfo, timeout, warm_sql, fail_fast, shm, verify_sql, attempt_timeout, fail_ttl, bool(fleet))
     t = _local.targets.get(k)
     if t is None:
         t = _pg_target(k)

@@ -33,6 +33,7 @@ HIST_BUCKETS = 12
 HIST_BOUNDS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 OPEN_EXISTING = 1
 FAIL_FAST = 1
+PG_FLEET = 1  # include/warmlock/pg.h: wl_pg_opts.flags
 PG_KEY_MAX = 1024
 STATE_NAMES = ("cold", "warming", "ready", "stale", "failed")
 
