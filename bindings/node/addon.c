@@ -257,6 +257,7 @@ struct target {
     uint32_t max_age_ms;           /* the engine's default re-verification age */
     char *conninfo;
     char *warm_sql;
+    uint32_t flags; /* wl_pg_opts.flags: WL_PG_FLEET */
     char key[WL_PG_KEY_MAX];
 };
 
@@ -330,6 +331,7 @@ static void do_check(const struct target *t, struct req *r)
     o.wait.timeout_ms = left_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)left_ms;
     o.wait.flags = WL_FAIL_FAST;
     o.warm_sql = t->warm_sql;
+    o.flags = t->flags;
     memset(&res, 0, sizeof(res));
     /* wl_pg_connect says no code: the ensure before it gives the single-flight's, and a
      * failure after it is our own connection's */
@@ -437,6 +439,7 @@ static void *waiter_main(void *arg)
         o.wait.timeout_ms = left_ms > UINT32_MAX ? UINT32_MAX : left_ms ? (uint32_t)left_ms : 1;
         o.wait.flags = ff ? WL_FAIL_FAST : 0;
         o.warm_sql = t->warm_sql;
+        o.flags = t->flags;
         memset(&res, 0, sizeof(res));
         if (batch)
             code = wl_pg_ensure(t->seg, t->conninfo, &o, &res);
@@ -651,8 +654,8 @@ static int get_u32(napi_env env, napi_value v, uint32_t *out)
  * the target's waiter thread. */
 static napi_value js_open(napi_env env, napi_callback_info info)
 {
-    size_t argc = 3;
-    napi_value argv[3], handle, name;
+    size_t argc = 4;
+    napi_value argv[4], handle, name;
     char *shm = NULL, err[256] = "";
     struct target *t;
     struct wl_pg_opts o = {0};
@@ -672,6 +675,11 @@ static napi_value js_open(napi_env env, napi_callback_info info)
     if (get_string(env, argv[0], 1, &shm) < 0 || get_string(env, argv[1], 0, &t->conninfo) < 0 ||
         get_string(env, argv[2], 1, &t->warm_sql) < 0)
         goto fail;
+    if (argc >= 4) { /* fleet (a boolean) */
+        bool fleet = false;
+        if (napi_get_value_bool(env, argv[3], &fleet) == napi_ok && fleet)
+            t->flags = WL_PG_FLEET;
+    }
     if (atomic_load_explicit(&live_targets, memory_order_relaxed) > MAX_TARGETS) {
         throw_code(env, -EMFILE, "warmlock: too many distinct targets in this process (64)");
         goto fail;
@@ -681,6 +689,7 @@ static napi_value js_open(napi_env env, napi_callback_info info)
         goto fail;
     }
     o.warm_sql = t->warm_sql;
+    o.flags = t->flags;
     if ((r = wl_pg_target_open(t->seg, t->conninfo, &o, &t->prepared)) < 0) {
         throw_code(env, r, wl_last_error()[0] ? wl_last_error() : wl_strerror(r));
         goto fail;

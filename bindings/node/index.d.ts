@@ -7,6 +7,9 @@ export interface EnsureOptions {
   warmSql?: string | null;
   /** During an outage, reject at once with the current transient failure instead of waiting. */
   failFast?: boolean;
+  /** Fleet mode (WL_PG_FLEET): warmSql runs once per server start for every host (every
+   * segment) that shares the target; see the README's "Fleet mode". */
+  fleet?: boolean;
   /** Segment name (default $WARMLOCK_SHM, then /warmlock.<uid>). */
   shm?: string | null;
   /** READY verified longer ago than this is re-verified once, through the single-flight

@@ -45,7 +45,7 @@ function checkMs(v, what) {
 // is built per call).
 const targets = new Map();
 
-function target(conninfo, shm, warmSql) {
+function target(conninfo, shm, warmSql, fleet) {
   let bySeg = targets.get(conninfo);
   if (bySeg === undefined) {
     checkString(conninfo, 'conninfo', false);
@@ -58,11 +58,13 @@ function target(conninfo, shm, warmSql) {
     bySeg.set(s, (bySql = new Map()));
   }
   const w = warmSql == null ? null : warmSql;
-  let h = bySql.get(w);
+  // fleet mode is part of the target: a key of its own (no SQL holds a NUL)
+  const mk = fleet ? 'fleet\0' + (w === null ? '\0' : w) : w;
+  let h = bySql.get(mk);
   if (h === undefined) {
     checkString(warmSql, 'warmSql', true);
-    h = addon.open(s === '' ? null : s, conninfo, w);
-    bySql.set(w, h);
+    h = addon.open(s === '' ? null : s, conninfo, w, !!fleet);
+    bySql.set(mk, h);
   }
   return h;
 }
@@ -86,7 +88,7 @@ function pgEnsure(conninfo, opts) {
     // the options first: a bad one is the caller's error whatever state the segment is in
     const timeout = checkMs(o.timeoutMs, 'timeoutMs');
     const maxAge = o.maxAgeMs === undefined ? undefined : checkMs(o.maxAgeMs, 'maxAgeMs');
-    const h = target(conninfo, o.shm, o.warmSql);
+    const h = target(conninfo, o.shm, o.warmSql, o.fleet);
     const epoch = maxAge === undefined ? addon.ready(h) : addon.ready(h, maxAge);
     if (epoch >= 0) return Promise.resolve({ epoch, role: 'follower' });
     return addon.wait(h, timeout, !!o.failFast, checkMs(maxAge, 'maxAgeMs'));

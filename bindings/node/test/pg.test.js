@@ -279,3 +279,22 @@ pgTest('example_cluster_server', async () => {
     await exited;
   }
 });
+
+pgTest('fleet_two_hosts_one_warm_sql', async () => {
+  // warm_sql can run only once: a second run would fail on the primary key
+  await pg.cmd('sql DROP TABLE IF EXISTS node_fleet_once');
+  await pg.cmd('sql CREATE TABLE node_fleet_once (id int PRIMARY KEY)');
+  const warmSql = 'INSERT INTO node_fleet_once VALUES (1)';
+  const a = shmName('fleet-a');
+  const b = shmName('fleet-b');
+  assert.equal((await wl.pgEnsure(pg.conninfo, { shm: a, warmSql, fleet: true })).role, 'leader');
+  assert.equal((await wl.pgEnsure(pg.conninfo, { shm: b, warmSql, fleet: true })).role, 'leader');
+  const [sa] = wl.status({ shm: a });
+  const [sb] = wl.status({ shm: b });
+  assert.equal(sa.fleet, 'led');
+  assert.equal(sb.fleet, 'skipped');
+  assert.equal(sb.fleet_leader_pid, sa.fleet_leader_pid);
+  assert.match(sb.fleet_leader_app, /^warmlock-fleet /);
+  // without fleet mode a third host runs it again, and fails on the key
+  await assert.rejects(wl.pgEnsure(pg.conninfo, { shm: shmName('fleet-c'), warmSql }), { code: 'EIO' });
+});
