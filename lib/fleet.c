@@ -648,9 +648,11 @@ int wl__fleet_run(const struct wl__fleet_conf *fc, PGconn *conn, struct wl__flee
         goto local;
     }
     wl__fmt(listen, sizeof(listen), "LISTEN %s", f.chan);
-    if ((r = exec(&f, f.conn, "listening", listen, 0, NULL, stmt_deadline(&f), &pr)) < 0)
-        goto out;
+    r = exec(&f, f.conn, "listening", listen, 0, NULL, stmt_deadline(&f), &pr);
     PQclear(pr);
+    /* a hot standby refuses LISTEN (and NOTIFY): the election works without it */
+    if (r < 0 && wl__transient(r))
+        goto out;
     {
         const char *p[4] = {f.id_s, f.classid_s, f.objid_s, f.pid_s};
         if ((r = exec(&f, f.conn, "taking the fleet lock", lock_sql, 4, p, stmt_deadline(&f),
