@@ -12,6 +12,9 @@
  *       │ ──another process warms it (-EBUSY)──▶ look again after WATCH_MS
  *       └ ──FAILED and fail_ttl not over──▶ look again when it is
  *     WARMING ──verified: publish READY──▶ HOLDING (the same connection, checked)
+ *             ──verified, fleet mode: FLEET (the fleet phase, wl__fleet_run, on a thread of
+ *               its own; the probe is cancelled) ──ended: publish──▶ HOLDING (a new check
+ *               connection), or DECIDE after a failure
  *             ──permanent failure: publish FAILED──▶ DECIDE
  *     HOLDING ──server closed it / a check failed: wl_invalidate──▶ DECIDE (re-warm)
  *             ──the slot is no longer READY (invalidated, reset)──▶ DECIDE
@@ -26,12 +29,15 @@
  *   RemoveIPC), else reopen and start every target over;
  * - an eventfd for wl_keeper_stop(), and the owner's watched fds.
  *
- * There are no threads: a removed target's warm-up is cancelled in place (published
+ * There are no threads but a fleet phase's (it blocks in libpq while it waits for another
+ * host's fleet leader; it touches nothing of the keeper's but its job, and the loop learns
+ * of its end through an eventfd): a removed target's warm-up is cancelled in place (published
  * -ECANCELED: the slot goes STALE and waiting applications carry on). Conninfos are never
  * reported; events name targets by their key.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -59,6 +65,23 @@ enum tstate {
     T_DECIDE,  /* nothing runs: the driver looks at the slot when its timer fires or poked */
     T_WARMING, /* claimed: the probe warms the target up */
     T_HOLDING, /* unclaimed: the probe holds (or opens) the check connection */
+    T_FLEET,   /* claimed, the server verified: the fleet phase runs on a thread of its own */
+};
+
+struct target;
+
+/* The fleet phase of a claimed warm-up (wl__fleet_run blocks: it waits for another host's
+ * fleet leader), on a thread of its own so the loop goes on; done_fd tells the loop. */
+struct fleet_job {
+    struct wl__task task; /* first: watches done_fd */
+    struct target *t;
+    pthread_t th;
+    int done_fd, abort_fd; /* eventfds */
+    char *conninfo, *key, *warm_sql, *verify_sql;
+    struct wl__fleet_conf fc;
+    struct wl__fleet_out out;
+    struct wl_result res; /* the probe's outcome, then the phase's */
+    int rc, done;
 };
 
 struct target {
@@ -79,11 +102,12 @@ struct target {
     struct wl__backoff_state recheck; /* the delays before re-warming after quick losses */
     unsigned quick_losses; /* checks lost within an interval of their verification, in a row */
     int ever_ready;
-    int seen;           /* wl_keeper_set_targets' bookkeeping */
-    uint32_t flags;     /* WL_PG_FLEET */
-    char *fleet_key;    /* wl_pg_key() of conninfo (no password digest: every host's) */
-    char last_err[256]; /* the last failure reported (failure_shape), to keep an outage's log
-                         * short */
+    int seen;              /* wl_keeper_set_targets' bookkeeping */
+    uint32_t flags;        /* WL_PG_FLEET */
+    char *fleet_key;       /* wl_pg_key() of conninfo (no password digest: every host's) */
+    struct fleet_job *job; /* T_FLEET's */
+    char last_err[256];    /* the last failure reported (failure_shape), to keep an outage's log
+                            * short */
     uint64_t last_err_ns;
     unsigned repeats;
 };
@@ -247,9 +271,42 @@ static int publish(struct target *t, int rc, struct wl_result *res)
     return r;
 }
 
+static void job_free(struct fleet_job *j)
+{
+    if (!j)
+        return;
+    if (j->done_fd >= 0)
+        close(j->done_fd);
+    if (j->abort_fd >= 0)
+        close(j->abort_fd);
+    free(j->conninfo);
+    free(j->key);
+    free(j->warm_sql);
+    free(j->verify_sql);
+    free(j);
+}
+
+/* End the fleet phase in flight at once (its thread sees abort_fd) and wait for it. */
+static void job_stop(struct target *t)
+{
+    struct fleet_job *j = t->job;
+    uint64_t one = 1;
+
+    if (!j)
+        return;
+    if (write(j->abort_fd, &one, sizeof(one)) < 0) {
+        /* an eventfd's counter cannot be full after one write */
+    }
+    pthread_join(j->th, NULL);
+    wl__loop_remove(t->k->loop, &j->task);
+    job_free(j);
+    t->job = NULL;
+}
+
 /* Stop whatever the target runs: a claimed warm-up is published -ECANCELED (STALE). */
 static void stop_work(struct target *t)
 {
+    job_stop(t);
     wl__probe_cancel(t->probe);
     if (t->claimed)
         publish(t, -ECANCELED, NULL);
@@ -288,30 +345,114 @@ static int fleet_of(const struct target *t)
     return (t->flags & WL_PG_FLEET) && t->fleet_key && t->k->warm_sql;
 }
 
-/* The fleet phase of a claimed warm-up whose probe verified the server (it ran without
- * warm_sql): on a connection of its own, blocking the loop, bounded, ended by a stop. */
-static int fleet_phase(struct target *t, struct wl_result *res)
+static void *job_main(void *arg)
+{
+    struct fleet_job *j = arg;
+    uint64_t one = 1;
+
+    j->rc = wl__fleet_run(&j->fc, NULL, &j->out, &j->res);
+    /* the eventfd's write orders the results above before the loop's read of done_fd */
+    if (write(j->done_fd, &one, sizeof(one)) < 0) {
+        /* cannot fail on a fresh eventfd */
+    }
+    return NULL;
+}
+
+static int timer(struct target *t, uint64_t at);
+static int start_check(struct target *t, uint64_t epoch, uint64_t now);
+
+/* The job's loop task: its thread is done; the driver takes it from there. */
+static int job_step(struct wl__task *task, int event, int revents)
+{
+    struct fleet_job *j = (struct fleet_job *)task;
+    uint64_t v;
+
+    (void)revents;
+    if (event == WL__EV_IO && read(j->done_fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
+        j->done = 1;
+        poke(j->t);
+        return WL__WANT_DONE;
+    }
+    task->fd = j->done_fd;
+    task->deadline_ns = 0;
+    return WL__WANT_READ;
+}
+
+/* Start the fleet phase of a claimed warm-up whose probe verified the server (it ran
+ * without warm_sql): a connection of its own, on a thread of its own, bounded. */
+static int job_start(struct target *t, const struct wl_result *probe_res)
 {
     struct wl_keeper *k = t->k;
-    struct wl__fleet_conf fc;
-    struct wl__fleet_out out;
     uint32_t ms = k->interval_ms > FLEET_WAIT_MS ? k->interval_ms : FLEET_WAIT_MS;
-    char b1[24];
+    struct fleet_job *j;
+    int oom = 0, r;
+
+    if (!(j = calloc(1, sizeof(*j))))
+        return -ENOMEM;
+    j->done_fd = j->abort_fd = -1;
+    j->t = t;
+    j->res = *probe_res;
+    j->conninfo = wl__dup_or_null(t->conninfo, &oom);
+    j->key = wl__dup_or_null(t->fleet_key, &oom);
+    j->warm_sql = wl__dup_or_null(k->warm_sql, &oom);
+    j->verify_sql = wl__dup_or_null(k->verify_sql, &oom);
+    if (oom || (j->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+        (j->abort_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+        job_free(j);
+        return -ENOMEM;
+    }
+    j->fc.conninfo = j->conninfo;
+    j->fc.key = j->key;
+    j->fc.warm_sql = j->warm_sql;
+    j->fc.verify_sql = j->verify_sql;
+    j->fc.deadline_ns = wl__now_ns() + (uint64_t)ms * MS;
+    j->fc.attempt_timeout_ms = k->attempt_timeout_ms;
+    j->fc.abort_fd = j->abort_fd;
+    j->task.step = job_step;
+    j->task.fd = -1;
+    if ((r = wl__loop_add(k->loop, &j->task)) < 0) {
+        job_free(j);
+        return r;
+    }
+    if ((r = -pthread_create(&j->th, NULL, job_main, j)) < 0) {
+        wl__loop_remove(k->loop, &j->task);
+        job_free(j);
+        return r;
+    }
+    t->job = j;
+    t->st = T_FLEET;
+    return 0;
+}
+
+/* The fleet phase ended (the driver, in T_FLEET): publish its outcome. */
+static int job_finish(struct target *t, uint64_t now)
+{
+    struct wl_keeper *k = t->k;
+    struct fleet_job *j = t->job;
+    struct wl_result res;
+    struct wl__fleet_out out;
+    char b1[24], b2[24], b3[24];
     int r;
 
-    memset(&fc, 0, sizeof(fc));
-    fc.conninfo = t->conninfo;
-    fc.key = t->fleet_key;
-    fc.warm_sql = k->warm_sql;
-    fc.verify_sql = k->verify_sql;
-    fc.deadline_ns = wl__now_ns() + (uint64_t)ms * MS;
-    fc.attempt_timeout_ms = k->attempt_timeout_ms;
-    fc.abort_fd = k->stop_fd;
-    r = wl__fleet_run(&fc, NULL, &out, res);
-    if (r < 0)
-        return r;
+    pthread_join(j->th, NULL);
+    wl__loop_remove(k->loop, &j->task);
+    r = j->rc;
+    res = j->res;
+    out = j->out;
+    job_free(j);
+    t->job = NULL;
+    t->st = T_DECIDE;
+    if (r < 0) {
+        publish(t, r, &res);
+        report(t, wl__transient(r) ? WL_KEEPER_DOWN : WL_KEEPER_FAILED,
+               "fleet warm-up failed; retrying", r, res.error, res.sqlstate,
+               num(b1, sizeof(b1), wl__transient(r) ? RECHECK_FIRST_MS : k->fail_ttl_ms));
+        if (wl__transient(r))
+            t->hold_off = now + (uint64_t)RECHECK_FIRST_MS * MS;
+        return timer(t, t->hold_off > now ? t->hold_off : now);
+    }
     wl__fleet_note(k->seg, t->key, &out);
-    res->error[0] = res->sqlstate[0] = '\0';
+    res.error[0] = res.sqlstate[0] = '\0';
     emit(k, t, WL_KEEPER_INFO, WL_KEEPER_NOTE,
          out.role == WL_FLEET_LED       ? "fleet warm-up led"
          : out.role == WL_FLEET_WAITED  ? "fleet warm-up done by another host (waited)"
@@ -324,7 +465,17 @@ static int fleet_phase(struct target *t, struct wl_result *res)
                                             "warmlock_fleet)"
                                           : NULL,
          (const char *)NULL);
-    return 0;
+    if ((r = publish(t, 0, &res)) == 0) {
+        emit(k, t, WL_KEEPER_INFO, WL_KEEPER_READY, "ready", "epoch",
+             num(b2, sizeof(b2), res.epoch), "ms", num(b3, sizeof(b3), (now - t->claim_ns) / MS),
+             (const char *)NULL);
+        became_ready(t, res.epoch);
+        return start_check(t, res.epoch, now); /* a check connection of its own */
+    }
+    emit(k, t, WL_KEEPER_WARN, WL_KEEPER_NOTE, "warm-up discarded", "error", res.error,
+         (const char *)NULL);
+    t->epoch = 0;
+    return timer(t, now);
 }
 
 static void hook_verified(void *arg)
@@ -343,16 +494,16 @@ static void hook_verified(void *arg)
     }
     memset(&res, 0, sizeof(res));
     wl__probe_result(t->probe, &res);
-    if (fleet_of(t) && (r = fleet_phase(t, &res)) < 0) {
-        /* Not published READY: start over from the driver (the probe is cancelled there). */
-        char b[24];
-        publish(t, r, &res);
-        report(t, wl__transient(r) ? WL_KEEPER_DOWN : WL_KEEPER_FAILED,
-               "fleet warm-up failed; retrying", r, res.error, res.sqlstate,
-               num(b, sizeof(b), wl__transient(r) ? RECHECK_FIRST_MS : k->fail_ttl_ms));
-        if (wl__transient(r))
-            t->hold_off = now + (uint64_t)RECHECK_FIRST_MS * MS;
-        t->reclaim = 1;
+    if (fleet_of(t)) {
+        /* The fleet phase next, on its thread; the driver cancels this probe (its
+         * connection is not needed) and publishes when the phase ends. */
+        if ((r = job_start(t, &res)) < 0) {
+            publish(t, -ECANCELED, NULL);
+            emit(k, t, WL_KEEPER_ERROR, WL_KEEPER_NOTE, "cannot start the fleet phase", "error",
+                 strerror(-r), (const char *)NULL);
+            t->hold_off = now + (uint64_t)k->interval_ms * MS;
+            t->reclaim = 1;
+        }
         poke(t);
         return;
     }
@@ -520,6 +671,13 @@ static int decide(struct target *t)
     uint32_t s = 0;
     int r;
 
+    if (t->st == T_FLEET) {
+        if (wl__probe_running(t->probe))
+            wl__probe_cancel(t->probe); /* the verified connection: the phase has its own */
+        if (!t->job->done)
+            return WL__WANT_DONE; /* the job pokes the driver when it ends */
+        return job_finish(t, now);
+    }
     if (t->st == T_WARMING) {
         if (!t->reclaim)
             return WL__WANT_DONE; /* the probe pokes the driver when something happens */

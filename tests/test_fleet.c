@@ -26,6 +26,9 @@
 #include "warmlock.h"
 #include "warmlock/pg.h"
 
+/* the library's own (the suite links it statically): the fleet lock id of a key */
+int64_t wl__fleet_id(const char *key);
+
 WLT_PG_SUITE
 
 #define MAXP      40
@@ -778,6 +781,69 @@ static void test_daemons_share_one_warmup(void **state)
     assert_non_null(strstr(out->out, "--fleet"));
 }
 
+/* warmlockd waiting for another host's fleet leader keeps its other targets going (the
+ * fleet phase runs beside its loop), and stops at once when told to. */
+static void test_daemon_fleet_wait_blocks_nothing(void **state)
+{
+    const char *sql = write_file("fleetw.sql", "SELECT pg_sleep(0.05)");
+    char cfg_text[1600], shm[64], log[400], key[WL_PG_KEY_MAX], lock[128], other[700];
+    const char *cfg;
+    PGconn *c;
+    pid_t d;
+    uint64_t t0, end;
+    int st;
+
+    NEED_PG();
+    wlt_backend(state);
+    pg_ensure_up();
+    clean();
+    /* another host's fleet leader, as far as the daemon can tell: we hold its lock */
+    assert_true(wl_pg_key(H.conninfo, key, sizeof(key)) > 0);
+    snprintf(lock, sizeof(lock), "SELECT pg_advisory_lock(%lld)", (long long)wl__fleet_id(key));
+    c = own();
+    assert_true(exec_ok(c, lock));
+    snprintf(other, sizeof(other), "host=%s port=%d dbname=template1 user=postgres", H.sockdir,
+             H.port);
+    snprintf(cfg_text, sizeof(cfg_text), "fleet %s\n%s\n", H.conninfo, other);
+    cfg = write_file("fleetw.conf", cfg_text);
+    snprintf(shm, sizeof(shm), "%s", wlt_segname());
+    snprintf(log, sizeof(log), "%s/fleetw.log", H.dir);
+    {
+        char *const a[] = {(char *)WL_WARMLOCKD, "--foreground", "--shm",     shm, "--warm-sql",
+                           (char *)sql,          "--config",     (char *)cfg, NULL};
+        d = wlt_spawn_exec(a, NULL, log, -1);
+    }
+    /* the other target is READY while the fleet target waits for the lock we hold */
+    end = wlt_now_ns() + 30000ull * 1000000u;
+    for (;;) {
+        struct wl_open_opts oo = {.flags = WL_OPEN_EXISTING};
+        struct wl_segment *seg;
+        struct wl_slot_info s[4];
+        int i, n = 0, ready_other = 0, warming_fleet = 0;
+        if (wl_open(shm, &oo, &seg) == 0) {
+            n = wl_snapshot(seg, s, 4);
+            for (i = 0; i < n && i < 4; i++) {
+                if (strstr(s[i].key, "template1"))
+                    ready_other = s[i].state == WL_READY;
+                else
+                    warming_fleet = s[i].state == WL_WARMING;
+            }
+            wl_close(seg);
+        }
+        if (ready_other && warming_fleet)
+            break;
+        assert_true(wlt_now_ns() < end);
+        wlt_sleep_ms(20);
+    }
+    t0 = wlt_now_ns();
+    kill(d, SIGTERM);
+    st = wlt_wait(d, 10000);
+    assert_int_equal(st, 0);
+    assert_true(wlt_now_ns() - t0 < 5000ull * 1000000u); /* not after the fleet wait */
+    PQfinish(c);
+    wl_unlink(shm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -794,6 +860,7 @@ int main(void)
         WLT_BOTH(test_verify_sql_runs_after_the_fleet_warmup),
         WLT_BOTH(test_cli_wait_fleet_and_status),
         WLT_BOTH(test_daemons_share_one_warmup),
+        WLT_BOTH(test_daemon_fleet_wait_blocks_nothing),
     };
     return cmocka_run_group_tests(tests, group_setup, pg_group_teardown);
 }

@@ -208,11 +208,12 @@ WL_EXPORT int wl_keeper_remove_target(struct wl_keeper *k, const char *conninfo)
 WL_EXPORT int wl_keeper_set_targets(struct wl_keeper *k, const char *const *conninfos,
                                     size_t n);
 /* The flags of the target of conninfo's key (WL_PG_FLEET, or 0), instead of the keeper's
- * opts.flags; from its next warm-up on. In fleet mode the keeper's warm-up verifies the
- * server, then takes part in the fleet election on a connection of its own: it blocks the
- * keeper's loop while it waits for another host's fleet leader (at most its interval and
- * 30 s, whichever is longer, then it tries again; wl_keeper_stop() ends the wait at once).
- * 0, -ENOENT (no such target), -EINVAL. */
+ * opts.flags; from its next warm-up on. In fleet mode the keeper's warm-up checks the
+ * server, then takes part in the fleet election on a connection of its own, in a thread of
+ * its own beside the loop (the slot stays claimed meanwhile): it waits for another host's
+ * fleet leader at most its interval or 30 s, whichever is longer, then tries again; a
+ * removed target or wl_keeper_free() ends the wait at once. 0, -ENOENT (no such target),
+ * -EINVAL. */
 WL_EXPORT int wl_keeper_set_target_flags(struct wl_keeper *k, const char *conninfo,
                                          uint32_t flags);
 /* SQL run once per epoch by the keeper's warm-ups (NULL: none); copied; used from the next
