@@ -1387,6 +1387,17 @@ WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
         atomic_store_explicit(&sl->verified_rt_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->boot_gap_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->stage, WL_STAGE_NONE, memory_order_relaxed);
+        {
+            /* the fleet outcome too, behind its seqcount as its writer does it: the odd
+             * count visible before the fields change, the even one after */
+            uint32_t q = atomic_load_explicit(&sl->fleet_seq, memory_order_relaxed) | 1u;
+            atomic_store_explicit(&sl->fleet_seq, q, memory_order_relaxed);
+            atomic_thread_fence(memory_order_release);
+            sl->fleet_role = WL_FLEET_NONE;
+            sl->fleet_pid = 0;
+            sl->fleet_host[0] = sl->fleet_app[0] = '\0';
+            atomic_store_explicit(&sl->fleet_seq, q + 1, memory_order_release);
+        }
         atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->retry_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);

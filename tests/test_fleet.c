@@ -254,6 +254,15 @@ static void test_one_heavy_warmup_for_four_hosts(void **state)
     roles(&r, 4, n);
     assert_int_equal(n[WL_FLEET_LED], 1);
     assert_int_equal(n[WL_FLEET_WAITED] + n[WL_FLEET_SKIPPED], 3);
+    /* wl_reset forgets the fleet outcome with the rest of the slot's history */
+    for (int i = 0; i < 4; i++) {
+        struct wl_segment *seg;
+        assert_int_equal(wl_open(r.segs[i], NULL, &seg), 0);
+        assert_int_equal(wl_reset(seg, 0), 0);
+        wl_close(seg);
+    }
+    roles(&r, 4, n);
+    assert_int_equal(n[WL_FLEET_NONE], 4);
     unlink_all(&r, 4);
 
     /* without fleet mode: one per host */
