@@ -421,6 +421,9 @@ static int job_start(struct target *t, const struct wl_result *probe_res)
     }
     t->job = j;
     t->st = T_FLEET;
+    /* the probe verified the server; the warm-up itself is the fleet phase's */
+    if (t->claimed)
+        wl__claim_stage(&t->claim, WL_STAGE_AUTHENTICATED);
     return 0;
 }
 

@@ -82,6 +82,8 @@ static int fleet_warm(struct warm_ctx *c, const struct wl_pg_opts *opts, struct 
     o.verify_sql = NULL;
     if ((r = wl__pg_probe_keep(t->conninfo, &o, c->deadline_ns, res, &conn)) < 0)
         return r;
+    /* the probe verified the server; the warm-up itself is the fleet phase's */
+    wl__warm_stage(WL_STAGE_AUTHENTICATED);
     memset(&fc, 0, sizeof(fc));
     fc.conninfo = t->conninfo;
     fc.key = t->fleet_key;

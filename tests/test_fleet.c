@@ -480,6 +480,17 @@ static void test_hung_fleet_leader_bounds_the_wait_and_is_named(void **state)
     spawn(&r, 1, pids);
     victim = held_leader(c);
     assert_int_equal(kill(victim, SIGSTOP), 0);
+    {
+        /* the leader's host shows how far it got: in, its warm-up not done */
+        struct wl_open_opts oo = {.flags = WL_OPEN_EXISTING};
+        struct wl_segment *lseg;
+        struct wl_slot_info si[2];
+        assert_int_equal(wl_open(r.segs[0], &oo, &lseg), 0);
+        assert_int_equal(wl_snapshot(lseg, si, 2), 1);
+        assert_int_equal(si[0].state, WL_WARMING);
+        assert_int_equal(si[0].stage, WL_STAGE_AUTHENTICATED);
+        wl_close(lseg);
+    }
     /* another host, with 1.5 s to live */
     assert_int_equal(wl_open(wlt_segname(), NULL, &seg), 0);
     memset(&o, 0, sizeof(o));
