@@ -7,9 +7,11 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -271,10 +273,14 @@ static int cmd_show(const struct cli *c)
     struct wl_slot_info *s = NULL;
     int n = 0, r;
 
-    /* metrics on a name with no segment: an empty exposition (nothing to report yet) */
-    r = open_seg(c, 1, c->cmd == C_METRICS, &seg);
+    /* metrics on a name with no segment: an empty exposition (nothing to report yet);
+     * status --json: an object with no slots, so that a reader always parses JSON, and
+     * still exit 1 with the reason on stderr, as the table does */
+    char missing[512];
+    r = open_seg(c, 1, c->cmd == C_METRICS || c->json, &seg);
     if (r > 0)
         return r;
+    wlc_copy(missing, sizeof(missing), seg ? "" : wl_last_error());
     if (seg) {
         wlc_copy(name, sizeof(name), wl_name(seg));
         if ((n = wlc_snapshot_all(seg, &s)) < 0) {
@@ -296,6 +302,8 @@ static int cmd_show(const struct cli *c)
     wl_close(seg);
     if (r < 0)
         return fail("cannot write the output", strerror(-r));
+    if (!seg && c->cmd == C_STATUS)
+        return fail("status", missing[0] ? missing : wl_strerror(-ENOENT));
     return 0;
 }
 
@@ -428,8 +436,97 @@ static int cmd_check(const struct cli *c)
     return fail("check", msg);
 }
 
+/*
+ * wait and exec on a terminal: one line on stderr if the wait lasts longer than
+ * PROGRESS_MS, so a person knows what it waits for (nothing is printed when stderr is a
+ * pipe or a file, nor when the target is ready in time). A thread of its own, since the
+ * wait is one blocking call; it is joined before anything else is printed.
+ */
+#define PROGRESS_MS 1000
+struct progress {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, running;
+    pthread_t th;
+    struct wl_segment *seg;
+    const struct cli *c;
+};
+
+static void *progress_main(void *arg)
+{
+    static char key[KEY_BUF];
+    struct progress *p = arg;
+    struct wl_slot_info info;
+    struct timespec at;
+    char err[160], msg[KEY_BUF + 512], down[48] = "";
+    int r = 0;
+
+    clock_gettime(CLOCK_MONOTONIC, &at);
+    at.tv_sec += PROGRESS_MS / 1000;
+    at.tv_nsec += (long)(PROGRESS_MS % 1000) * 1000000L;
+    if (at.tv_nsec >= 1000000000L) {
+        at.tv_sec++;
+        at.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&p->mu);
+    while (!p->done && r != ETIMEDOUT)
+        r = pthread_cond_timedwait(&p->cv, &p->mu, &at);
+    r = p->done;
+    pthread_mutex_unlock(&p->mu);
+    if (r)
+        return NULL;
+    if (slot_key(p->seg, p->c->conninfo, key, sizeof(key)) < 0 ||
+        wl_lookup(p->seg, key, &info) < 0) {
+        fprintf(stderr, "warmlock: %s: waiting for the target (up to %.3g s)...\n",
+                cmd_names[p->c->cmd], (p->c->timeout_ms ? p->c->timeout_ms : 30000) / 1000.0);
+        return NULL;
+    }
+    wlc_copy(err, sizeof(err), info.last_error);
+    wlc_oneline(err);
+    if (info.down_ms >= 0)
+        wlc_fmt(down, sizeof(down), ", down for %.1f s", info.down_ms / 1000.0);
+    wlc_fmt(msg, sizeof(msg), "waiting for %s (up to %.3g s): %s%s%s%s%s", key,
+            (p->c->timeout_ms ? p->c->timeout_ms : 30000) / 1000.0, wl_state_name(info.state),
+            info.leader_alive && info.leader_pid != getpid() ? " by another process" : "",
+            down, err[0] ? "; last error: " : "", err);
+    fprintf(stderr, "warmlock: %s: %s\n", cmd_names[p->c->cmd], msg);
+    return NULL;
+}
+
+static void progress_start(struct progress *p, struct wl_segment *seg, const struct cli *c)
+{
+    pthread_condattr_t ca;
+
+    memset(p, 0, sizeof(*p));
+    if (!isatty(STDERR_FILENO))
+        return;
+    p->seg = seg;
+    p->c = c;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    p->running = pthread_create(&p->th, NULL, progress_main, p) == 0;
+}
+
+static void progress_stop(struct progress *p)
+{
+    if (!p->running)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->done = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->th, NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    p->running = 0;
+}
+
 static int cmd_ensure(const struct cli *c)
 {
+    struct progress prog;
     struct wl_pg_opts opts;
     struct wl_result res;
     struct wl_segment *seg;
@@ -452,7 +549,9 @@ static int cmd_ensure(const struct cli *c)
         free(warm_sql);
         return r;
     }
+    progress_start(&prog, seg, c);
     r = wl_pg_ensure(seg, c->conninfo, &opts, &res);
+    progress_stop(&prog);
     wl_close(seg);
     free(warm_sql);
     if (r < 0)
