@@ -41,6 +41,9 @@ static const char usage_text[] =
     "  invalidate [--epoch N] CONNINFO mark CONNINFO stale if it is still READY at epoch N\n"
     "                                  (default $WARMLOCK_EPOCH, else the current one); one\n"
     "                                  process re-verifies for all\n"
+    "  forget [--key] CONNINFO         free CONNINFO's slot (a target no longer used, a\n"
+    "                                  mistyped one); refused while it is warming or has\n"
+    "                                  waiters; --key: the argument is a key as status shows it\n"
     "  metrics                         Prometheus text exposition of every slot\n"
     "  reset [--force]                 return every slot to cold and clear its counters;\n"
     "                                  refused while a warm-up runs unless --force\n"
@@ -62,9 +65,10 @@ static const char usage_text[] =
     "reason on stderr), 2 usage error; exec exits with CMD's status, or 126/127 if CMD\n"
     "cannot be run.\n";
 
-enum { C_STATUS, C_WAIT, C_EXEC, C_CHECK, C_INVALIDATE, C_METRICS, C_RESET, C_UNLINK, C_N };
+enum { C_STATUS, C_WAIT, C_EXEC, C_CHECK, C_INVALIDATE, C_METRICS, C_RESET, C_UNLINK, C_FORGET,
+       C_N };
 static const char *const cmd_names[C_N] = {"status", "wait", "exec", "check", "invalidate",
-                                           "metrics", "reset", "unlink"};
+                                           "metrics", "reset", "unlink", "forget"};
 #define B(c) (1u << (c))
 #define ALL (B(C_N) - 1u)
 
@@ -83,12 +87,13 @@ static const struct opt {
     {"--fleet", B(C_WAIT) | B(C_EXEC), 0},
     {"--max-age", B(C_WAIT) | B(C_EXEC) | B(C_CHECK), 1},
     {"--epoch", B(C_INVALIDATE), 1},
+    {"--key", B(C_FORGET), 0},
 };
 
 struct cli {
     int cmd; /* C_*, -1 none yet */
     const char *shm;
-    int json, force, fail_fast, have_epoch, fleet;
+    int json, force, fail_fast, have_epoch, fleet, by_key;
     uint32_t timeout_ms, max_age_ms;
     uint64_t epoch;
     const char *warm_sql_path;
@@ -130,7 +135,8 @@ static int parse_epoch(const char *s, uint64_t *out)
 
 static int takes_conninfo(int cmd)
 {
-    return cmd == C_WAIT || cmd == C_EXEC || cmd == C_CHECK || cmd == C_INVALIDATE;
+    return cmd == C_WAIT || cmd == C_EXEC || cmd == C_CHECK || cmd == C_INVALIDATE ||
+           cmd == C_FORGET;
 }
 
 /* Parse argv into c; returns -1 to go on, else an exit status. */
@@ -197,6 +203,7 @@ static int parse(int argc, char **argv, struct cli *c)
             *(!strcmp(a, "--json")    ? &c->json
               : !strcmp(a, "--force") ? &c->force
               : !strcmp(a, "--fleet") ? &c->fleet
+              : !strcmp(a, "--key")   ? &c->by_key
                                       : &c->fail_fast) = 1;
             continue;
         }
@@ -403,6 +410,33 @@ static int cmd_invalidate(const struct cli *c)
     return 0;
 }
 
+/* Free the target's slot: the library refuses while a leader warms it or callers wait. */
+static int cmd_forget(const struct cli *c)
+{
+    static char key[KEY_BUF];
+    struct wl_segment *seg;
+    int r = open_seg(c, 1, 0, &seg);
+
+    if (r > 0)
+        return r;
+    if (c->by_key)
+        wlc_copy(key, sizeof(key), c->conninfo);
+    else if (slot_key(seg, c->conninfo, key, sizeof(key)) < 0) {
+        wl_close(seg);
+        return fail("invalid CONNINFO", key);
+    }
+    r = wl_forget(seg, key);
+    wl_close(seg);
+    if (r < 0) {
+        char msg[KEY_BUF + 512];
+        wlc_fmt(msg, sizeof(msg), "%s: %s", key, wl_last_error()[0] ? wl_last_error()
+                                                                      : wl_strerror(r));
+        return fail("forget", msg);
+    }
+    printf("forgot %s; its slot is free\n", key);
+    return 0;
+}
+
 /* The healthcheck: the segment only (never the database, never creating anything). 0 when
  * READY, and with --max-age verified within it (the time the host slept since counts);
  * else 1 with the state, the stage, the outage and the last error on one line. */
@@ -590,6 +624,8 @@ int main(int argc, char **argv)
         return cmd_invalidate(&c);
     case C_CHECK:
         return cmd_check(&c);
+    case C_FORGET:
+        return cmd_forget(&c);
     default:
         return cmd_ensure(&c);
     }

@@ -41,6 +41,10 @@ uint64_t wl__key_hash(const char *key, size_t len);
 /* The slot of key, or NULL; allocate: create it if missing (-ENOSPC when full). */
 int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
                   struct wl__slot **out);
+/* Is sl still the slot of the key with this hash, at state word s (just loaded with
+ * acquire)? No once the key was forgotten (wl_forget), whether or not another key has
+ * taken the slot over since. A decision on s stands only if s is rechecked afterwards. */
+int wl__slot_is(struct wl__slot *sl, uint32_t s, uint64_t hash);
 /* Called by a warm-up in progress (the leader's engine) after a failed attempt: the text
  * becomes the slot's last error, shown to followers that time out and in status. A no-op
  * outside a warm-up. */

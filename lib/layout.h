@@ -16,7 +16,7 @@
  * every futex word and every mutex on its own cache line). ---- */
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
-#define WL__LAYOUT_VERSION 6
+#define WL__LAYOUT_VERSION 7
 /* The magic word while an initialiser works ("WLINIT.." little-endian), written before the
  * object is sized: an object that carries it is a segment whose creator died half-way,
  * which the next opener finishes. */
@@ -71,6 +71,10 @@ struct wl__header {
  * readers treat it as WARMING; wl_reset waits it out, so a discarded leader writes nothing. */
 #define WL__PUBLISHING 5u
 #define WL__IS_WARMING(w) (WL__ST(w) == WL_WARMING || (uint32_t)WL__ST(w) == WL__PUBLISHING)
+/* A slot whose key was forgotten (wl_forget): nobody's. It keeps its key_hash, so linear
+ * probes go on past it, and the next new key on its probe path takes it over. Whoever
+ * found the slot before reads this, or the new key's hash, and finds its key again. */
+#define WL__FORGOTTEN 6u
 #define WL__NEXT(w, st) ((((w) >> 3) + 1u) << 3 | (uint32_t)(st))
 
 struct wl__slot {

@@ -147,12 +147,23 @@ static int slot_matches(struct wl__slot *sl, const char *key, size_t len)
     return sl->key_len == (uint32_t)len && memcmp(sl->key, key, n) == 0;
 }
 
-/* Linear probing from hash % nslots; slots are never freed, so a free slot ends a probe. */
+int wl__slot_is(struct wl__slot *sl, uint32_t s, uint64_t hash)
+{
+    /* relaxed: ordered after the caller's acquire load of s, and before its recheck of s
+     * (a CAS from s, ready_epoch's second load, or the slot mutex held throughout) */
+    return (uint32_t)WL__ST(s) != WL__FORGOTTEN &&
+           atomic_load_explicit(&sl->key_hash, memory_order_relaxed) == hash;
+}
+
+/* Linear probing from hash % nslots. A slot is never emptied (key_hash 0) once taken, so
+ * a free slot ends a probe; a forgotten one does not, and *reuse gets the first of them. */
 static struct wl__slot *probe(struct wl_segment *seg, uint64_t hash, const char *key,
-                              size_t len, struct wl__slot **free_slot)
+                              size_t len, struct wl__slot **free_slot, struct wl__slot **reuse)
 {
     uint32_t i, n = seg->nslots, start = (uint32_t)(hash % n);
 
+    if (reuse)
+        *reuse = NULL;
     for (i = 0; i < n; i++) {
         struct wl__slot *sl = &seg->slots[(start + i) % n];
         /* acquire: pairs with the allocator's release store, so key text is complete */
@@ -161,6 +172,13 @@ static struct wl__slot *probe(struct wl_segment *seg, uint64_t hash, const char 
             if (free_slot)
                 *free_slot = sl;
             return NULL;
+        }
+        /* acquire: a slot taken over for another key is seen with its new hash */
+        if ((uint32_t)WL__ST(atomic_load_explicit(&sl->state, memory_order_acquire)) ==
+            WL__FORGOTTEN) {
+            if (reuse && !*reuse)
+                *reuse = sl;
+            continue;
         }
         if (h == hash && slot_matches(sl, key, len))
             return sl;
@@ -173,19 +191,18 @@ static struct wl__slot *probe(struct wl_segment *seg, uint64_t hash, const char 
 static void repair_header(void *arg)
 {
     /* An allocator died under the header lock. A half-written slot still has key_hash 0
-     * (it is stored last), so it is simply free; nothing else is guarded. */
+     * (it is stored last), or is still forgotten (its new generation is stored last), so it
+     * is simply free; nothing else is guarded. */
     (void)arg;
 }
 
-int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
-                  struct wl__slot **out)
+static int find_hashed(struct wl_segment *seg, const char *key, size_t len, uint64_t hash,
+                       int allocate, struct wl__slot **out)
 {
-    size_t len = strlen(key);
-    uint64_t hash = wl__key_hash(key, len);
-    struct wl__slot *sl, *free_slot = NULL;
+    struct wl__slot *sl, *free_slot = NULL, *reuse = NULL;
     int r;
 
-    if ((sl = probe(seg, hash, key, len, NULL))) {
+    if ((sl = probe(seg, hash, key, len, NULL, NULL))) {
         *out = sl;
         return 0;
     }
@@ -193,14 +210,21 @@ int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
         return -ENOENT;
     if ((r = wl__lock(&seg->hdr->lock, UINT64_MAX, repair_header, NULL)) < 0)
         return r;
-    sl = probe(seg, hash, key, len, &free_slot);
-    if (!sl && free_slot) {
-        sl = free_slot;
+    sl = probe(seg, hash, key, len, &free_slot, &reuse);
+    if (!sl && (reuse || free_slot)) {
+        sl = reuse ? reuse : free_slot;
         sl->key_len = (uint32_t)len;
         memcpy(sl->key, key, len < WL_KEY_MAX ? len : WL_KEY_MAX);
         sl->key[len < WL_KEY_MAX ? len : WL_KEY_MAX] = '\0';
         /* release: the key text is visible before the slot is seen as taken */
         atomic_store_explicit(&sl->key_hash, hash, memory_order_release);
+        if (reuse) {
+            /* Only wl_forget and this (both under the header lock) change a forgotten
+             * word. release: whoever sees the slot's new generation sees the new hash. */
+            uint32_t w = atomic_load_explicit(&sl->state, memory_order_relaxed);
+            atomic_store_explicit(&sl->state, WL__NEXT(w, WL_COLD), memory_order_release);
+            wl__futex_wake_all(&sl->state);
+        }
         atomic_fetch_add_explicit(&seg->hdr->nused, 1, memory_order_release);
     }
     wl__unlock(&seg->hdr->lock);
@@ -208,6 +232,13 @@ int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
         return -ENOSPC;
     *out = sl;
     return 0;
+}
+
+int wl__slot_find(struct wl_segment *seg, const char *key, int allocate,
+                  struct wl__slot **out)
+{
+    size_t len = strlen(key);
+    return find_hashed(seg, key, len, wl__key_hash(key, len), allocate, out);
 }
 
 /* The one recovery function for a slot mutex whose owner died: the failure text may be
@@ -586,15 +617,24 @@ static int claim_locked(struct wl_segment *seg, struct wl__slot *sl, uint32_t s,
 int wl__claim_try(struct wl_segment *seg, const char *key, struct wl__claim *c)
 {
     struct wl__slot *sl;
+    uint64_t hash;
     uint32_t s;
+    size_t len;
     int r;
 
     if (!seg || !key || !*key || !c)
         return -EINVAL;
-    if ((r = wl__slot_find(seg, key, 1, &sl)) < 0)
+    len = strlen(key);
+    hash = wl__key_hash(key, len);
+    if ((r = find_hashed(seg, key, len, hash, 1, &sl)) < 0)
         return r;
     for (;;) {
         s = atomic_load_explicit(&sl->state, memory_order_acquire);
+        if (!wl__slot_is(sl, s, hash)) { /* forgotten since we found it: find it again */
+            if ((r = find_hashed(seg, key, len, hash, 1, &sl)) < 0)
+                return r;
+            continue;
+        }
         if (WL__ST(s) == WL_READY)
             return -EALREADY;
         r = wl__lock(&sl->mutex, 0, repair_slot, sl);
@@ -604,6 +644,10 @@ int wl__claim_try(struct wl_segment *seg, const char *key, struct wl__claim *c)
             return r;
         /* acquire: see the state as the previous holder left it */
         s = atomic_load_explicit(&sl->state, memory_order_acquire);
+        if (!wl__slot_is(sl, s, hash)) {
+            wl__unlock(&sl->mutex);
+            continue;
+        }
         if (WL__ST(s) == WL_READY) {
             wl__unlock(&sl->mutex);
             return -EALREADY;
@@ -689,10 +733,12 @@ void wl__slot_touch(struct wl_segment *seg, const char *key, uint64_t epoch)
 {
     struct wl__slot *sl;
     uint64_t cur;
+    uint32_t s;
 
     if (!seg || !key || wl__slot_find(seg, key, 0, &sl) < 0)
         return;
-    if (ready_epoch(sl, atomic_load_explicit(&sl->state, memory_order_acquire), &cur) &&
+    s = atomic_load_explicit(&sl->state, memory_order_acquire);
+    if (wl__slot_is(sl, s, wl__key_hash(key, strlen(key))) && ready_epoch(sl, s, &cur) &&
         cur == epoch)
         mark_verified(sl, wl__now_ns());
 }
@@ -702,6 +748,7 @@ void wl__slot_touch(struct wl_segment *seg, const char *key, uint64_t epoch)
 struct call {
     struct wl_segment *seg;
     struct wl__slot *sl;
+    uint64_t hash; /* the key's: tells a forgotten or taken-over slot (wl__slot_is) */
     wl_warm_fn warm;
     void *arg;
     uint64_t deadline, ttl_ns;
@@ -762,6 +809,11 @@ static int decide_locked(struct call *k, struct wl_result *res)
     uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
     uint64_t now = wl__now_ns(), until;
     int r;
+
+    if (!wl__slot_is(sl, s, k->hash)) { /* forgotten meanwhile: the caller finds it again */
+        wl__unlock(&sl->mutex);
+        return 1;
+    }
 
     /* The mutex came too late to lead a warm-up that could finish: the caller reports its
      * deadline instead (the slot stays claimable for the next caller). */
@@ -924,7 +976,8 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
     struct wl_result scratch;
     struct wl__slot *sl;
     uint32_t s = 0, max_age = opts ? opts->max_age_ms : 0;
-    uint64_t epoch;
+    uint64_t epoch, hash;
+    size_t len;
     int r, aged = FRESH;
 
     if (!res)
@@ -937,11 +990,13 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
     }
 
     /* The ready path: a lookup and atomic loads; no syscall, no lock. */
-    r = wl__slot_find(seg, key, 0, &sl);
+    len = strlen(key);
+    hash = wl__key_hash(key, len);
+    r = find_hashed(seg, key, len, hash, 0, &sl);
     if (r == 0) {
         /* acquire: pairs with the leader's release store that published READY */
         s = atomic_load_explicit(&sl->state, memory_order_acquire);
-        if (ready_epoch(sl, s, &epoch)) {
+        if (wl__slot_is(sl, s, hash) && ready_epoch(sl, s, &epoch)) {
             res->epoch = epoch;
             if (!max_age || (aged = is_aged(sl, max_age)) == FRESH)
                 return 0;
@@ -968,6 +1023,7 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
     t0 = wl__now_ns();
     k.seg = seg;
     k.sl = sl;
+    k.hash = wl__key_hash(key, strlen(key));
     k.warm = warm;
     k.arg = arg;
     k.ttl_ns = (uint64_t)(opts && opts->fail_ttl_ms ? opts->fail_ttl_ms : DEFAULT_FAIL_TTL_MS)
@@ -988,6 +1044,19 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
         uint64_t now = wl__now_ns(), until;
         s = atomic_load_explicit(&sl->state, memory_order_acquire);
 
+        if (!wl__slot_is(sl, s, k.hash)) {
+            /* The key was forgotten (wl_forget) since this caller found its slot, which may
+             * serve another key by now: find (or make) the key's slot again. */
+            if (counted) {
+                token_give(sl, tok);
+                tok = NULL;
+                counted = 0;
+            }
+            if ((r = find_or_allocate(seg, key, &sl, res)) < 0)
+                break;
+            k.sl = sl;
+            continue;
+        }
         if (ready_epoch(sl, s, &epoch)) {
             res->epoch = epoch;
             res->error[0] = res->sqlstate[0] = '\0'; /* an earlier try of ours failed */
@@ -1129,7 +1198,8 @@ WL_EXPORT int wl_invalidate(struct wl_segment *seg, const char *key, uint64_t ep
     if ((r = wl__slot_find(seg, key, 0, &sl)) < 0)
         return r;
     s = atomic_load_explicit(&sl->state, memory_order_acquire);
-    if (!ready_epoch(sl, s, &cur) || cur != epoch)
+    if (!wl__slot_is(sl, s, wl__key_hash(key, strlen(key))) || !ready_epoch(sl, s, &cur) ||
+        cur != epoch)
         return 0; /* not READY, or READY at another epoch: an old invalidation is ignored */
     /* release: a caller that sees STALE and claims sees everything before it */
     if (!atomic_compare_exchange_strong_explicit(&sl->state, &s, WL__NEXT(s, WL_STALE),
@@ -1146,6 +1216,7 @@ WL_EXPORT int wl_invalidate(struct wl_segment *seg, const char *key, uint64_t ep
 struct wl_key {
     struct wl_segment *seg;
     struct wl__slot *sl;
+    uint64_t hash;       /* the key's (wl__slot_is) */
     uint32_t ready_word; /* the READY state word last seen, UINT32_MAX none */
     uint64_t epoch;      /* its epoch */
     uint32_t age_ms;     /* the max_age_ms fresh_ns was computed for */
@@ -1225,6 +1296,7 @@ WL_EXPORT int wl_key_open(struct wl_segment *seg, const char *key, struct wl_key
         return r;
     }
     k->seg = seg;
+    k->hash = wl__key_hash(key, len);
     k->ready_word = UINT32_MAX; /* state 7: no real word matches it */
     memcpy(k->key, key, len + 1);
     *out = k;
@@ -1241,7 +1313,7 @@ int wl__key_ready(struct wl_key *k, uint32_t max_age_ms, struct wl_result *res)
         /* A READY word this key has not seen (another process or handle published it):
          * learn it and its epoch, once per transition. */
         uint64_t epoch;
-        if (!ready_epoch(k->sl, s, &epoch))
+        if (!wl__slot_is(k->sl, s, k->hash) || !ready_epoch(k->sl, s, &epoch))
             return 0;
         k->ready_word = s;
         k->epoch = epoch;
@@ -1274,7 +1346,15 @@ WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
     if (!res)
         res = &scratch;
     result_init(res);
-    if (ready_epoch(k->sl, s, &epoch)) {
+    if (!wl__slot_is(k->sl, s, k->hash)) {
+        /* The key was forgotten (wl_forget): find (or make) its slot again. */
+        if ((r = find_or_allocate(k->seg, k->key, &k->sl, res)) < 0)
+            return r;
+        k->ready_word = UINT32_MAX;
+        k->age_ms = 0;
+        s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
+    }
+    if (wl__slot_is(k->sl, s, k->hash) && ready_epoch(k->sl, s, &epoch)) {
         k->ready_word = s;
         k->epoch = epoch;
         res->epoch = epoch;
@@ -1288,7 +1368,8 @@ WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
     r = ensure_slow(k->seg, k->sl, k->key, warm, arg, opts, s, aged, res);
     if (r == 0) {
         s = atomic_load_explicit(&k->sl->state, memory_order_acquire);
-        if (ready_epoch(k->sl, s, &epoch) && epoch == res->epoch) {
+        if (wl__slot_is(k->sl, s, k->hash) && ready_epoch(k->sl, s, &epoch) &&
+            epoch == res->epoch) {
             k->ready_word = s;
             k->epoch = epoch;
         }
@@ -1340,6 +1421,45 @@ WL_EXPORT void wl_key_close(struct wl_key *k)
     free(k);
 }
 
+/* A slot's counters and timings back to a new slot's (wl_reset, wl_forget). Relaxed:
+ * statistics, and hints that the next transition's release store orders. */
+static void clear_counters(struct wl__slot *sl)
+{
+    unsigned b;
+
+    atomic_store_explicit(&sl->warmups, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->takeovers, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->attempts, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->failures, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->invalidations, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->wait_count, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->wait_sum_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->ready_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->verified_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->verified_rt_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->boot_gap_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->stage, WL_STAGE_NONE, memory_order_relaxed);
+    {
+        /* the fleet outcome too, behind its seqcount as its writer does it: the odd
+         * count visible before the fields change, the even one after */
+        uint32_t q = atomic_load_explicit(&sl->fleet_seq, memory_order_relaxed) | 1u;
+        atomic_store_explicit(&sl->fleet_seq, q, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
+        sl->fleet_role = WL_FLEET_NONE;
+        sl->fleet_pid = 0;
+        sl->fleet_host[0] = sl->fleet_app[0] = '\0';
+        atomic_store_explicit(&sl->fleet_seq, q + 1, memory_order_release);
+    }
+    atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->retry_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->failed_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->waiters, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->time_to_ready_ns, -1, memory_order_relaxed);
+    for (b = 0; b < WL_HIST_BUCKETS; b++)
+        atomic_store_explicit(&sl->hist[b], 0, memory_order_relaxed);
+}
+
 WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
 {
     uint32_t i, n = seg->nslots;
@@ -1358,14 +1478,16 @@ WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
     for (i = 0; i < n; i++) {
         struct wl__slot *sl = &seg->slots[i];
         uint64_t t_end = wl__now_ns() + PUBLISH_WAIT_NS;
-        unsigned b;
         if (atomic_load_explicit(&sl->key_hash, memory_order_acquire) == 0)
             continue;
         uint32_t s = atomic_load_explicit(&sl->state, memory_order_relaxed);
         /* A new generation: a leader still warming cannot publish into it. A leader in the
          * middle of publishing is waited out (a few instructions; bounded should it be
-         * stopped right there). */
+         * stopped right there). A forgotten slot is nobody's: only the allocator brings
+         * it back. */
         for (;;) {
+            if ((uint32_t)WL__ST(s) == WL__FORGOTTEN)
+                break;
             if ((uint32_t)WL__ST(s) == WL__PUBLISHING && wl__now_ns() < t_end) {
                 s = atomic_load_explicit(&sl->state, memory_order_relaxed);
                 continue;
@@ -1375,38 +1497,63 @@ WL_EXPORT int wl_reset(struct wl_segment *seg, int force)
                                                       memory_order_relaxed))
                 break;
         }
-        atomic_store_explicit(&sl->warmups, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->takeovers, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->attempts, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->failures, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->invalidations, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->wait_count, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->wait_sum_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->ready_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->verified_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->verified_rt_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->boot_gap_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->stage, WL_STAGE_NONE, memory_order_relaxed);
-        {
-            /* the fleet outcome too, behind its seqcount as its writer does it: the odd
-             * count visible before the fields change, the even one after */
-            uint32_t q = atomic_load_explicit(&sl->fleet_seq, memory_order_relaxed) | 1u;
-            atomic_store_explicit(&sl->fleet_seq, q, memory_order_relaxed);
-            atomic_thread_fence(memory_order_release);
-            sl->fleet_role = WL_FLEET_NONE;
-            sl->fleet_pid = 0;
-            sl->fleet_host[0] = sl->fleet_app[0] = '\0';
-            atomic_store_explicit(&sl->fleet_seq, q + 1, memory_order_release);
-        }
-        atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->retry_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->failed_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->waiters, 0, memory_order_relaxed);
-        atomic_store_explicit(&sl->time_to_ready_ns, -1, memory_order_relaxed);
-        for (b = 0; b < WL_HIST_BUCKETS; b++)
-            atomic_store_explicit(&sl->hist[b], 0, memory_order_relaxed);
+        if ((uint32_t)WL__ST(s) == WL__FORGOTTEN)
+            continue;
+        clear_counters(sl);
         wl__futex_wake_all(&sl->state);
     }
     return busy;
+}
+
+WL_EXPORT int wl_forget(struct wl_segment *seg, const char *key)
+{
+    struct wl__slot *sl;
+    uint32_t s, waiters;
+    size_t len;
+    uint64_t hash;
+    int r;
+
+    if (!seg || !key || !*key)
+        return wl__set_error(-EINVAL, "wl_forget: %s", !seg ? "segment is NULL" : "key is empty");
+    len = strlen(key);
+    hash = wl__key_hash(key, len);
+    /* The header lock: no slot is taken (or taken over) meanwhile. */
+    if ((r = wl__lock(&seg->hdr->lock, UINT64_MAX, repair_header, NULL)) < 0)
+        return wl__set_error(r, "cannot lock the segment: %s", strerror(-r));
+    if ((r = find_hashed(seg, key, len, hash, 0, &sl)) < 0) {
+        wl__unlock(&seg->hdr->lock);
+        return wl__set_error(r, "no slot for this key in the segment");
+    }
+    /* The slot mutex: no leader warms it, and nobody can claim it while we look. */
+    r = wl__lock(&sl->mutex, 0, repair_slot, sl);
+    if (r < 0) {
+        wl__unlock(&seg->hdr->lock);
+        if (r == -EBUSY)
+            return wl__set_error(-EBUSY, "a warm-up is in flight (leader pid %d); wait for it "
+                                 "to end", (int)atomic_load_explicit(&sl->leader_pid,
+                                                                      memory_order_relaxed));
+        return wl__set_error(r, "cannot lock the slot: %s", strerror(-r));
+    }
+    if ((waiters = wl__slot_waiters(seg, sl)) > 0) {
+        wl__unlock(&sl->mutex);
+        wl__unlock(&seg->hdr->lock);
+        return wl__set_error(-EBUSY, "%u process%s waiting for it; forget it once %s done",
+                             waiters, waiters == 1 ? " is" : "es are",
+                             waiters == 1 ? "it is" : "they are");
+    }
+    clear_counters(sl);
+    atomic_store_explicit(&sl->leader_pid, 0, memory_order_relaxed);
+    write_text(sl, 0, "", "");
+    /* The epoch is kept: it only grows in a slot, so an epoch of the old key never names
+     * one of the key that takes the slot over. The CAS loops because wl_invalidate may turn
+     * READY to STALE without the mutex; release: the cleared fields come before the word. */
+    s = atomic_load_explicit(&sl->state, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&sl->state, &s, WL__NEXT(s, WL__FORGOTTEN),
+                                                  memory_order_release, memory_order_relaxed))
+        ;
+    atomic_fetch_sub_explicit(&seg->hdr->nused, 1, memory_order_release);
+    wl__futex_wake_all(&sl->state); /* a caller about to wait looks again, and finds it gone */
+    wl__unlock(&sl->mutex);
+    wl__unlock(&seg->hdr->lock);
+    return 0;
 }

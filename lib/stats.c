@@ -16,9 +16,10 @@ WL_EXPORT const char *wl_stage_name(enum wl_stage stage)
     return "unknown";
 }
 
-/* now: CLOCK_MONOTONIC; gap: the boot gap (wl__boot_gap_ns) read with it. */
-static void copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slot_info *o,
-                      uint64_t now, int64_t gap)
+/* now: CLOCK_MONOTONIC; gap: the boot gap (wl__boot_gap_ns) read with it. Returns the state
+ * word it copied (acquire), read before the key's hash. */
+static uint32_t copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slot_info *o,
+                          uint64_t now, int64_t gap)
 {
     uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
     uint64_t ready = atomic_load_explicit(&sl->ready_ns, memory_order_relaxed);
@@ -107,6 +108,7 @@ static void copy_slot(struct wl_segment *seg, struct wl__slot *sl, struct wl_slo
     }
     o->fleet_leader_host[sizeof(o->fleet_leader_host) - 1] = '\0';
     o->fleet_leader_app[sizeof(o->fleet_leader_app) - 1] = '\0';
+    return s;
 }
 
 WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size_t max)
@@ -122,6 +124,11 @@ WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size
         struct wl__slot *sl = &seg->slots[i];
         if (atomic_load_explicit(&sl->key_hash, memory_order_acquire) == 0)
             continue;
+        /* relaxed: a forgotten slot is nobody's; one forgotten during the copy is a key
+         * that was there a moment ago */
+        if ((uint32_t)WL__ST(atomic_load_explicit(&sl->state, memory_order_relaxed)) ==
+            WL__FORGOTTEN)
+            continue;
         if (n < max)
             copy_slot(seg, sl, &out[n], now, gap);
         n++;
@@ -136,9 +143,16 @@ WL_EXPORT int wl_lookup(struct wl_segment *seg, const char *key, struct wl_slot_
 
     if (!seg || !key || !*key || !out)
         return -EINVAL;
-    if ((r = wl__slot_find(seg, key, 0, &sl)) < 0)
-        return r;
-    int64_t gap = wl__boot_gap_ns();
-    copy_slot(seg, sl, out, wl__now_ns(), gap);
-    return 0;
+    /* A slot forgotten (and perhaps taken over by another key) between the probe and the
+     * copy shows another hash, or the forgotten state: look again. */
+    for (int tries = 0; tries < 8; tries++) {
+        if ((r = wl__slot_find(seg, key, 0, &sl)) < 0)
+            return r;
+        int64_t gap = wl__boot_gap_ns();
+        uint32_t s = copy_slot(seg, sl, out, wl__now_ns(), gap);
+        if (wl__slot_is(sl, s, wl__key_hash(key, strlen(key))) &&
+            out->key_hash == wl__key_hash(key, strlen(key)))
+            return 0;
+    }
+    return -ENOENT;
 }
