@@ -1027,11 +1027,16 @@ static int report(const struct opts *o, const char *micro_csv)
         print_goals(stdout, micro_csv);
         printf("\n");
     }
-    printf("## Cold starts (%s run, %d workers max)\n\n", o->preset, nmax);
-    print_table(stdout);
-    print_headline(stdout, nmax);
-    printf("\n### Release after the server's ready line\n\n");
-    print_release_table(stdout);
+    if (!strcmp(o->preset, "demo")) {
+        printf("## Crash-recovery start, %d processes\n\n", nmax);
+        print_demo_table(stdout);
+    } else {
+        printf("## Cold starts (%s run, %d workers max)\n\n", o->preset, nmax);
+        print_table(stdout);
+        print_headline(stdout, nmax);
+        printf("\n### Release after the server's ready line\n\n");
+        print_release_table(stdout);
+    }
     for (int i = 0; i < g_ncells; i++) {
         if (g_cells[i].sc == SC_BOUNCER) {
             printf("\n### pgbouncer in front of a restarting server\n\n");

@@ -260,6 +260,7 @@ void cell_label(char *buf, size_t len, enum scenario sc, double retry_s);
 /* coldstart_report.c: the tables and the CSV. */
 void fmt_ms(char *buf, size_t len, double v);
 void print_table(FILE *f);
+void print_demo_table(FILE *f);
 void print_release_table(FILE *f);
 void print_bouncer_table(FILE *f);
 void print_headline(FILE *f, int nmax);

@@ -211,6 +211,57 @@ void print_table(FILE *f)
     print_cells(f, cols, NCOLS(cols), NULL);
 }
 
+static int crash_cell(const struct cell *c)
+{
+    return c->sc == SC_CRASH;
+}
+
+/* scripts/demo's table: the crash-recovery cells, the columns it explains below it. */
+void print_demo_table(FILE *f)
+{
+    static const struct column cols[] = {
+        {"strategy", C_STRATEGY, 0, 0},
+        {"ok", C_OK, 0, 0},
+        {"all ready ms", C_ALL, F_ALL, 0},
+        {"server ready ms", C_MED, F_SRV, 0},
+        {"lag p50 / p99 / max ms", C_LAGS, 0, 0},
+        {"FATAL", C_MED, F_FATAL, 0},
+        {"errors", C_MED, F_ERRORS, 0},
+        {"CPU ms", C_MED, F_CPU, 0},
+        {"÷ limit", C_P50_MAX, F_LIMIT, 2},
+    };
+    print_cells(f, cols, NCOLS(cols), crash_cell);
+    fputs(
+        "\n"
+        "T0: the processes are released and the server's start is launched at the same instant;\n"
+        "the server replays the WAL of a crash first, answering every login 57P03 (\"the database\n"
+        "system is starting up\") meanwhile. Each process needs one successful query.\n"
+        "\n"
+        "  strategy         incident: the incident's policy (sleep 2.5 s, SELECT 1 up to 3 times\n"
+        "                   500 ms apart, then 5 retries 200 ms -> 3000 ms); naive: the same\n"
+        "                   without the sleep; warmlock: one process of the host (the leader)\n"
+        "                   probes, the others sleep on the segment's futex until it has run a\n"
+        "                   real query, then each opens its own connection\n"
+        "  ok               processes that ran their query / processes\n"
+        "  all ready ms     when the last process ran its first query, from T0\n"
+        "  server ready ms  when the server logged \"ready to accept connections\", from T0\n"
+        "  lag ms           a process's first query after the server's ready line: the median\n"
+        "                   process, the 99th percentile, the last one\n"
+        "  FATAL            FATAL lines in the server's log: logins it refused (57P03) while it\n"
+        "                   recovered. warmlock's few come from its single prober, the leader:\n"
+        "                   its first login, refused with 57P03, then one every 250 ms at most\n"
+        "                   (a safety net) while it waits for the server's postmaster.pid to say\n"
+        "                   ready; the other processes sleep and never reach the server before\n"
+        "                   then\n"
+        "  errors           failures the processes saw (what a real app would log as warnings\n"
+        "                   and errors): one per failed attempt of theirs\n"
+        "  CPU ms           the processes' CPU time, summed\n"
+        "  ÷ limit          all ready ÷ the physical limit: the server's own ready time plus\n"
+        "                   what the same processes take to connect and query a server that\n"
+        "                   is already up (measured in this run); 1.00 is the limit\n",
+        f);
+}
+
 static int server_starts(const struct cell *c)
 {
     return c->sc != SC_UP;
