@@ -173,9 +173,11 @@ static struct wl__slot *probe(struct wl_segment *seg, uint64_t hash, const char 
                 *free_slot = sl;
             return NULL;
         }
-        /* acquire: a slot taken over for another key is seen with its new hash */
-        if ((uint32_t)WL__ST(atomic_load_explicit(&sl->state, memory_order_acquire)) ==
-            WL__FORGOTTEN) {
+        /* acquire: a slot taken over for another key is seen with its new hash. Only a
+         * candidate, or any slot when the allocator looks for one to take over. */
+        if ((h == hash || reuse) &&
+            (uint32_t)WL__ST(atomic_load_explicit(&sl->state, memory_order_acquire)) ==
+                WL__FORGOTTEN) {
             if (reuse && !*reuse)
                 *reuse = sl;
             continue;
