@@ -275,7 +275,7 @@ static int open_seg(const struct cli *c, int existing, int quiet_enoent, struct 
 
 static int cmd_show(const struct cli *c)
 {
-    char name[WL_NAME_MAX + 1];
+    char name[WL_NAME_MAX + 1], missing[512];
     struct wl_segment *seg;
     struct wl_slot_info *s = NULL;
     int n = 0, r;
@@ -283,7 +283,6 @@ static int cmd_show(const struct cli *c)
     /* metrics on a name with no segment: an empty exposition (nothing to report yet);
      * status --json: an object with no slots, so that a reader always parses JSON, and
      * still exit 1 with the reason on stderr, as the table does */
-    char missing[512];
     r = open_seg(c, 1, c->cmd == C_METRICS || c->json, &seg);
     if (r > 0)
         return r;
