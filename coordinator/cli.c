@@ -60,10 +60,10 @@ static const char usage_text[] =
     "READY older than S seconds is re-verified first. --fleet: the --warm-sql runs once per\n"
     "server start for every host sharing the target (a PostgreSQL advisory lock elects one\n"
     "host; the others wait for it, then only verify; see README \"Fleet mode\" for what the\n"
-    "role needs). status, metrics and check never\n"
-    "create or change a segment. Exit status: 0 ready or done, 1 not ready or refused (the\n"
-    "reason on stderr), 2 usage error; exec exits with CMD's status, or 126/127 if CMD\n"
-    "cannot be run.\n";
+    "role needs). On a terminal, a wait longer than 1 s says on stderr what it waits for.\n"
+    "status, metrics and check never create or change a segment. Exit status: 0 ready or\n"
+    "done, 1 not ready or refused (the reason on stderr), 2 usage error; exec exits with\n"
+    "CMD's status, or 126/127 if CMD cannot be run.\n";
 
 enum { C_STATUS, C_WAIT, C_EXEC, C_CHECK, C_INVALIDATE, C_METRICS, C_RESET, C_UNLINK, C_FORGET,
        C_N };
