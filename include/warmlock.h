@@ -301,12 +301,9 @@ WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size
  * Returns how many warm-ups were in flight. */
 WL_EXPORT int wl_reset(struct wl_segment *seg, int force);
 
-/* Free key's slot for another key: a key that is no longer used (a mistyped conninfo)
- * otherwise holds its slot, and shows in status, for good. Refused with -EBUSY while a
- * leader warms it or callers wait on it, -ENOENT if it has no slot (the reason in
- * wl_last_error()). Processes that use the key later, or still hold a prepared handle on
- * it (wl_key, wl_pg_target), find or make a slot of their own again; the slot's epoch
- * goes on growing, so an old epoch never matches the next key's. */
+/* Free key's slot for another key (a key no longer used, a mistyped conninfo, holds it for
+ * good otherwise). Never blocks. -EBUSY while a leader warms it or callers wait on it, -ENOENT
+ * if it has no slot (why: wl_last_error()). Whoever uses the key later gets a slot again. */
 WL_EXPORT int wl_forget(struct wl_segment *seg, const char *key);
 
 /* A static name for a code this library returns ("ETIMEDOUT: deadline passed"). */
