@@ -302,8 +302,8 @@ WL_EXPORT int wl_snapshot(struct wl_segment *seg, struct wl_slot_info *out, size
 WL_EXPORT int wl_reset(struct wl_segment *seg, int force);
 
 /* Free key's slot for another key (a key no longer used, a mistyped conninfo, holds it for
- * good otherwise). Never blocks. -EBUSY while a leader warms it or callers wait on it, -ENOENT
- * if it has no slot (why: wl_last_error()). Whoever uses the key later gets a slot again. */
+ * good otherwise); waits for nothing but the brief allocation lock. -EBUSY while a leader warms
+ * it or callers wait on it, -ENOENT if it has no slot (why: wl_last_error()). */
 WL_EXPORT int wl_forget(struct wl_segment *seg, const char *key);
 
 /* A static name for a code this library returns ("ETIMEDOUT: deadline passed"). */
