@@ -4,11 +4,11 @@
 # `pkg-config --cflags --libs warmlock`, with -Wall -Wextra -Werror.
 #
 # README.md's C blocks (```c ... ```):
-#   - a block with `int main(` is a program: compiled and linked;
-#   - any other block is compiled to an object (declarations, helper functions);
-#   - a block whose first line is `/* fragment */` (or `/* fragment: what it shows */`) is
-#     a function body: it is compiled inside `void readme_fragment(void) { ... }`, after
-#     <stdio.h>, <stdlib.h>, <string.h>, <errno.h> and <warmlock/pg.h>.
+#   - a block that starts with `#include` is a translation unit: with `int main(` a program,
+#     compiled and linked; else compiled to an object;
+#   - any other block is a few statements of an example: it is compiled as the body of a
+#     function that has `struct wl_segment *seg` and `struct wl_result res` at hand, after
+#     <errno.h>, <stdio.h>, <stdlib.h>, <string.h> and <warmlock/pg.h>.
 # Then a program that calls PQexec on wl_pg_connect's connection, and links with the same
 # flags (libpq must come with warmlock.pc: pg.h returns PGconn *).
 #
@@ -73,11 +73,14 @@ n=0
 while IFS= read -r -d '' f; do
   n=$((n + 1))
   line=$(head -1 "$f.line")
-  if head -1 "$f" | grep -Eq '^/\* fragment(:.*)? \*/'; then
+  if ! head -1 "$f" | grep -q '^#include'; then
     { printf '#include <errno.h>\n#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n'
-      printf '#include <warmlock/pg.h>\nvoid readme_fragment(void);\nvoid readme_fragment(void)\n{\n'
+      printf '#include <warmlock/pg.h>\n'
+      printf 'void readme_example(struct wl_segment *seg);\n'
+      printf 'void readme_example(struct wl_segment *seg)\n{\n'
+      printf '    struct wl_result res = {0};\n    (void)seg;\n    (void)res;\n'
       cat "$f"; printf '}\n'; } >"$f.c"
-    build_one "README.md:$line (fragment, compiled)" "$f.c" 0
+    build_one "README.md:$line (statements, compiled in a function)" "$f.c" 0
   elif grep -q 'int main(' "$f"; then
     cp "$f" "$f.c"
     build_one "README.md:$line (program, compiled and linked)" "$f.c" 1
