@@ -81,9 +81,23 @@ static int group_setup(void **state)
     return 0;
 }
 
-/* A fresh start: no rows, no record. */
+/* A process the running test stopped (SIGSTOP), or 0. */
+static pid_t stopped;
+
+/* A fresh start: no rows, no record, and nothing a failed test left behind: the process it
+ * stopped is killed, and every other session (its own, holding the test's advisory lock, and
+ * its hosts') is ended, so this test neither waits for them nor meets their locks. */
 static void clean(void)
 {
+    if (stopped) {
+        kill(stopped, SIGKILL);
+        kill(stopped, SIGCONT);
+        stopped = 0;
+    }
+    assert_int_equal(pgh_psql(&H, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE backend_type = 'client backend' AND pid <> "
+                                  "pg_backend_pid()"),
+                     0);
     assert_int_equal(pgh_psql(&H, "TRUNCATE fleet_runs; DROP TABLE IF EXISTS warmlock_fleet"), 0);
 }
 
@@ -211,6 +225,19 @@ static int exec_ok(PGconn *c, const char *sql)
     return ok;
 }
 
+/* A run whose warm_sql will wait on the test's advisory lock 4242: the database cleaned, r
+ * set to conninfo, and the test's own connection, holding the lock, returned. */
+static PGconn *held_begin(struct run *r, const char *conninfo)
+{
+    PGconn *c;
+    clean();
+    r->conninfo = conninfo;
+    r->o = wlt_shared(sizeof(struct out));
+    c = own();
+    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    return c;
+}
+
 static long count_of(PGconn *c, const char *sql)
 {
     PGresult *res = PQexec(c, sql);
@@ -331,11 +358,7 @@ static void test_killed_fleet_leader_is_replaced(void **state)
     NEED_PG();
     wlt_backend(state);
     pg_ensure_up();
-    clean();
-    r.conninfo = H.conninfo;
-    r.o = wlt_shared(sizeof(struct out));
-    c = own();
-    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    c = held_begin(&r, H.conninfo);
     spawn(&r, 4, pids);
     /* the fleet leader is in its warm-up (waiting for our lock) */
     wait_count(c, WAITING_ON_HOLD, 1);
@@ -407,11 +430,7 @@ static void test_role_without_create_elects_but_late_hosts_repeat(void **state)
     NEED_PG();
     wlt_backend(state);
     pg_ensure_up();
-    clean();
-    r.conninfo = NOCREATE_CI;
-    r.o = wlt_shared(sizeof(struct out));
-    c = own();
-    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    c = held_begin(&r, NOCREATE_CI);
     spawn(&r, 3, pids);
     /* the fleet leader in its warm-up, the two other host leaders waiting for it */
     wait_count(c, WAITING_ON_HOLD, 1);
@@ -472,14 +491,11 @@ static void test_hung_fleet_leader_bounds_the_wait_and_is_named(void **state)
     NEED_PG();
     wlt_backend(state);
     pg_ensure_up();
-    clean();
-    r.conninfo = H.conninfo;
-    r.o = wlt_shared(sizeof(struct out));
-    c = own();
-    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    c = held_begin(&r, H.conninfo);
     spawn(&r, 1, pids);
     victim = held_leader(c);
     assert_int_equal(kill(victim, SIGSTOP), 0);
+    stopped = victim;
     {
         /* the leader's host shows how far it got: in, its warm-up not done */
         struct wl_open_opts oo = {.flags = WL_OPEN_EXISTING};
@@ -506,6 +522,7 @@ static void test_hung_fleet_leader_bounds_the_wait_and_is_named(void **state)
     assert_non_null(strstr(res.error, "warmlock-fleet"));
     assert_non_null(strstr(res.error, "backend pid"));
     kill(victim, SIGCONT);
+    stopped = 0;
     assert_true(exec_ok(c, "SELECT pg_advisory_unlock(4242)"));
     assert_int_equal(reap(&r, pids, -1), 1);
     o.wait.timeout_ms = 20000;
@@ -528,11 +545,7 @@ static void test_lost_fleet_session_hands_over(void **state)
     NEED_PG();
     wlt_backend(state);
     pg_ensure_up();
-    clean();
-    r.conninfo = H.conninfo;
-    r.o = wlt_shared(sizeof(struct out));
-    c = own();
-    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    c = held_begin(&r, H.conninfo);
     spawn(&r, 3, pids);
     held_leader(c);
     wait_count(c, WAITING_ON_FLEET, 2);
@@ -573,11 +586,7 @@ static void test_restart_during_fleet_warmup(void **state)
     NEED_PG();
     wlt_backend(state);
     pg_ensure_up();
-    clean();
-    r.conninfo = H.conninfo;
-    r.o = wlt_shared(sizeof(struct out));
-    c = own();
-    assert_true(exec_ok(c, "SELECT pg_advisory_lock(4242)"));
+    c = held_begin(&r, H.conninfo);
     spawn(&r, 3, pids);
     held_leader(c);
     /* still held while the server stops (a fast stop ends every session, ours too) */
