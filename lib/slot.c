@@ -1225,6 +1225,8 @@ struct wl_key {
     uint64_t fresh_ns;   /* CLOCK_MONOTONIC_COARSE before which that epoch is fresh */
     int64_t wall_off;    /* CLOCK_REALTIME_COARSE - CLOCK_MONOTONIC_COARSE when last looked */
     int wall_known;      /* wall_off is set */
+    uint64_t wall_tick;  /* the CLOCK_MONOTONIC_COARSE tick at which wall_off was last
+                          * confirmed: within that tick it is not read again */
     char key[];
 };
 
@@ -1240,10 +1242,13 @@ static void key_rebase(struct wl_key *k)
     uint64_t mono = clock_ns(CLOCK_MONOTONIC_COARSE);
     k->wall_off = (int64_t)(realtime_ns(CLOCK_REALTIME_COARSE) - mono);
     k->wall_known = 1;
+    k->wall_tick = mono;
 }
 
-/* Is the READY epoch k saw fresh for max_age_ms (0: any age)? On the ready path: reads of
- * two coarse clocks (the vDSO's, no syscall) against what k keeps; only past its bound the
+/* Is the READY epoch k saw fresh for max_age_ms (0: any age)? On the ready path: a read of
+ * the coarse monotonic clock (the vDSO's, no syscall), and of the coarse wall clock once
+ * per tick of it (a suspend is seen at the latest one tick after the resume: the first
+ * call after it in a tick it has not checked); only past its bound the
  * slot's verification time is read again (a keeper's check moves it without a
  * transition). Only coarse clocks here: the fine ones may read the TSC, which a process
  * can have turned off (seccomp strict mode does), and there is no coarse CLOCK_BOOTTIME.
@@ -1263,9 +1268,13 @@ static int key_fresh(struct wl_key *k, uint32_t max_age_ms)
     if (!max_age_ms)
         return 1;
     mono = clock_ns(CLOCK_MONOTONIC_COARSE);
-    off = (int64_t)(realtime_ns(CLOCK_REALTIME_COARSE) - mono);
-    if (k->age_ms == max_age_ms && mono < k->fresh_ns && near_ns(off, k->wall_off))
+    if (k->age_ms == max_age_ms && mono < k->fresh_ns && mono == k->wall_tick)
         return 1;
+    off = (int64_t)(realtime_ns(CLOCK_REALTIME_COARSE) - mono);
+    if (k->age_ms == max_age_ms && mono < k->fresh_ns && near_ns(off, k->wall_off)) {
+        k->wall_tick = mono;
+        return 1;
+    }
     /* relaxed: hints for when to re-verify, read again under the slot's rules if stale */
     v = atomic_load_explicit(&k->sl->verified_ns, memory_order_relaxed);
     base = k->wall_known ? k->wall_off
@@ -1275,6 +1284,7 @@ static int key_fresh(struct wl_key *k, uint32_t max_age_ms)
     if (!moved) {
         k->wall_off = off;
         k->wall_known = 1;
+        k->wall_tick = mono;
     }
     k->age_ms = max_age_ms;
     k->fresh_ns = v + (uint64_t)max_age_ms * MS;
