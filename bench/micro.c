@@ -94,6 +94,15 @@ static void fresh_ready(struct wl_segment *seg, const char *key)
     die_unless(wl_ensure(seg, key, noop_warm, NULL, NULL, &res) == 0, key, res.error);
 }
 
+/* Timed rounds of the ready path (plus one to warm up). */
+#define READY_ROUNDS 9
+
+static double median_d(double *v, size_t n)
+{
+    wlt_sort_double(v, n);
+    return v[n / 2];
+}
+
 static void bench_ready_path(unsigned iters)
 {
     struct wl_segment *seg;
@@ -116,20 +125,37 @@ static void bench_ready_path(unsigned iters)
     pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     pthread_mutex_init(m, &a);
-    for (int round = 0; round < 2; round++) { /* first round warms caches */
-        TIME_LOOP(mutex_ns, iters, (void)0, pthread_mutex_lock(m); pthread_mutex_unlock(m));
-        TIME_LOOP(ensure_ns, iters, (void)0,
+    /* Rounds, each timing every row once, interleaved so that a drift of the machine (its
+     * clock speed, a neighbour) falls on all rows alike; the first round warms the caches
+     * and is not counted; each row is the median of its rounds. */
+    double v[5][READY_ROUNDS];
+    unsigned per = iters / READY_ROUNDS, pg_per = pg_iters / READY_ROUNDS + 1;
+    for (int round = 0; round <= READY_ROUNDS; round++) {
+        TIME_LOOP(mutex_ns, per, (void)0, pthread_mutex_lock(m); pthread_mutex_unlock(m));
+        TIME_LOOP(ensure_ns, per, (void)0,
                   wl_ensure(seg, "bench-ready", noop_warm, NULL, NULL, &res);
                   sink += res.epoch);
-        TIME_LOOP(key_ns, iters, (void)0, wl_key_ensure(key, noop_warm, NULL, NULL, &res);
+        TIME_LOOP(key_ns, per, (void)0, wl_key_ensure(key, noop_warm, NULL, NULL, &res);
                   sink += res.epoch);
-        TIME_LOOP(tgt_ns, iters, fresh_ready(seg, wl_pg_target_key(tgt)),
+        TIME_LOOP(tgt_ns, per, fresh_ready(seg, wl_pg_target_key(tgt)),
                   wl_pg_target_ensure(tgt, &res);
                   sink += res.epoch);
-        TIME_LOOP(pg_ns, pg_iters, fresh_ready(seg, wl_pg_target_key(tgt)),
+        TIME_LOOP(pg_ns, pg_per, fresh_ready(seg, wl_pg_target_key(tgt)),
                   wl_pg_ensure(seg, MICRO_CONNINFO, NULL, &res);
                   sink += res.epoch);
+        if (round > 0) {
+            v[0][round - 1] = mutex_ns;
+            v[1][round - 1] = ensure_ns;
+            v[2][round - 1] = key_ns;
+            v[3][round - 1] = tgt_ns;
+            v[4][round - 1] = pg_ns;
+        }
     }
+    mutex_ns = median_d(v[0], READY_ROUNDS);
+    ensure_ns = median_d(v[1], READY_ROUNDS);
+    key_ns = median_d(v[2], READY_ROUNDS);
+    tgt_ns = median_d(v[3], READY_ROUNDS);
+    pg_ns = median_d(v[4], READY_ROUNDS);
     fresh_ready(seg, wl_pg_target_key(tgt));
     /* each ready path still answers READY after its loop (no re-verification ran in it) */
     die_unless(wl_ensure(seg, "bench-ready", noop_warm, NULL, NULL, &res) == 0, "wl_ensure",

@@ -2,57 +2,57 @@
 $l0 << EOD
 EOD
 $l1 << EOD
-3 23.0
-59 18.2
-0.5 64.4
-0.5 41.4
-18 15.7
+35 16.3
+0.5 43.6
+15 32.8
+39 24.1
+51 18.3
 EOD
 $l2 << EOD
-0.5 45.7
-13 20.4
-15 32.9
-41 23.2
-64 316.8
+32 22.0
+36 30.9
+34 24.1
+27 21.9
+0.5 142.8
 EOD
 $l3 << EOD
 EOD
 $l4 << EOD
-2 35.6
-2 37.4
-2 18.7
-2 39.8
-2 20.2
-2 52.0
-2 28.3
-2 29.0
+2 28.5
+3 30.2
+2 19.4
+2 27.9
+2 30.8
+2 53.4
+2 29.1
+2 26.0
 EOD
 $l5 << EOD
-2 29.1
-2 27.3
-2 25.0
-2 29.7
-2 23.6
-2 53.5
-2 27.8
-2 27.3
+2 34.8
+3 48.5
+2 33.4
+2 21.0
+2 25.8
+2 41.3
+2 35.2
+2 22.4
 EOD
 $l6 << EOD
-2 21.2
-2 28.8
-2 27.6
-2 22.3
-2 24.7
-2 46.4
-2 22.5
+3 29.5
+2 30.1
+2 26.1
+2 29.7
+2 17.9
+2 22.8
 2 25.3
+3 23.0
 EOD
 $l7 << EOD
-18 35.7
-16 47.8
-16 37.5
-17 54.9
-14 35.2
+16 40.3
+13 41.9
+19 48.6
+14 52.0
+13 44.4
 EOD
 $l8 << EOD
 EOD
@@ -62,7 +62,7 @@ set title 'release lag against the FATAL lines before the server was ready (one 
 set xlabel 'FATAL lines in the server log after T0, before its ready line (warmlock: its prober)'
 set ylabel 'release lag ms (first worker query − server ready)'
 set logscale xy
-set xrange [0.4:102.4]
+set xrange [0.4:81.6]
 set xtics add ('0' 0.5)
 set grid
 set key top right font ',9'

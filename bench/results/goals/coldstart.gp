@@ -2,16 +2,16 @@
 $d0_0 << EOD
 EOD
 $d0_1 << EOD
-64 0.319
-256 1.176
+64 0.297
+256 1.130
 EOD
 $d0_2 << EOD
-256 1.150
+256 1.057
 EOD
 $d0_3 << EOD
 EOD
 $d0_4 << EOD
-256 1.272
+256 1.106
 EOD
 $d0_5 << EOD
 EOD
@@ -28,33 +28,33 @@ EOD
 $d1_0 << EOD
 EOD
 $d1_1 << EOD
-64 1.027
+64 1.191
 EOD
 $d1_2 << EOD
-64 1.076
+64 1.150
 EOD
 $d1_3 << EOD
 EOD
 $d1_4 << EOD
-64 0.882
-256 1.736
+64 0.837
+256 1.847
 EOD
 $d1_5 << EOD
-64 0.882
-256 1.864
+64 0.786
+256 1.876
 EOD
 $d1_6 << EOD
-64 0.890
-256 1.804
+64 0.865
+256 1.686
 EOD
 $d1_7 << EOD
-64 0.875
+64 0.750
 EOD
 $d1_8 << EOD
 EOD
 $s1 << EOD
-64 0.538
-256 0.571
+64 0.551
+256 0.569
 EOD
 set terminal pngcairo size 1400,520 font ',10'
 set output 'bench/results/goals/coldstart.png'
