@@ -2,57 +2,57 @@
 $l0 << EOD
 EOD
 $l1 << EOD
-35 16.3
-0.5 43.6
-15 32.8
-39 24.1
-51 18.3
+0.5 93.2
+47 18.6
+36 27.4
+45 13.1
+0.5 96.6
 EOD
 $l2 << EOD
-32 22.0
-36 30.9
-34 24.1
-27 21.9
-0.5 142.8
+0.5 120.6
+0.5 64.1
+34 14.2
+58 25.8
+0.5 24.3
 EOD
 $l3 << EOD
 EOD
 $l4 << EOD
-2 28.5
-3 30.2
-2 19.4
-2 27.9
-2 30.8
-2 53.4
-2 29.1
-2 26.0
+2 21.4
+2 37.7
+2 19.0
+2 28.3
+2 23.2
+3 64.4
+2 30.9
+2 30.3
 EOD
 $l5 << EOD
-2 34.8
-3 48.5
-2 33.4
-2 21.0
-2 25.8
-2 41.3
-2 35.2
-2 22.4
+2 28.1
+2 23.2
+2 28.9
+2 28.3
+2 27.6
+2 36.2
+2 24.4
+2 21.4
 EOD
 $l6 << EOD
-3 29.5
-2 30.1
-2 26.1
-2 29.7
-2 17.9
-2 22.8
-2 25.3
-3 23.0
+2 24.9
+2 31.6
+2 19.7
+2 19.3
+2 28.2
+2 20.8
+2 19.6
+2 20.1
 EOD
 $l7 << EOD
-16 40.3
-13 41.9
-19 48.6
-14 52.0
-13 44.4
+17 42.4
+17 33.9
+17 37.1
+14 40.4
+14 41.4
 EOD
 $l8 << EOD
 EOD
@@ -62,7 +62,7 @@ set title 'release lag against the FATAL lines before the server was ready (one 
 set xlabel 'FATAL lines in the server log after T0, before its ready line (warmlock: its prober)'
 set ylabel 'release lag ms (first worker query − server ready)'
 set logscale xy
-set xrange [0.4:81.6]
+set xrange [0.4:92.8]
 set xtics add ('0' 0.5)
 set grid
 set key top right font ',9'

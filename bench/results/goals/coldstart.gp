@@ -2,16 +2,16 @@
 $d0_0 << EOD
 EOD
 $d0_1 << EOD
-64 0.297
-256 1.130
+64 0.266
+256 1.024
 EOD
 $d0_2 << EOD
-256 1.057
+256 1.063
 EOD
 $d0_3 << EOD
 EOD
 $d0_4 << EOD
-256 1.106
+256 1.066
 EOD
 $d0_5 << EOD
 EOD
@@ -28,33 +28,33 @@ EOD
 $d1_0 << EOD
 EOD
 $d1_1 << EOD
-64 1.191
+64 1.154
 EOD
 $d1_2 << EOD
-64 1.150
+64 0.811
 EOD
 $d1_3 << EOD
 EOD
 $d1_4 << EOD
-64 0.837
-256 1.847
+64 0.829
+256 1.748
 EOD
 $d1_5 << EOD
-64 0.786
-256 1.876
+64 0.834
+256 1.723
 EOD
 $d1_6 << EOD
-64 0.865
-256 1.686
+64 0.804
+256 1.677
 EOD
 $d1_7 << EOD
-64 0.750
+64 0.802
 EOD
 $d1_8 << EOD
 EOD
 $s1 << EOD
-64 0.551
-256 0.569
+64 0.517
+256 0.558
 EOD
 set terminal pngcairo size 1400,520 font ',10'
 set output 'bench/results/goals/coldstart.png'
