@@ -2,57 +2,57 @@
 $l0 << EOD
 EOD
 $l1 << EOD
-0.5 93.2
-47 18.6
-36 27.4
-45 13.1
-0.5 96.6
+34 19.6
+7 17.2
+64 309.7
+64 306.3
+64 309.2
 EOD
 $l2 << EOD
-0.5 120.6
-0.5 64.1
-34 14.2
-58 25.8
-0.5 24.3
+50 18.1
+64 278.5
+64 228.6
+37 36.7
+64 323.9
 EOD
 $l3 << EOD
 EOD
 $l4 << EOD
-2 21.4
-2 37.7
-2 19.0
-2 28.3
-2 23.2
-3 64.4
-2 30.9
-2 30.3
+2 32.0
+3 52.1
+3 30.4
+4 50.2
+3 50.1
+3 36.0
+3 55.1
+2 30.8
 EOD
 $l5 << EOD
-2 28.1
-2 23.2
-2 28.9
-2 28.3
-2 27.6
-2 36.2
-2 24.4
-2 21.4
+2 34.2
+2 39.9
+3 29.1
+2 60.8
+3 52.0
+3 43.1
+3 53.6
+3 38.2
 EOD
 $l6 << EOD
-2 24.9
-2 31.6
-2 19.7
-2 19.3
-2 28.2
-2 20.8
-2 19.6
-2 20.1
+3 23.2
+3 42.1
+3 29.1
+3 40.9
+2 24.6
+3 41.4
+3 31.6
+2 29.0
 EOD
 $l7 << EOD
-17 42.4
-17 33.9
-17 37.1
-14 40.4
-14 41.4
+18 45.7
+20 42.9
+22 54.5
+18 43.9
+17 51.1
 EOD
 $l8 << EOD
 EOD
@@ -62,7 +62,7 @@ set title 'release lag against the FATAL lines before the server was ready (one 
 set xlabel 'FATAL lines in the server log after T0, before its ready line (warmlock: its prober)'
 set ylabel 'release lag ms (first worker query − server ready)'
 set logscale xy
-set xrange [0.4:92.8]
+set xrange [0.4:102.4]
 set xtics add ('0' 0.5)
 set grid
 set key top right font ',9'

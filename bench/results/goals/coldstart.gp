@@ -2,16 +2,16 @@
 $d0_0 << EOD
 EOD
 $d0_1 << EOD
-64 0.266
-256 1.024
+64 0.384
+256 1.249
 EOD
 $d0_2 << EOD
-256 1.063
+256 1.153
 EOD
 $d0_3 << EOD
 EOD
 $d0_4 << EOD
-256 1.066
+256 1.347
 EOD
 $d0_5 << EOD
 EOD
@@ -28,33 +28,33 @@ EOD
 $d1_0 << EOD
 EOD
 $d1_1 << EOD
-64 1.154
+64 1.344
 EOD
 $d1_2 << EOD
-64 0.811
+64 1.339
 EOD
 $d1_3 << EOD
 EOD
 $d1_4 << EOD
-64 0.829
-256 1.748
+64 0.982
+256 1.961
 EOD
 $d1_5 << EOD
-64 0.834
-256 1.723
+64 0.992
+256 1.777
 EOD
 $d1_6 << EOD
-64 0.804
-256 1.677
+64 0.948
+256 1.953
 EOD
 $d1_7 << EOD
-64 0.802
+64 0.965
 EOD
 $d1_8 << EOD
 EOD
 $s1 << EOD
-64 0.517
-256 0.558
+64 0.635
+256 0.679
 EOD
 set terminal pngcairo size 1400,520 font ',10'
 set output 'bench/results/goals/coldstart.png'
