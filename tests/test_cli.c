@@ -42,21 +42,6 @@ static char DIR_[64];          /* the suite's scratch directory */
 /* Run a program to completion (bounded), capturing its output (wlt_run_v). */
 #define RUN(r, timeout, ...) WLT_RUN((r), DIR_, (timeout), __VA_ARGS__)
 
-static int count_lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
-
-static struct wlt_run *newrun(void)
-{
-    struct wlt_run *r = calloc(1, sizeof(*r));
-    assert_non_null(r);
-    return r;
-}
-
 /* ---------------------------------------------------------------- the daemon */
 
 #define MAXD 64
@@ -591,12 +576,12 @@ static void test_usage_errors_exit_2_with_one_line(void **state)
         {WL_WARMLOCKD, "--target", "host=/nowhere", "--mode", "999"},
         {WL_WARMLOCKD, "--target", "host=/nowhere", "--notify-fd", "77"},
     };
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     size_t i;
 
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         wlt_run_v(r, DIR_, 5000, (char *const *)cases[i]);
-        if (r->status != 2 || count_lines(r->err) != 1 || r->out[0])
+        if (r->status != 2 || wlt_count_lines(r->err) != 1 || r->out[0])
             fail_msg("case %zu (%s %s %s): status %d, stderr '%s', stdout '%s'", i,
                      cases[i][1] ? cases[i][1] : "", cases[i][2] ? cases[i][2] : "",
                      cases[i][3] ? cases[i][3] : "", r->status, r->err, r->out);
@@ -616,7 +601,7 @@ static void test_usage_errors_exit_2_with_one_line(void **state)
     /* not usage errors: a missing segment is exit 1 with one line */
     RUN(r, 5000, WL_WARMLOCK, "status", "--shm", "/wltest-cli-nosuch");
     assert_int_equal(r->status, 1);
-    assert_int_equal(count_lines(r->err), 1);
+    assert_int_equal(wlt_count_lines(r->err), 1);
     free(r);
     (void)state;
 }
@@ -628,7 +613,7 @@ static void test_exec_beside_warm_daemon_runs_no_warmup(void **state)
     const char *shm = segname();
     struct daemon d;
     struct wl_slot_info before, after;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     pid_t pids[NPROC];
     char epoch[64];
     int i;
@@ -728,7 +713,7 @@ static void test_server_stop_is_seen_and_recovery_needs_no_restart(void **state)
 {
     const char *shm = segname();
     struct daemon d;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     int stop_ms[5], seen_ms[5], back_ms[5], round;
 
     NEED_PG();
@@ -762,7 +747,7 @@ static void test_server_stop_is_seen_and_recovery_needs_no_restart(void **state)
             RUN(r, 10000, WL_WARMLOCK, "wait", "--timeout", "2", "--shm", (char *)shm, CI);
             assert_int_equal(r->status, 1);
             assert_true(r->ms <= 3000);
-            assert_int_equal(count_lines(r->err), 1);
+            assert_int_equal(wlt_count_lines(r->err), 1);
             assert_true(strlen(r->err) > strlen("warmlock: wait: ") + 10);
             print_message("wait while down: %llu ms: %s", (unsigned long long)r->ms, r->err);
         }
@@ -798,7 +783,7 @@ static void test_status_json_parses_and_no_password_anywhere(void **state)
                                           "READY_AGE", "TTR", "SQLSTATE", "LAST_ERROR"};
     const char *shm = segname();
     struct daemon d;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     char cmd[2048], *log = calloc(1, 65536), badci[1200];
     size_t i;
 
@@ -841,7 +826,7 @@ static void test_status_json_parses_and_no_password_anywhere(void **state)
     assert_null(strstr(r->out, PASSWORD));
     for (i = 0; i < sizeof(columns) / sizeof(columns[0]); i++)
         assert_non_null(strstr(r->out, columns[i]));
-    assert_int_equal(count_lines(r->out), 3); /* header + 2 slots */
+    assert_int_equal(wlt_count_lines(r->out), 3); /* header + 2 slots */
 
     RUN(r, 5000, WL_WARMLOCK, "metrics", "--shm", (char *)shm);
     assert_int_equal(r->status, 0);
@@ -885,7 +870,7 @@ static void test_metrics_are_valid_and_counters_never_decrease(void **state)
 {
     const char *shm = segname();
     struct daemon d;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct prom *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
     int i, j, found, counters = 0;
 
@@ -996,7 +981,7 @@ static void test_killed_daemon_is_taken_over_and_restart_adopts(void **state)
 {
     const char *shm = segname();
     struct daemon d;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct wl_slot_info si, si2;
     char sql[128], *log = calloc(1, 65536);
     uint64_t end;
@@ -1021,7 +1006,7 @@ static void test_killed_daemon_is_taken_over_and_restart_adopts(void **state)
     /* reset is refused while it warms */
     RUN(r, 5000, WL_WARMLOCK, "reset", "--shm", (char *)shm);
     assert_int_equal(r->status, 1);
-    assert_int_equal(count_lines(r->err), 1);
+    assert_int_equal(wlt_count_lines(r->err), 1);
     {
         char *const argv[] = {(char *)WL_WARMLOCK, "wait", "--timeout", "20", "--shm",
                               (char *)shm, CI, NULL};
@@ -1175,7 +1160,7 @@ static void expect_one_line(struct wlt_run *r, const char *cmd, const char *shm,
                             int want, const char *needle)
 {
     RUN(r, 10000, WL_WARMLOCK, (char *)cmd, "--shm", (char *)shm, (char *)arg);
-    if (r->status != want || count_lines(r->err) != 1 || r->out[0] ||
+    if (r->status != want || wlt_count_lines(r->err) != 1 || r->out[0] ||
         (needle && !strstr(r->err, needle)))
         fail_msg("warmlock %s --shm %s: status %d after %llu ms (want %d), stderr '%s' "
                  "(want one line with '%s'), stdout '%s'", cmd, shm, r->status,
@@ -1194,7 +1179,7 @@ static void test_fifo_at_the_name_hangs_no_command(void **state)
 {
     const char *shm = segname();
     char path[128];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     size_t i;
 
     shm_path(path, sizeof(path), shm);
@@ -1214,7 +1199,7 @@ static void test_short_zero_object_is_left_untouched(void **state)
     const char *shm = segname();
     unsigned char zero[10] = {0}, got[64];
     char path[128];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct stat st;
     size_t i;
     int fd;
@@ -1246,7 +1231,7 @@ static void test_empty_object_is_finished_by_a_user_not_a_reader(void **state)
 {
     const char *shm = segname();
     char path[128];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct stat st;
     struct wl_segment *seg;
     int fd;
@@ -1308,7 +1293,7 @@ static void test_other_uids_segment_is_an_error_not_an_empty_one(void **state)
 {
     const char *shm = segname();
     struct wl_segment *seg;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     size_t i;
 
     if (geteuid() != 0) {
@@ -1335,7 +1320,7 @@ static void test_other_uids_segment_is_an_error_not_an_empty_one(void **state)
         char *const argv[] = {(char *)WL_WARMLOCK, (char *)every_cmd[i][0], "--shm",
                               (char *)shm, (char *)every_cmd[i][1], NULL};
         run_as_nobody(r, argv);
-        if (r->status != 1 || count_lines(r->err) != 1 || r->out[0] ||
+        if (r->status != 1 || wlt_count_lines(r->err) != 1 || r->out[0] ||
             !strstr(r->err, "not accessible to uid 65534"))
             fail_msg("warmlock %s as nobody: status %d, stderr '%s', stdout '%s'",
                      every_cmd[i][0], r->status, r->err, r->out);
@@ -1353,7 +1338,7 @@ static void test_unlink_removes_a_broken_segment_and_spares_one_in_use(void **st
     const char *shm = segname();
     char path[128], want[160];
     unsigned char junk[4096];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct wl_segment *seg;
     struct stat st;
     int fd;
@@ -1395,7 +1380,7 @@ static void test_metrics_are_valid_for_odd_and_long_keys(void **state)
     size_t nk = sizeof(keys) / sizeof(keys[0]), i;
     struct wl_segment *seg;
     struct prom *p = calloc(1, sizeof(*p));
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     int states = 0;
 
     memset(longa, 'p', sizeof(longa) - 1);
@@ -1450,7 +1435,7 @@ static void test_invalidate_matches_long_keys_exactly(void **state)
     static char ca[1024], cc[1024], ka[4096], kc[4096];
     struct wl_segment *seg;
     struct wl_slot_info ia, ic;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
 
     long_conninfo(ca, sizeof(ca), 'A');
     long_conninfo(cc, sizeof(cc), 'C');
@@ -1487,7 +1472,7 @@ static void test_invalidate_epoch_ignores_an_old_epoch(void **state)
     struct wl_segment *seg;
     struct wl_slot_info si;
     struct wl_result res;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
 
     assert_true(wl_pg_key(ci, key, sizeof(key)) > 0);
     assert_int_equal(wl_open(shm, NULL, &seg), 0);
@@ -1531,12 +1516,12 @@ static void test_directories_and_bad_names_get_clean_errors(void **state)
 {
     const char *shm = segname();
     char path[128];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     size_t i;
 
     RUN(r, 5000, WL_WARMLOCK, "wait", "--warm-sql", DIR_, "host=/nowhere");
     assert_int_equal(r->status, 1);
-    assert_int_equal(count_lines(r->err), 1);
+    assert_int_equal(wlt_count_lines(r->err), 1);
     assert_non_null(strstr(r->err, "is a directory"));
     RUN(r, 5000, WL_WARMLOCKD, "--foreground", "--shm", (char *)shm, "--config", DIR_);
     assert_int_not_equal(r->status, 0);
@@ -1560,7 +1545,7 @@ static void test_directories_and_bad_names_get_clean_errors(void **state)
     RUN(r, 10000, WL_WARMLOCK, "wait", "--fail-fast", "--max-age", "2", "--timeout", "0.2",
         "--shm", (char *)shm, "host=/nonexistent-dir port=1 dbname=x");
     assert_int_equal(r->status, 1);
-    assert_int_equal(count_lines(r->err), 1);
+    assert_int_equal(wlt_count_lines(r->err), 1);
     wl_unlink(shm);
     free(r);
     (void)state;

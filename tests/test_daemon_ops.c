@@ -48,13 +48,6 @@ static unsigned nseq; /* for unique file names */
 
 #define RUN(r, timeout, ...) WLT_RUN((r), DIR_, (timeout), __VA_ARGS__)
 
-static struct wlt_run *newrun(void)
-{
-    struct wlt_run *r = calloc(1, sizeof(*r));
-    assert_non_null(r);
-    return r;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
@@ -100,15 +93,6 @@ static const char *tool(const char *name)
             skip();                                                                                \
         }                                                                                          \
     } while (0)
-
-static void write_file(const char *path, mode_t mode, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    assert_int_equal(fclose(f), 0);
-    assert_int_equal(chmod(path, mode), 0);
-}
 
 static int count_lines_with(const char *text, const char *needle)
 {
@@ -350,7 +334,7 @@ static void test_notify_socket_status_extend_ready_through_a_held_recovery(void 
 static void test_a_refusal_with_changing_timings_is_logged_once(void **state)
 {
     const char *shm = wlt_segname();
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     PGconn *fill[4 * MAX_CONN];
     int nfill = 0, refused = 0, i, lines, st;
     struct daemon d;
@@ -410,7 +394,7 @@ static void config_case(const char *text, mode_t mode, int want)
     int n;
 
     snprintf(conf, sizeof(conf), "%s/targets%u.conf", DIR_, nseq++);
-    write_file(conf, mode, text);
+    wlt_write_file(conf, mode, text);
     daemon_start(&d, shm, (const char *const[]){"--config", conf, NULL}, -1);
     assert_int_equal(log_wait(&d, "msg=started", 10000), 0);
     assert_int_equal(daemon_stop(&d), 0);
@@ -453,7 +437,7 @@ static void copy_file(const char *from, const char *to)
     static char buf[262144];
     size_t n = wlt_slurp(from, buf, sizeof(buf));
     assert_true(n > 0);
-    write_file(to, 0644, buf);
+    wlt_write_file(to, 0644, buf);
 }
 
 /* 4. The generated unit: ExecStart is the prefix's sbindir (no placeholder left), it names
@@ -486,7 +470,7 @@ static void test_unit_is_generated_and_passes_systemd_analyze_verify(void **stat
     assert_int_equal(mkdir(dir, 0755), 0);
     snprintf(fixed, sizeof(fixed), "%.*s%s%s", (int)(exec - unit), unit, WL_WARMLOCKD, end);
     snprintf(path, sizeof(path), "%s/warmlockd.service", dir);
-    write_file(path, 0644, fixed);
+    wlt_write_file(path, 0644, fixed);
     snprintf(manpath, sizeof(manpath), "%s/man", dir);
     assert_int_equal(mkdir(manpath, 0755), 0);
     snprintf(path, sizeof(path), "%s/man8", manpath);
@@ -500,7 +484,7 @@ static void test_unit_is_generated_and_passes_systemd_analyze_verify(void **stat
 
     setenv("MANPATH", manpath, 1);
     snprintf(path, sizeof(path), "%s/warmlockd.service", dir);
-    r = newrun();
+    r = wlt_newrun();
     RUN(r, 60000, (char *)sa, "verify", "--man=yes", path);
     unsetenv("MANPATH");
     print_message("systemd-analyze verify: exit %d%s%s", r->status, r->err[0] ? "\n" : "\n",
@@ -513,7 +497,7 @@ static void test_unit_is_generated_and_passes_systemd_analyze_verify(void **stat
 /* The commands listed under "Commands:" in warmlock --help, one per line, into out. */
 static void help_commands(char *out, size_t len)
 {
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     const char *p;
     size_t n = 0;
 
@@ -538,7 +522,7 @@ static void help_commands(char *out, size_t len)
 static void options_documented(const char *prog, const char *page_path)
 {
     static char page[131072];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     const char *p;
     int missing = 0;
 
@@ -595,7 +579,7 @@ static void test_man_pages_render_and_cover_the_help(void **state)
     setenv("LC_ALL", "C.UTF-8", 1);
     setenv("MANWIDTH", "80", 1);
     for (size_t i = 0; i < 2; i++) {
-        struct wlt_run *r = newrun();
+        struct wlt_run *r = wlt_newrun();
         if (groff) {
             RUN(r, 30000, (char *)groff, "-man", "-Tutf8", "-ww", "-z", (char *)pages[i]);
             if (r->status != 0 || r->err[0])
@@ -635,7 +619,7 @@ static void test_bash_completion_completes_the_commands(void **state)
              "F=_warmlock; t '%s' ''; t '%s' w; t '%s' --shm /x ch; t '%s' check --\n"
              "F=_warmlockd; t '%s' --no\n",
              WL_TEST_SRCDIR, WL_WARMLOCK, WL_WARMLOCK, WL_WARMLOCK, WL_WARMLOCK, WL_WARMLOCKD);
-    r = newrun();
+    r = wlt_newrun();
     RUN(r, 30000, (char *)bash, "--norc", "--noprofile", "-c", script);
     print_message("%s%s", r->out, r->err);
     assert_int_equal(r->status, 0);
@@ -712,7 +696,7 @@ static void test_examples_are_well_formed_yaml(void **state)
 
     (void)state;
     NEED_TOOL(py, "python3");
-    r = newrun();
+    r = wlt_newrun();
     RUN(r, 30000, (char *)py, "-c", "import yaml");
     if (r->status != 0) {
         free(r);
@@ -732,7 +716,7 @@ static void test_s6_run_script_notifies_on_fd_3(void **state)
 {
     const char *sh = tool("sh"), *shm = wlt_segname();
     char conf[128], fd[16], bindir[256], buf[64], key[WL_PG_KEY_MAX], logp[160];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct wl_segment *seg;
     struct wl_slot_info si;
     struct stat st;
@@ -753,7 +737,7 @@ static void test_s6_run_script_notifies_on_fd_3(void **state)
     {
         char text[1200];
         snprintf(text, sizeof(text), "%s\n", CI);
-        write_file(conf, 0600, text);
+        wlt_write_file(conf, 0600, text);
     }
     snprintf(bindir, sizeof(bindir), "%s", WL_WARMLOCKD);
     *strrchr(bindir, '/') = '\0';

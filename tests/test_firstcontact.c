@@ -40,13 +40,6 @@ static char CI[1024]; /* the suite server's conninfo, with its password */
 
 #define RUN(r, timeout, ...) WLT_RUN((r), DIR_, (timeout), __VA_ARGS__)
 
-static struct wlt_run *newrun(void)
-{
-    struct wlt_run *r = calloc(1, sizeof(*r));
-    assert_non_null(r);
-    return r;
-}
-
 static const char *segname(void)
 {
     static char buf[64];
@@ -74,7 +67,7 @@ static void nowhere(char *buf, size_t len, const char *db)
 
 static void test_status_json_without_segment_is_json(void **state)
 {
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     const char *shm = segname();
     char want[256], path[128];
 
@@ -97,7 +90,7 @@ static void test_wait_on_a_terminal_says_what_it_waits_for_after_1s(void **state
     const char *shm = segname();
     char ci[256], key[WL_PG_KEY_MAX], out[16384];
     struct wl_segment *seg;
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     size_t n = 0;
     uint64_t t0, first = 0;
     int master, st;
@@ -212,7 +205,7 @@ static void test_forget_refuses_a_warming_or_awaited_slot_then_frees_it(void **s
     char ci[256], key[WL_PG_KEY_MAX], want[WL_PG_KEY_MAX + 64];
     struct hold *h = wlt_shared(sizeof(*h));
     struct forget_args a = {shm, key, h};
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct wl_segment *seg;
     struct wl_slot_info si;
     struct wl_result res;
@@ -554,7 +547,7 @@ static void test_readme_log_and_status_examples_match_a_real_run(void **state)
     static struct pairs rp, lp;
     const char *shm = segname();
     char logpath[128], key[WL_PG_KEY_MAX];
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     int nlines, i, missing = 0;
     const char *l;
     pid_t d;

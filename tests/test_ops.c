@@ -74,21 +74,6 @@ static const char *segname(void)
     return buf;
 }
 
-static int count_lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
-
-static struct wlt_run *newrun(void)
-{
-    struct wlt_run *r = calloc(1, sizeof(*r));
-    assert_non_null(r);
-    return r;
-}
-
 /* warmlockd --foreground --interval 1 on shm for CI, its log in DIR_. */
 static void daemon_start(const char *shm)
 {
@@ -136,14 +121,14 @@ static int check_until(struct wlt_run *r, const char *shm, const char *max_age, 
 static void test_check_without_segment_fails_and_creates_nothing(void **state)
 {
     const char *shm = segname();
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct stat st;
     char path[128];
     (void)state;
 
     RUN(r, 5000, WL_WARMLOCK, "check", "--shm", (char *)shm, "host=/nowhere dbname=x");
     assert_int_equal(r->status, 1);
-    assert_int_equal(count_lines(r->err), 1);
+    assert_int_equal(wlt_count_lines(r->err), 1);
     assert_string_equal(r->out, "");
     snprintf(path, sizeof(path), "/dev/shm%s", shm);
     assert_int_equal(stat(path, &st), -1);
@@ -154,7 +139,7 @@ static void test_check_without_segment_fails_and_creates_nothing(void **state)
         assert_int_equal(wl_open(shm, NULL, &seg), 0);
         RUN(r, 5000, WL_WARMLOCK, "check", "--shm", (char *)shm, "host=/nowhere dbname=x");
         assert_int_equal(r->status, 1);
-        assert_int_equal(count_lines(r->err), 1);
+        assert_int_equal(wlt_count_lines(r->err), 1);
         assert_non_null(strstr(r->err, "no slot"));
         assert_int_equal(wl_snapshot(seg, NULL, 0), 0);
         wl_close(seg);
@@ -168,7 +153,7 @@ static void test_check_without_segment_fails_and_creates_nothing(void **state)
 static void test_check_ready_target_exits_0_without_connecting(void **state)
 {
     const char *shm = segname();
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct wl_segment *seg;
     struct wl_result res;
     long mark;
@@ -201,7 +186,7 @@ static void test_check_ready_target_exits_0_without_connecting(void **state)
 static void test_check_sees_server_stop_and_stopped_checks(void **state)
 {
     const char *shm = segname();
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     uint64_t t0;
     int ms;
     (void)state;
@@ -218,7 +203,7 @@ static void test_check_sees_server_stop_and_stopped_checks(void **state)
                   (double)(wlt_now_ns() - t0) / 1e6, r->err);
     assert_true(ms >= 0);
     assert_true((wlt_now_ns() - t0) / MS < 3000);
-    assert_int_equal(count_lines(r->err), 1);
+    assert_int_equal(wlt_count_lines(r->err), 1);
     assert_true(strstr(r->err, "warming") || strstr(r->err, "stale"));
     assert_non_null(strstr(r->err, "stage "));
     assert_non_null(strstr(r->err, "last error: "));
@@ -235,7 +220,7 @@ static void test_check_sees_server_stop_and_stopped_checks(void **state)
     print_message("with warmlockd stopped, check --max-age 2.5 failed after %.0f ms: %s",
                   (double)(wlt_now_ns() - t0) / 1e6, r->err);
     assert_non_null(strstr(r->err, "more than --max-age"));
-    assert_int_equal(count_lines(r->err), 1);
+    assert_int_equal(wlt_count_lines(r->err), 1);
     RUN(r, 5000, WL_WARMLOCK, "check", "--shm", (char *)shm, CI);
     assert_int_equal(r->status, 0); /* still READY: only its age is in question */
     assert_int_equal(kill(daemon_pid, SIGCONT), 0);
@@ -274,7 +259,7 @@ static int ensure_stage(struct wl_segment *seg, const char *conninfo, const char
 static void test_stages_say_how_far_the_warm_up_got(void **state)
 {
     const char *shm = segname();
-    struct wlt_run *r = newrun();
+    struct wlt_run *r = wlt_newrun();
     struct wl_segment *seg;
     enum wl_stage st;
     (void)state;

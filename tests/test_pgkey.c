@@ -26,6 +26,7 @@
 
 #include "lib/engine.h"
 #include "pgharness.h"
+#include "suite.h"
 #include "proc.h"
 #include "warmlock.h"
 #include "warmlock/pg.h"
@@ -44,15 +45,6 @@ static char DIR_[64];
 #define NEED_PG2() PGH_NEED(have_pg2, pg2_reason)
 
 /* ---------------------------------------------------------------- helpers */
-
-static void write_file(const char *path, mode_t mode, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    assert_int_equal(fclose(f), 0);
-    assert_int_equal(chmod(path, mode), 0);
-}
 
 /* No PG* variable of the caller's environment steers a key. */
 static void clean_env(void)
@@ -211,15 +203,15 @@ static void test_pgkey_pgpassword_and_pgpass_key_like_a_conninfo_password(void *
     snprintf(pass, sizeof(pass), "%s/pgpass", DIR_);
     setenv("PGPASSFILE", pass, 1);
     /* an exact line, after lines for other servers */
-    write_file(pass, 0600, "/run/pg:5432:app:u:" WRONG "\n/run/pg:5433:app:u:" PASSWORD "\n");
+    wlt_write_file(pass, 0600, "/run/pg:5432:app:u:" WRONG "\n/run/pg:5433:app:u:" PASSWORD "\n");
     slot_key(seg, ci, k, sizeof(k));
     assert_string_equal(k, want);
     /* wildcards */
-    write_file(pass, 0600, "other:*:*:*:" WRONG "\n*:5433:*:u:" PASSWORD "\n");
+    wlt_write_file(pass, 0600, "other:*:*:*:" WRONG "\n*:5433:*:u:" PASSWORD "\n");
     slot_key(seg, ci, k, sizeof(k));
     assert_string_equal(k, want);
     /* escapes: \: and \\ in the password field, \: in a field matched */
-    write_file(pass, 0600, "/run/pg:5433:app:u:" PASSWORD "\\:x\\\\y\n");
+    wlt_write_file(pass, 0600, "/run/pg:5433:app:u:" PASSWORD "\\:x\\\\y\n");
     slot_key(seg, ci, k, sizeof(k));
     assert_string_equal(k, want_colon);
     /* the passfile keyword names the file as PGPASSFILE does */
@@ -229,7 +221,7 @@ static void test_pgkey_pgpassword_and_pgpass_key_like_a_conninfo_password(void *
     assert_string_equal(k, want_colon);
     setenv("PGPASSFILE", pass, 1);
     /* "localhost" matches libpq's default socket directory */
-    write_file(pass, 0600, "localhost:5433:app:u:" PASSWORD "\n");
+    wlt_write_file(pass, 0600, "localhost:5433:app:u:" PASSWORD "\n");
     slot_key(seg, "port=5433 dbname=app user=u password=" PASSWORD, want, sizeof(want));
     slot_key(seg, "port=5433 dbname=app user=u", k, sizeof(k));
     assert_string_equal(k, want);
@@ -244,7 +236,7 @@ static void test_pgkey_pgpassword_and_pgpass_key_like_a_conninfo_password(void *
         snprintf(home, sizeof(home), "%s/home", DIR_);
         mkdir(home, 0700);
         snprintf(at_home, sizeof(at_home), "%s/.pgpass", home);
-        write_file(at_home, 0600, "/run/pg:5433:app:u:" PASSWORD "\n");
+        wlt_write_file(at_home, 0600, "/run/pg:5433:app:u:" PASSWORD "\n");
         unsetenv("PGPASSFILE");
         setenv("HOME", home, 1);
         slot_key(seg, ci, k, sizeof(k));
@@ -260,19 +252,19 @@ static void test_pgkey_pgpassword_and_pgpass_key_like_a_conninfo_password(void *
         setenv("PGPASSFILE", pass, 1);
     }
     /* a file others can read is ignored, as libpq ignores it (it warns on stderr) */
-    write_file(pass, 0644, "*:*:*:*:" PASSWORD "\n");
+    wlt_write_file(pass, 0644, "*:*:*:*:" PASSWORD "\n");
     slot_key(seg, ci, k, sizeof(k));
     assert_string_equal(k, base);
     /* no matching line: no password, no digest */
-    write_file(pass, 0600, "*:9999:*:*:" PASSWORD "\n");
+    wlt_write_file(pass, 0600, "*:9999:*:*:" PASSWORD "\n");
     slot_key(seg, ci, k, sizeof(k));
     assert_string_equal(k, base);
     /* two hosts, each its own line: both passwords count */
-    write_file(pass, 0600, "a:1:d:u:" PASSWORD "\nb:1:d:u:" WRONG "\n");
+    wlt_write_file(pass, 0600, "a:1:d:u:" PASSWORD "\nb:1:d:u:" WRONG "\n");
     {
         char ab[WL_PG_KEY_MAX], ab2[WL_PG_KEY_MAX];
         slot_key(seg, "host=a,b port=1 dbname=d user=u", ab, sizeof(ab));
-        write_file(pass, 0600, "a:1:d:u:" PASSWORD "\nb:1:d:u:" PASSWORD "\n");
+        wlt_write_file(pass, 0600, "a:1:d:u:" PASSWORD "\nb:1:d:u:" PASSWORD "\n");
         slot_key(seg, "host=a,b port=1 dbname=d user=u", ab2, sizeof(ab2));
         assert_string_not_equal(ab, ab2);
     }
@@ -290,8 +282,8 @@ static void test_pgkey_service_is_keyed_on_what_the_service_file_names(void **st
     clean_env();
     snprintf(f1, sizeof(f1), "%s/svc1.conf", DIR_);
     snprintf(f2, sizeof(f2), "%s/svc2.conf", DIR_);
-    write_file(f1, 0600, "[app]\nhost=/run/one\nport=6001\ndbname=d1\nuser=u1\n");
-    write_file(f2, 0600,
+    wlt_write_file(f1, 0600, "[app]\nhost=/run/one\nport=6001\ndbname=d1\nuser=u1\n");
+    wlt_write_file(f2, 0600,
                "# another file\n[app]\nhost=10.1.2.3\nport=6002\ndbname=d2\nuser=u2\n"
                "sslmode=require\npassword=" PASSWORD "\n");
     setenv("PGSERVICEFILE", f1, 1);
@@ -529,7 +521,7 @@ static void test_pgkey_one_service_name_in_two_files_gets_two_verified_slots(voi
                  "[app]\nhost=%s\nport=%d\ndbname=postgres\nuser=postgres\n"
                  "password=%s\n",
                  hs[i]->sockdir, hs[i]->port, pws[i]);
-        write_file(s[i].file, 0600, text);
+        wlt_write_file(s[i].file, 0600, text);
         mark[i] = pgh_log_mark(hs[i]);
     }
     /* one after the other: the second must not be told READY by the first's slot */
@@ -580,7 +572,7 @@ static void test_pgkey_pgpass_and_pgpassword_share_the_conninfo_passwords_slot(v
     clean_env();
     snprintf(pass, sizeof(pass), "%s/pgpass.server", DIR_);
     snprintf(line, sizeof(line), "%s:%d:postgres:postgres:%s\n", H.sockdir, H.port, PASSWORD);
-    write_file(pass, 0600, line);
+    wlt_write_file(pass, 0600, line);
     setenv("PGPASSFILE", pass, 1);
     assert_int_equal(wl_open(name, NULL, &seg), 0);
     rc = wl_pg_ensure(seg, H.conninfo, &o, &r); /* the file's password */

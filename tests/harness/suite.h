@@ -22,7 +22,9 @@
 #ifndef WL_TEST_SUITE_H
 #define WL_TEST_SUITE_H
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "pgharness.h"
 #include "proc.h"
@@ -70,5 +72,32 @@ static inline const char *wlt_backend(void **state)
     {                                                                                              \
         assert_int_equal(pgh_up(&H), 0);                                                           \
     }
+
+/* A zeroed wlt_run for wlt_run_v (freed by the caller). */
+static inline struct wlt_run *wlt_newrun(void)
+{
+    struct wlt_run *r = calloc(1, sizeof(*r));
+    assert_non_null(r);
+    return r;
+}
+
+/* The lines of s (its newlines). */
+static inline int wlt_count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* path holding text, with mode (asserted). */
+static inline void wlt_write_file(const char *path, mode_t mode, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path, mode), 0);
+}
 
 #endif
