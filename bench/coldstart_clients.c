@@ -101,10 +101,11 @@ static int flock_policy(const struct run_cfg *cfg, struct worker_rec *r)
 }
 
 /* warmlock: open the segment and a prepared target (the conninfo parsed and keyed once),
- * wl_pg_target_ensure (one process warms and verifies, the others wait; timed: "released"),
- * then wl_pg_target_connect (now the ready path, then this worker's own connection, within
- * the strategy's login budget; on a connection failure it invalidates the epoch and one
- * process re-verifies) and this worker's own SELECT 1 on it. */
+ * then wl_pg_target_connect, as an application calls it (wl_pg_connect's path): one process
+ * warms and verifies and keeps the connection that verified the epoch as its own, the
+ * others wait, then each opens its own connection within the strategy's login budget (on a
+ * connection failure it invalidates the epoch and one process re-verifies); timed:
+ * "released", the call's return with a connection. Then this worker's own SELECT 1. */
 static int warmlock_policy(const struct run_cfg *cfg, struct worker_rec *r)
 {
     struct wl_segment *seg;
@@ -122,12 +123,11 @@ static int warmlock_policy(const struct run_cfg *cfg, struct worker_rec *r)
         r->errors++;
         return -1;
     }
-    int rc = wl_pg_target_ensure(t, &res);
+    PGconn *c = wl_pg_target_connect(t, &res);
     r->leader = res.role == WL_LEADER;
-    if (rc == 0)
+    if (c)
         r->t_rel_ns = mono_ns() - g_sh->t0_mono_ns;
     r->attempts++;
-    PGconn *c = wl_pg_target_connect(t, &res);
     if (!c) {
         copy_str(r->err, sizeof(r->err), res.error);
         r->errors++;

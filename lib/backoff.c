@@ -28,6 +28,8 @@ void wl__backoff_pause(uint64_t ns)
 static uint64_t rnd(struct wl__backoff_state *b)
 {
     uint64_t x = b->rng;
+    if (!x) /* seeded on first use: most states (one attempt, no jitter) never need it */
+        x = (b->start_ns ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)b) | 1u;
     x ^= x >> 12;
     x ^= x << 25;
     x ^= x >> 27;
@@ -62,9 +64,7 @@ void wl__backoff_init(struct wl__backoff_state *b, const struct wl_backoff *opts
     b->jitter = opts && opts->jitter ? opts->jitter : WL__JITTER_FULL;
     b->failures = 0;
     b->prev_ns = b->initial_ns;
-    if (!seed)
-        seed = now_ns ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)b;
-    b->rng = seed | 1u; /* xorshift must not start at 0 */
+    b->rng = seed ? seed | 1u : 0; /* 0: rnd() seeds it; xorshift must not run from 0 */
 }
 
 int wl__backoff_next(struct wl__backoff_state *b, uint64_t now_ns, uint64_t *delay_ns)

@@ -166,28 +166,29 @@ static void clean_message(char *dst, size_t len, const char *msg)
 
 /* ---------------------------------------------------------------- conninfo */
 
-/* The keywords and values of conninfo, plus gssencmode=disable unless it sets one. The
- * arrays point into *parsed. -EINVAL with libpq's message. */
+/* The keywords and values of conninfo, plus gssencmode=disable unless it sets one, after a
+ * slot 0 left for fallback_application_name: one allocation, *val inside it (free *kw only).
+ * The arrays point into *parsed. */
 static int conn_params(PQconninfoOption **parsed, const char ***kw, const char ***val,
                        char *err, size_t errlen)
 {
     PQconninfoOption *o;
-    size_t n = 0, i = 0;
+    size_t n = 0, i = 1;
     int have_gss = 0;
 
     *kw = *val = NULL;
     for (o = *parsed; o->keyword; o++)
         n++;
-    *kw = calloc(n + 2, sizeof(char *));
-    *val = calloc(n + 2, sizeof(char *));
-    if (!*kw || !*val) {
-        free(*kw);
-        free(*val);
+    /* slot 0, the options, gssencmode, the NULL that ends them */
+    const char **a = calloc(2 * (n + 3), sizeof(char *));
+    if (!a) {
         PQconninfoFree(*parsed);
         *parsed = NULL;
         wl__fmt(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    *kw = a;
+    *val = a + n + 3;
     for (o = *parsed; o->keyword; o++) {
         if (!o->val)
             continue;
@@ -852,10 +853,8 @@ int wl__probe_new_parsed(PQconninfoOption *parsed, struct wl__probe **out, char 
                          size_t errlen)
 {
     struct wl__probe *p;
-    const char **kw, **val;
     PQconninfoOption *o;
     const char *ct = NULL;
-    size_t n = 0;
     long secs;
     int r;
 
@@ -868,27 +867,12 @@ int wl__probe_new_parsed(PQconninfoOption *parsed, struct wl__probe **out, char 
     p->task.fd = -1;
     wl__pmwatch_init(&p->pm);
     p->parsed = parsed;
-    if ((r = conn_params(&p->parsed, &kw, &val, err, errlen)) < 0) {
+    if ((r = conn_params(&p->parsed, &p->kw, &p->val, err, errlen)) < 0) {
         free(p);
         return r;
     }
-    while (kw[n])
-        n++;
-    p->kw = calloc(n + 2, sizeof(char *));
-    p->val = calloc(n + 2, sizeof(char *));
-    if (!p->kw || !p->val) {
-        free(kw);
-        free(val);
-        wl__probe_free(p);
-        wl__fmt(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
     /* slot 0 first: a fallback_application_name in the conninfo (later) wins over it */
     p->kw[0] = "fallback_application_name";
-    memcpy(p->kw + 1, kw, n * sizeof(char *));
-    memcpy(p->val + 1, val, n * sizeof(char *));
-    free(kw);
-    free(val);
     /* The conninfo's connect_timeout (libpq's minimum of 2 s applies to it) bounds each
      * attempt unless attempt_timeout_ms is set; PQconnectPoll applies none of its own. */
     for (o = p->parsed; o->keyword; o++)
@@ -1003,8 +987,7 @@ void wl__probe_free(struct wl__probe *p)
     wl__probe_cancel(p);
     free(p->sql[0]);
     free(p->sql[1]);
-    free(p->kw);
-    free(p->val);
+    free(p->kw); /* p->val lies inside it */
     wl__pmwatch_close(&p->pm);
     if (p->parsed)
         PQconninfoFree(p->parsed);

@@ -709,9 +709,12 @@ static int passfile_exists(const PQconninfoOption *parsed)
     if (!pf || !*pf)
         pf = getenv("PGPASSFILE");
     if ((!pf || !*pf) && PQlibVersion() >= 150000 && (home_env = getenv("HOME")) && *home_env) {
-        if (strlen(home_env) + sizeof("/.pgpass") > sizeof(at_home))
+        size_t hl = strlen(home_env);
+        if (hl + sizeof("/.pgpass") > sizeof(at_home))
             return 1; /* not known: let libpq look */
-        wl__fmt(at_home, sizeof(at_home), "%s/.pgpass", home_env);
+        /* no printf on the ready path: a fresh worker would fault its code in */
+        memcpy(at_home, home_env, hl);
+        memcpy(at_home + hl, "/.pgpass", sizeof("/.pgpass"));
         pf = at_home;
     }
     if (!pf || !*pf) {

@@ -246,10 +246,12 @@ static void init_segment(struct wl__header *h, uint32_t nslots)
     atomic_store_explicit(&h->magic, WL__MAGIC, memory_order_release);
 }
 
+/* Entries are only ever pushed (release) and never removed, so a reader may walk the list
+ * without the lock (acquire). */
 static struct wl__map *registry_find(dev_t dev, ino_t ino)
 {
     struct wl__map *m;
-    for (m = registry; m; m = m->next)
+    for (m = __atomic_load_n(&registry, __ATOMIC_ACQUIRE); m; m = m->next)
         if (m->dev == dev && m->ino == ino)
             return m;
     return NULL;
@@ -452,7 +454,7 @@ static int open_object(const char *name, int fd, uint32_t want_slots, mode_t mod
             return 0;
         }
         m->next = registry;
-        registry = m;
+        __atomic_store_n(&registry, m, __ATOMIC_RELEASE);
         pthread_mutex_unlock(&registry_lock);
         *out = m;
     }
@@ -486,6 +488,34 @@ static int open_error(const char *nm, int e, int existing)
                                      "use another name (--shm, $WARMLOCK_SHM)", nm,
                              (unsigned)geteuid());
     return wl__set_error(-e, "cannot open segment %s: %s", nm, strerror(e));
+}
+
+/*
+ * The fast path of wl_open: the object is mapped in this process already (by an earlier
+ * wl_open here, or in the process this one was forked from, as in every prefork worker).
+ * One lstat of the name finds its mapping without opening it: no shm_open, no descriptor.
+ * 1 when *out is that mapping, validated as open_object would; 0 when the slow path must
+ * decide (not mapped, not there, not a plain file, not ours: it gives the errors); < 0
+ * when the mapped segment itself is refused.
+ */
+static int open_mapped(const char *nm, uint32_t want_slots, struct wl__map **out)
+{
+    static const char dir[] = "/dev/shm"; /* where glibc and musl keep POSIX shm objects */
+    char path[sizeof(dir) + WL_NAME_MAX + 1];
+    size_t n = strlen(nm);
+    struct stat st;
+
+    if (nm[0] != '/' || n > WL_NAME_MAX)
+        return 0;
+    memcpy(path, dir, sizeof(dir) - 1);
+    memcpy(path + sizeof(dir) - 1, nm, n + 1);
+    if (fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+        check_owner(nm, &st) < 0)
+        return 0;
+    if (!(*out = registry_find(st.st_dev, st.st_ino)))
+        return 0;
+    int r = check_mapped(nm, (*out)->hdr, (size_t)st.st_size, want_slots);
+    return r < 0 ? r : 1;
 }
 
 WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
@@ -523,6 +553,10 @@ WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
      * with ELOOP instead of being followed. O_NONBLOCK: opening a FIFO planted at the name
      * returns at once (and fstat then refuses it) instead of waiting for a writer. The name
      * can vanish between a failed create and the open: try again a few times. */
+    if ((r = open_mapped(nm, slots, &map)) < 0)
+        return r;
+    if (r > 0)
+        goto mapped;
 reopen:
     for (tries = 0; fd < 0 && tries < 8; tries++) {
         /* the segment is usually there already: open it first, create it only if not */
@@ -550,6 +584,7 @@ reopen:
     if (r < 0)
         return r;
 
+mapped:
     seg = calloc(1, sizeof(*seg));
     if (!seg)
         return wl__set_error(-ENOMEM, "out of memory");

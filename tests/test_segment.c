@@ -13,9 +13,12 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <sys/resource.h>
 
 #include "lib/internal.h"
 #include "proc.h"
@@ -592,6 +595,47 @@ static void test_check_detects_removed_or_replaced_name(void **state)
     wl_close(seg);
 }
 
+/* A forked worker opens the segment its parent mapped without a descriptor (one lstat of
+ * the name finds the inherited mapping), and a name that now holds another object is not
+ * served from the old mapping. */
+static void test_open_in_a_forked_child_needs_no_descriptor(void **state)
+{
+    struct wl_segment *seg, *again;
+    char other[80];
+    (void)state;
+    snprintf(other, sizeof(other), "%s.other", name);
+    assert_int_equal(wl_open(name, NULL, &seg), 0);
+    pid_t p = fork();
+    if (p == 0) {
+        /* No descriptor can be opened from here on: open() fails with EMFILE. */
+        int lowest = dup(0);
+        struct rlimit rl = {(rlim_t)lowest, (rlim_t)lowest};
+        close(lowest);
+        if (lowest < 0 || setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            _exit(10);
+        struct wl_segment *s2, *s3;
+        if (wl_open(name, NULL, &s2) != 0 || s2->hdr != seg->hdr)
+            _exit(11);
+        /* the check can fail: a segment not mapped yet needs a descriptor */
+        if (wl_open(other, NULL, &s3) != -EMFILE)
+            _exit(12);
+        _exit(0);
+    }
+    assert_int_equal(wlt_wait(p, 5000), 0);
+    /* Replaced under the name: the new object is opened and mapped, not the old one. */
+    uint8_t salt[sizeof(seg->hdr->salt)];
+    memcpy(salt, seg->hdr->salt, sizeof(salt));
+    assert_int_equal(wl_unlink(name), 0);
+    assert_int_equal(wl_open(name, NULL, &again), 0);
+    assert_ptr_not_equal(again->hdr, seg->hdr);
+    assert_memory_not_equal(again->hdr->salt, salt, sizeof(salt));
+    assert_int_equal(wl_check(again), 0);
+    assert_int_equal(wl_check(seg), -ESTALE);
+    wl_close(again);
+    wl_close(seg);
+    shm_unlink(other);
+}
+
 static void test_long_keys_are_distinct(void **state)
 {
     struct wl_segment *seg;
@@ -645,6 +689,7 @@ int main(void)
         T(test_open_refuses_object_of_other_user),
         T(test_open_full_segment_gives_enospc),
         T(test_check_detects_removed_or_replaced_name),
+        T(test_open_in_a_forked_child_needs_no_descriptor),
         T(test_long_keys_are_distinct),
         T(test_strerror_names_every_code),
     };
