@@ -302,6 +302,7 @@ struct log_scan {
     int fatal_pre;           /* FATAL lines stamped before the ready line */
     int rej57_pre;           /* of them, 57P03 refusals while starting */
     long long first_conn_ns; /* the first "connection received" (CLOCK_REALTIME), or 0 */
+    long long conn_after_ns; /* the first "connection received" stamped at or after ready */
 };
 
 /* The log's '%m' stamp at the start of a line ("2026-12-01 23:12:44.123 UTC"), as
@@ -331,8 +332,14 @@ static void scan_log(long mark, long long ready_ns, struct log_scan *out)
     if (fseek(f, mark, SEEK_SET) == 0) {
         while (getline(&line, &cap, f) > 0) {
             long long t = line_stamp_ns(line);
-            if (ready_ns && t >= ready_ns)
-                break;
+            if (ready_ns && t >= ready_ns) {
+                /* after the ready line only the first login it received counts */
+                if (t && strstr(line, "connection received")) {
+                    out->conn_after_ns = t;
+                    break;
+                }
+                continue;
+            }
             if (!out->first_conn_ns && t && strstr(line, "connection received"))
                 out->first_conn_ns = t;
             if (strstr(line, "FATAL:")) {
@@ -361,6 +368,8 @@ static void server_side(const struct run_cfg *cfg, struct result *res, long mark
     struct log_scan ls;
     scan_log(mark, ready_real, &ls);
     res->fatal_pre = ls.fatal_pre;
+    /* the log stamps milliseconds: a login in the ready line's millisecond reads 0 */
+    res->react_ms = ls.conn_after_ns ? ms_of(ls.conn_after_ns - ready_real) : NAN;
     res->rej57_pre = ls.rej57_pre;
     int64_t from = ls.first_conn_ns > t0_real ? ls.first_conn_ns : t0_real;
     res->recovery_ms = ms_of(ready_real - from);
@@ -481,6 +490,7 @@ static int run_one(struct run_cfg *cfg, struct result *res, int seq)
     res->n = cfg->n;
     res->retry_s = cfg->retry_s;
     res->all_ready = res->server_ready = res->first_ok = res->release_lag = NAN;
+    res->react_ms = NAN;
     res->recovery_ms = res->fatal_per25 = res->wait_ms = NAN;
     snprintf(cfg->shm, sizeof(cfg->shm), "/wlbench.%d.%d", (int)getpid(), seq);
     snprintf(cfg->lockpath, sizeof(cfg->lockpath), "%s/flock.%d", g_h.dir, seq);

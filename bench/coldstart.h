@@ -160,6 +160,7 @@ struct result {
     double release_lag;                     /* first_ok - server_ready; NAN for already-up */
     int fatal_pre, rej57_pre;               /* FATAL, 57P03 lines after T0 before ready */
     double recovery_ms;                     /* first "connection received" (or T0) to ready */
+    double react_ms;    /* ready line to the first "connection received" at or after it */
     double fatal_per25;                     /* fatal_pre per FATAL_WINDOW_MS of recovery */
     double wait_ms;                         /* pgbouncer-restart: `warmlock wait` returned
                                              * (ms after T0), NAN if it failed */
@@ -217,6 +218,8 @@ enum fig {
     F_REJ57_PRE,
     F_PER25,
     F_RECOVERY,
+    F_REACT,     /* ready line to the first login the server received after it */
+    F_AFTER_REACT, /* release lag - F_REACT: that login, its backend's start, the queries */
     F_FATAL,
     F_REJ57,
     F_CONNS,

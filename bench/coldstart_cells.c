@@ -101,6 +101,8 @@ double fig(const struct result *r, enum fig f)
     case F_REJ57_PRE: return r->sc == SC_UP || isnan(r->server_ready) ? NAN : r->rej57_pre;
     case F_PER25: return r->fatal_per25;
     case F_RECOVERY: return r->recovery_ms;
+    case F_REACT: return r->react_ms;
+    case F_AFTER_REACT: return r->release_lag - r->react_ms;
     case F_FATAL: return r->fatal;
     case F_REJ57: return r->rej57;
     case F_CONNS: return r->conns;

@@ -279,6 +279,8 @@ void print_release_table(FILE *f)
         {"server ready ms", C_MED, F_SRV, 0},
         {"release lag p50 / p99 ms", C_P50_P99, F_RLAG, 0},
         {"min / max ms", C_MIN_MAX, F_RLAG, 0},
+        {"first login after ready ms", C_MED, F_REACT, 0},
+        {"lag after that login ms", C_MED, F_AFTER_REACT, 0},
         {"FATAL before ready", C_MED, F_FATAL_PRE, 0},
         {"57P03 before ready", C_MED, F_REJ57_PRE, 0},
         {"recovery ms", C_MED, F_RECOVERY, 0},

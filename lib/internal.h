@@ -96,6 +96,12 @@ uint32_t wl__slot_waiters(struct wl_segment *seg, struct wl__slot *sl);
 /* Is this a re-verification of a READY slot (wl_wait_opts.max_age_ms) rather than a
  * warm-up? Valid inside a warm function; the libpq engine then runs verify_sql once. */
 int wl__warm_reverifying(void);
+/* Called by a warm function whose verifying connection goes to its caller on success: the
+ * READY it publishes says so (wl__slot.handover_ns), and the followers it wakes begin their
+ * own logins WL__HANDOVER_GRACE_NS after it, so that the caller's first query is not queued
+ * behind the herd's logins (on a small host they take every core the moment they wake). */
+void wl__warm_hands_over(void);
+#define WL__HANDOVER_GRACE_NS (2ull * 1000000u)
 /* Was this warm-up asked for by a WL_FAIL_FAST caller? (One attempt is enough.) */
 int wl__warm_fail_fast(void);
 /* Called inside a warm function whose transient failure is its caller's final answer

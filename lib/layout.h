@@ -16,7 +16,7 @@
  * every futex word and every mutex on its own cache line). ---- */
 
 #define WL__MAGIC 0x4b434f4c4d524157ull /* "WARMLOCK" read as a little-endian u64 */
-#define WL__LAYOUT_VERSION 7
+#define WL__LAYOUT_VERSION 8
 /* The magic word while an initialiser works ("WLINIT.." little-endian), written before the
  * object is sized: an object that carries it is a segment whose creator died half-way,
  * which the next opener finishes. */
@@ -112,6 +112,9 @@ struct wl__slot {
     _Atomic uint64_t retry_ns;      /* a STALE slot left by a transient failure is not
                                      * claimed again before this (paces the probers) */
     _Atomic uint32_t streak;        /* transient publishes since the last READY */
+    _Atomic uint64_t handover_ns;   /* CLOCK_MONOTONIC of a READY whose leader hands the
+                                     * connection that verified it to its caller, 0 if the
+                                     * last READY's did not (see WL__HANDOVER_GRACE_NS) */
     /* Written with verified_ns (relaxed, by whoever verified), read by any caller checking
      * READY's age. boot_gap_ns: CLOCK_BOOTTIME - CLOCK_MONOTONIC then, which grows only
      * while the kernel is suspended, so a larger gap now means the host slept since.

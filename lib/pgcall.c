@@ -54,8 +54,12 @@ static int probe(struct warm_ctx *c, const struct wl_pg_opts *opts, struct wl_re
         PQfinish(c->kept);
         c->kept = NULL;
     }
-    if (c->want_conn && !(opts->warm_sql && *opts->warm_sql))
-        return wl__pg_probe_keep(c->t->conninfo, opts, c->deadline_ns, res, &c->kept);
+    if (c->want_conn && !(opts->warm_sql && *opts->warm_sql)) {
+        int r = wl__pg_probe_keep(c->t->conninfo, opts, c->deadline_ns, res, &c->kept);
+        if (r == 0 && c->kept)
+            wl__warm_hands_over(); /* the followers let our caller's first query go first */
+        return r;
+    }
     return wl__pg_probe(c->t->conninfo, opts, c->deadline_ns, res);
 }
 

@@ -396,7 +396,7 @@ int wl__transient(int code)
 
 /* The warm-up this thread runs inside wl_ensure (set around warm()), for the engine. */
 static _Thread_local struct wl__claim *warming;
-static _Thread_local int warming_reverify, warming_fail_fast, warming_stop;
+static _Thread_local int warming_reverify, warming_fail_fast, warming_stop, warming_handover;
 
 void wl__warm_stop(void)
 {
@@ -451,6 +451,12 @@ static void stage_at_end(struct wl__claim *c, int rc)
 int wl__warm_reverifying(void)
 {
     return warming && warming_reverify;
+}
+
+void wl__warm_hands_over(void)
+{
+    if (warming)
+        warming_handover = 1;
 }
 
 int wl__warm_fail_fast(void)
@@ -689,6 +695,8 @@ int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res)
         atomic_store_explicit(&sl->time_to_ready_ns, (int64_t)(now - c->t0),
                               memory_order_relaxed);
         atomic_store_explicit(&sl->ready_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&sl->handover_ns, warming_handover ? now : 0,
+                              memory_order_relaxed);
         mark_verified(sl, now);
         atomic_store_explicit(&sl->down_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&sl->streak, 0, memory_order_relaxed);
@@ -726,6 +734,7 @@ int wl__claim_publish(struct wl__claim *c, int rc, struct wl_result *res)
     /* release: READY (or FAILED) is never seen before the epoch and failure text. Only
      * this leader changes a PUBLISHING word (wl_reset waits it out), so a store does. */
     atomic_store_explicit(&sl->state, done, memory_order_release);
+    warming_handover = 0;
     wl__futex_wake_all(&sl->state);
     wl__unlock(&sl->mutex);
     return rc;
@@ -773,7 +782,7 @@ static int lead(struct call *k, uint32_t s, int reverify, struct wl_result *res)
     warming = &c;
     warming_reverify = reverify;
     warming_fail_fast = !!(k->flags & WL_FAIL_FAST);
-    warming_stop = 0;
+    warming_stop = warming_handover = 0;
     rc = k->warm ? k->warm(k->arg, res) : 0;
     warming = NULL;
     warming_reverify = warming_fail_fast = 0;
@@ -1011,6 +1020,20 @@ WL_EXPORT int wl_ensure(struct wl_segment *seg, const char *key, wl_warm_fn warm
 
 /* The slow path: res->epoch is set when the slot was READY at word s but `aged` (AGED or
  * SLEPT). */
+/* A follower that waited for a READY whose leader hands its verifying connection to its
+ * caller lets that caller's first query go first: it returns WL__HANDOVER_GRACE_NS after
+ * the READY (bounded by its deadline). The herd's logins would otherwise take every core
+ * the moment it wakes, and the one connection that is ready would queue behind them. */
+static void handover_grace(struct wl__slot *sl, uint64_t now, uint64_t deadline)
+{
+    uint64_t h = atomic_load_explicit(&sl->handover_ns, memory_order_relaxed), until;
+    if (!h || now >= h + WL__HANDOVER_GRACE_NS)
+        return;
+    until = h + WL__HANDOVER_GRACE_NS < deadline ? h + WL__HANDOVER_GRACE_NS : deadline;
+    if (until > now)
+        wl__backoff_pause(until - now);
+}
+
 static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *key,
                        wl_warm_fn warm, void *arg, const struct wl_wait_opts *opts,
                        uint32_t s, int aged, struct wl_result *res)
@@ -1019,7 +1042,7 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
     struct call k;
     uint32_t timeout_ms;
     uint64_t t0, epoch;
-    int r, counted = 0;
+    int r, counted = 0, waited = 0;
 
     timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     t0 = wl__now_ns();
@@ -1060,6 +1083,8 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
             continue;
         }
         if (ready_epoch(sl, s, &epoch)) {
+            if (waited)
+                handover_grace(sl, now, k.deadline);
             res->epoch = epoch;
             res->error[0] = res->sqlstate[0] = '\0'; /* an earlier try of ours failed */
             r = 0;
@@ -1080,7 +1105,7 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
         }
         if (!counted) { /* from here on this caller waits (and is counted) until it decides */
             tok = token_take(seg, sl, now ^ (uint64_t)getpid() * 0x9e3779b97f4a7c15ull);
-            counted = 1;
+            counted = waited = 1;
         }
         if ((k.flags & WL_FAIL_FAST) && atomic_load_explicit(&sl->down_ns, memory_order_relaxed) &&
             (WL__IS_WARMING(s) || !claimable(sl, s, now, k.ttl_ns, &until))) {
@@ -1447,6 +1472,7 @@ static void clear_counters(struct wl__slot *sl)
     atomic_store_explicit(&sl->wait_count, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->wait_sum_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->ready_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->handover_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->verified_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->verified_rt_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&sl->boot_gap_ns, 0, memory_order_relaxed);

@@ -676,8 +676,11 @@ struct herd {
     char ci[1024];
     struct wlt_barrier bar;
     uint32_t n;
+    int connect; /* worker 0 calls pg_connect (then SELECT 1 on it) instead of pg_ensure */
+    int ordered; /* no barrier: the test starts worker 0 (the leader) first, then the others */
     _Atomic uint32_t leaders, ok;
     int rc[64];
+    int role[64];
     unsigned attempts[64];
     uint64_t done_ns[64];
 };
@@ -690,9 +693,20 @@ static int herd_worker(void *arg, int i)
     struct wl_result r;
     if (wl_open(h->seg, NULL, &seg) < 0)
         return 90;
-    wlt_barrier_wait(&h->bar, h->n);
-    h->rc[i] = pg_ensure(seg, h->ci, &o, &r);
-    h->done_ns[i] = wlt_now_ns();
+    if (!h->ordered)
+        wlt_barrier_wait(&h->bar, h->n);
+    if (h->connect && i == 0) {
+        PGconn *c = pg_connect(seg, h->ci, &o, &r);
+        h->done_ns[i] = wlt_now_ns();
+        PGresult *q = c ? PQexec(c, "SELECT 1") : NULL;
+        h->rc[i] = !c ? -EIO : PQresultStatus(q) == PGRES_TUPLES_OK ? 0 : -EPROTO;
+        PQclear(q);
+        PQfinish(c);
+    } else {
+        h->rc[i] = pg_ensure(seg, h->ci, &o, &r);
+        h->done_ns[i] = wlt_now_ns();
+    }
+    h->role[i] = r.role;
     h->attempts[i] = r.attempts;
     if (r.role == WL_LEADER)
         atomic_fetch_add(&h->leaders, 1);
@@ -747,6 +761,94 @@ static void test_pg_ensure_herd_one_leader_through_crash_recovery(void **state)
         if (h->attempts[i])
             assert_true((unsigned)conns <= h->attempts[i]); /* only the leader's attempts */
     wl_unlink(h->seg);
+}
+
+/* The READY of a wl_pg_connect leader, which hands the connection that verified it to its
+ * caller, says so; the followers it wakes are released WL__HANDOVER_GRACE_NS after it at the
+ * earliest, so the caller's first query is not queued behind their logins. A wl_pg_ensure
+ * leader keeps no connection: its READY delays nobody. (The followers call pg_ensure, so
+ * their return is their release, with no login of their own after it.) */
+static uint64_t slot_handover_ns(const char *segname)
+{
+    struct wl_segment *seg;
+    struct wl__slot *sl;
+    char key[WL_PG_KEY_MAX];
+    assert_int_equal(wl_open(segname, NULL, &seg), 0);
+    assert_true(wl_pg_slot_key(seg, CI, key, sizeof(key)) > 0);
+    assert_int_equal(wl__slot_find(seg, key, 0, &sl), 0);
+    uint64_t h = atomic_load(&sl->handover_ns);
+    wl_close(seg);
+    return h;
+}
+
+/* Until n callers wait on CI's slot in segname (bounded: 60 s). */
+static void followers_wait(const char *segname, uint32_t n)
+{
+    struct wl_segment *seg;
+    struct wl_slot_info si;
+    char key[WL_PG_KEY_MAX];
+    uint64_t end = wlt_now_ns() + 60000 * MS;
+    assert_int_equal(wl_open(segname, NULL, &seg), 0);
+    assert_true(wl_pg_slot_key(seg, CI, key, sizeof(key)) > 0);
+    while (!(wl_lookup(seg, key, &si) == 0 && si.waiters >= n)) {
+        if (wlt_now_ns() > end)
+            fail_msg("only %u of %u followers wait after 60 s", si.waiters, n);
+        usleep(2000);
+    }
+    wl_close(seg);
+}
+
+static void test_pg_connect_followers_let_the_leaders_first_query_go_first(void **state)
+{
+    struct herd *h = wlt_shared(sizeof(*h));
+    pid_t pids[64];
+    long mark;
+    uint32_t i;
+    use_target = via_target(state);
+    NEED_PG();
+    for (int mode = 1; mode >= 0; mode--) {
+        pg_ensure_up();
+        memset(h, 0, sizeof(*h));
+        h->n = 8;
+        h->connect = mode;
+        h->ordered = 1;
+        snprintf(h->seg, sizeof(h->seg), "%s", wlt_segname());
+        snprintf(h->ci, sizeof(h->ci), "%s", CI);
+        assert_int_equal(pgh_crash(&H), 0);
+        mark = pgh_log_mark(&H);
+        /* held in recovery until the leader has been refused: every worker waits */
+        assert_int_equal(pgh_start_held(&H), 0);
+        /* worker 0 first: refused once, it is the leader; then the followers */
+        pids[0] = wlt_spawn(herd_worker, h, 0);
+        assert_int_equal(pgh_wait_57P03_since(&H, mark, 1, 20000), 0);
+        for (i = 1; i < h->n; i++)
+            pids[i] = wlt_spawn(herd_worker, h, (int)i);
+        /* every follower waits before the server may come up: none takes the ready path */
+        followers_wait(h->seg, h->n - 1);
+        assert_int_equal(pgh_release(&H, 0), 0);
+        for (i = 0; i < h->n; i++)
+            assert_int_equal(wlt_wait(pids[i], 60000), 0);
+        assert_int_equal(pgh_wait_ready(&H, 30000), 0);
+        assert_int_equal(h->leaders, 1);
+        assert_int_equal(h->role[0], WL_LEADER);
+        assert_int_equal(h->ok, h->n);
+        uint64_t ho = slot_handover_ns(h->seg);
+        print_message("%s: handover_ns %llu\n", mode ? "pg_connect" : "pg_ensure",
+                      (unsigned long long)ho);
+        if (!mode) {
+            assert_true(ho == 0);
+        } else {
+            assert_true(ho != 0);
+            for (i = 0; i < h->n; i++) {
+                if (h->role[i] == WL_LEADER)
+                    continue;
+                if (h->done_ns[i] < ho + WL__HANDOVER_GRACE_NS)
+                    fail_msg("follower %u returned %.3f ms after the READY, before the grace",
+                             i, (double)(h->done_ns[i] - ho) / 1e6);
+            }
+        }
+        wl_unlink(h->seg);
+    }
 }
 
 static void test_pg_ensure_publishes_auth_failure_to_followers(void **state)
@@ -1072,6 +1174,7 @@ int main(void)
         WLT_ALL(test_pg_probe_runs_every_statement_of_warm_sql),
         WLT_CALLS(test_pg_ensure_herd_one_leader_through_crash_recovery),
         WLT_CALLS(test_pg_ensure_publishes_auth_failure_to_followers),
+        WLT_CALLS(test_pg_connect_followers_let_the_leaders_first_query_go_first),
         WLT_CALLS(test_pg_connect_invalidates_a_stale_epoch_and_reconnects),
         cmocka_unit_test(test_pg_target_ready_path_makes_no_syscall),
         WLT_CALLS(test_pg_connect_leader_keeps_its_verified_connection),
