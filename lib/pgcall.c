@@ -298,18 +298,25 @@ WL_EXPORT int wl_pg_target_invalidate(struct wl_pg_target *t, uint64_t epoch)
     return t ? wl_key_invalidate(t->key, epoch) : -EINVAL;
 }
 
-WL_EXPORT int wl_pg_target_ensure(struct wl_pg_target *t, struct wl_result *res)
+/* Not the ready path: wait, lead or re-verify. */
+__attribute__((noinline)) static int target_ensure_slow(struct wl_pg_target *t,
+                                                        struct wl_result *res)
 {
     struct wl_result scratch;
 
-    if (!t)
-        return -EINVAL;
-    if (wl__key_ready(t->key, t->wait.max_age_ms, res))
-        return 0;
     if (!res)
         res = &scratch;
     memset(res, 0, sizeof(*res));
     return ensure_until(t, &t->wait, call_deadline(t), res, NULL);
+}
+
+WL_EXPORT int wl_pg_target_ensure(struct wl_pg_target *t, struct wl_result *res)
+{
+    if (!t)
+        return -EINVAL;
+    if (wl__key_ready(t->key, t->wait.max_age_ms, res))
+        return 0;
+    return target_ensure_slow(t, res);
 }
 
 WL_EXPORT int wl_pg_target_ready(struct wl_pg_target *t, uint32_t max_age_ms,

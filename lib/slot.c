@@ -1367,8 +1367,31 @@ int wl__key_ready(struct wl_key *k, uint32_t max_age_ms, struct wl_result *res)
     return 1;
 }
 
+static int key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
+                      const struct wl_wait_opts *opts, struct wl_result *res);
+
+/* The ready path without a max age: the state word this key saw READY, with its epoch. A
+ * leaf that sets up no stack frame; everything else is key_ensure's (a tail call). */
 WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
                             const struct wl_wait_opts *opts, struct wl_result *res)
+{
+    if (k && !(opts && opts->max_age_ms) &&
+        atomic_load_explicit(&k->sl->state, memory_order_acquire) == k->ready_word) {
+        if (res) {
+            res->role = WL_FOLLOWER;
+            res->epoch = k->epoch;
+            res->waited_ns = 0;
+            res->attempts = 0;
+            res->sqlstate[0] = res->error[0] = '\0';
+        }
+        return 0;
+    }
+    return key_ensure(k, warm, arg, opts, res);
+}
+
+__attribute__((noinline)) static int key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
+                                                const struct wl_wait_opts *opts,
+                                                struct wl_result *res)
 {
     struct wl_result scratch;
     uint32_t s;
