@@ -154,6 +154,10 @@ int main(int argc, char **argv)
              * fork first so the count holds what a forked worker does, not this start. */
             conninfo = argv[i + 1];
             snprintf(naive_conninfo, sizeof(naive_conninfo), "%s connect_timeout=5", conninfo);
+            /* mapped before the fork, as in the main run: the worker inherits the mapping */
+            struct wl_segment *mapped;
+            if (wl_open(shm, NULL, &mapped) < 0)
+                return 1;
             pid_t pid = fork();
             if (pid == 0)
                 _exit(!strcmp(argv[i] + 6, "naive") ? worker_naive() : worker_warmlock());

@@ -2,16 +2,16 @@
 $d0_0 << EOD
 EOD
 $d0_1 << EOD
-64 0.384
-256 1.249
+64 0.271
+256 1.165
 EOD
 $d0_2 << EOD
-256 1.153
+256 1.229
 EOD
 $d0_3 << EOD
 EOD
 $d0_4 << EOD
-256 1.347
+256 1.042
 EOD
 $d0_5 << EOD
 EOD
@@ -28,33 +28,33 @@ EOD
 $d1_0 << EOD
 EOD
 $d1_1 << EOD
-64 1.344
+64 1.052
 EOD
 $d1_2 << EOD
-64 1.339
+64 1.129
 EOD
 $d1_3 << EOD
 EOD
 $d1_4 << EOD
-64 0.982
-256 1.961
+64 0.807
+256 1.765
 EOD
 $d1_5 << EOD
-64 0.992
-256 1.777
+64 0.877
+256 1.633
 EOD
 $d1_6 << EOD
-64 0.948
-256 1.953
+64 0.843
+256 1.663
 EOD
 $d1_7 << EOD
-64 0.965
+64 0.811
 EOD
 $d1_8 << EOD
 EOD
 $s1 << EOD
-64 0.635
-256 0.679
+64 0.538
+256 0.552
 EOD
 set terminal pngcairo size 1400,520 font ',10'
 set output 'bench/results/goals/coldstart.png'
