@@ -583,9 +583,9 @@ static uint64_t xorshift(uint64_t *rng, uint64_t now)
     return *rng;
 }
 
-/* How long a follower sleeps before checking the watcher: 10-40 ms, jittered, whatever
- * the number of waiters (a gauge never steers timing), so a dead watcher is replaced
- * within 40 ms at worst. */
+/* How long a follower sleeps before checking the watcher: 50-150 ms, jittered, whatever
+ * the number of waiters (a gauge never steers timing), so a watcher that died with its
+ * deputy is replaced within 150 ms at worst. */
 static uint64_t probe_interval(uint64_t now)
 {
     static _Thread_local uint64_t rng;
