@@ -1340,6 +1340,18 @@ WL_EXPORT int wl_key_open(struct wl_segment *seg, const char *key, struct wl_key
     return 0;
 }
 
+/* What a ready path answers: a follower's READY at epoch, nothing waited or attempted. */
+static inline void ready_result(struct wl_result *res, uint64_t epoch)
+{
+    if (res) {
+        res->role = WL_FOLLOWER;
+        res->epoch = epoch;
+        res->waited_ns = 0;
+        res->attempts = 0;
+        res->sqlstate[0] = res->error[0] = '\0';
+    }
+}
+
 int wl__key_ready(struct wl_key *k, uint32_t max_age_ms, struct wl_result *res)
 {
     /* The ready path: one atomic load. The state word changes on every transition, so
@@ -1357,13 +1369,7 @@ int wl__key_ready(struct wl_key *k, uint32_t max_age_ms, struct wl_result *res)
     }
     if (!key_fresh(k, max_age_ms))
         return 0;
-    if (res) {
-        res->role = WL_FOLLOWER;
-        res->epoch = k->epoch;
-        res->waited_ns = 0;
-        res->attempts = 0;
-        res->sqlstate[0] = res->error[0] = '\0';
-    }
+    ready_result(res, k->epoch);
     return 1;
 }
 
@@ -1377,13 +1383,7 @@ WL_EXPORT int wl_key_ensure(struct wl_key *k, wl_warm_fn warm, void *arg,
 {
     if (k && !(opts && opts->max_age_ms) &&
         atomic_load_explicit(&k->sl->state, memory_order_acquire) == k->ready_word) {
-        if (res) {
-            res->role = WL_FOLLOWER;
-            res->epoch = k->epoch;
-            res->waited_ns = 0;
-            res->attempts = 0;
-            res->sqlstate[0] = res->error[0] = '\0';
-        }
+        ready_result(res, k->epoch);
         return 0;
     }
     return key_ensure(k, warm, arg, opts, res);
