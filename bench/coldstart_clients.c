@@ -149,6 +149,7 @@ void worker_main(const struct run_cfg *cfg, int idx, uint32_t gen)
     struct worker_rec *r = &g_sh->w[idx];
     r->t_rel_ns = -1;
     child_defaults();
+    prctl(PR_SET_NAME, "cs-worker"); /* so that a profile tells the workers from the driver */
     if (getppid() == 1)
         _exit(3);
     /* The barrier: bounded, in case the driver never releases us. */
