@@ -549,14 +549,16 @@ WL_EXPORT int wl_open(const char *name, const struct wl_open_opts *opts,
     if (slots > WL_MAX_SLOTS)
         return wl__set_error(-EINVAL, "%u slots asked for; at most %d", slots, WL_MAX_SLOTS);
 
-    /* glibc's shm_open adds O_NOFOLLOW and O_CLOEXEC: a symlink in the name's place fails
-     * with ELOOP instead of being followed. O_NONBLOCK: opening a FIFO planted at the name
-     * returns at once (and fstat then refuses it) instead of waiting for a writer. The name
-     * can vanish between a failed create and the open: try again a few times. */
+    /* mapped already (here, or in the process this one was forked from): no descriptor */
     if ((r = open_mapped(nm, slots, &map)) < 0)
         return r;
     if (r > 0)
         goto mapped;
+
+    /* glibc's shm_open adds O_NOFOLLOW and O_CLOEXEC: a symlink in the name's place fails
+     * with ELOOP instead of being followed. O_NONBLOCK: opening a FIFO planted at the name
+     * returns at once (and fstat then refuses it) instead of waiting for a writer. The name
+     * can vanish between a failed create and the open: try again a few times. */
 reopen:
     for (tries = 0; fd < 0 && tries < 8; tries++) {
         /* the segment is usually there already: open it first, create it only if not */
