@@ -39,10 +39,12 @@
 #include "internal.h"
 
 #define MS 1000000ull
-#define PROBE_MIN_NS (50ull * MS) /* followers check the watcher every 50-150 ms: only the
-                                   * rare death of both watcher and deputy needs it, and each
-                                   * wake of each follower costs CPU a herd can see */
-#define PROBE_SPAN_NS (100ull * MS)
+#define PROBE_MIN_NS (250ull * MS) /* followers check the watcher every 250-750 ms: only the
+                                    * rare death of both watcher and deputy needs it (a
+                                    * deputy promoted to watcher wakes them at once, so one
+                                    * takes its place), and each wake of each follower costs
+                                    * CPU a herd can see: ~50 us on a small VM */
+#define PROBE_SPAN_NS (500ull * MS)
 #define MIN_CLAIM_NS (50ull * MS) /* too little time left to start a warm-up */
 #define DEADLINE_SLACK_NS (20ull * MS) /* a timeout this close to it is the deadline's */
 #define RETRY_FIRST_NS (10ull * MS) /* pacing of probers after transient failures */
@@ -583,9 +585,9 @@ static uint64_t xorshift(uint64_t *rng, uint64_t now)
     return *rng;
 }
 
-/* How long a follower sleeps before checking the watcher: 50-150 ms, jittered, whatever
+/* How long a follower sleeps before checking the watcher: 250-750 ms, jittered, whatever
  * the number of waiters (a gauge never steers timing), so a watcher that died with its
- * deputy is replaced within 150 ms at worst. */
+ * deputy is replaced within 750 ms at worst. */
 static uint64_t probe_interval(uint64_t now)
 {
     static _Thread_local uint64_t rng;
@@ -1162,6 +1164,9 @@ static int ensure_slow(struct wl_segment *seg, struct wl__slot *sl, const char *
              * watcher dies (or leaves), and the deputy becomes the watcher. */
             r = wl__lock(&sl->watch, k.deadline, repair_none, NULL);
             wl__unlock(&sl->deputy);
+            if (r >= 0) /* the deputy's place is free: a sleeper takes it now, not at its
+                         * next check */
+                wl__futex_wake_all(&sl->state);
             if (r == -ETIMEDOUT) {
                 r = fail_timeout(seg, sl, timeout_ms, k.ttl_ns, res);
                 break;

@@ -354,7 +354,7 @@ static void test_killed_waiters_stop_counting(void **state)
     uint64_t ms = (wlt_now_ns() - t0) / MS;
     print_message("takeover by the one survivor of %d followers: %llu ms\n", n,
                   (unsigned long long)ms);
-    assert_true(ms < 500); /* generous; the probe interval is 50-150 ms */
+    assert_true(ms < 3000); /* generous; the probe interval is 250-750 ms */
     assert_int_equal(wlt_wait(pids[n], 10000), 0);
     assert_int_equal(S->rc[n], 0);
     info = lookup("db");
